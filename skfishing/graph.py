@@ -1,0 +1,562 @@
+"""ONNX graph surgery: find the fully connected head and add its backward pass.
+
+A classification network is split in two at the input of its fully connected
+(FC) head:
+
+* the **trunk** computes the head input (``pool5`` for AlexNet) from the
+  image; it is the original graph pruned to that tensor, with a dynamic batch
+  dimension;
+* the **head** recomputes the FC layers from that tensor and adds, from
+  standard ONNX operators only, the backward pass of the paper's Eq. (10)::
+
+      delta_L = g - softmax(y_L / tau)
+      delta_k = (W_{k+1} delta_{k+1}) * [y_k > 0]
+
+  for every FC layer ``k``.  The temperature ``tau`` and the label vector
+  ``g`` are graph inputs with defaults (2.0 and the uniform ``1 / P``), so
+  changing them needs no rebuild.
+
+:func:`find_fc_head` reads the head (names, weights, ``transB``) from the
+graph, :func:`build_head_model` and :func:`build_trunk_model` produce the two
+runnable parts and :func:`add_backward` glues them into one model that can be
+saved and inspected (for example with Netron).
+
+Layer numbering follows the paper and Caffe: the last FC layer (the
+classifier) is number 8, the one below it 7, and so on, so a head of ``n`` FC
+layers has layers ``9 - n`` to ``8`` and its input (AlexNet's pool5) is
+activation ``8 - n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = [
+    "FCLayer",
+    "FCHead",
+    "HeadStructureError",
+    "find_fc_head",
+    "build_head_model",
+    "build_trunk_model",
+    "add_backward",
+    "LAST_LAYER",
+    "PREFIX",
+]
+
+#: Number of the last FC layer (the classifier), as in the paper's AlexNet.
+LAST_LAYER = 8
+#: Prefix of every tensor the head adds, so it never clashes with the network.
+PREFIX = "fish_"
+#: Operators that pass the FC input through unchanged at inference time.
+_PASS_THROUGH = {"Dropout", "Identity"}
+#: Operators that flatten the trunk output into FC input.
+_FLATTEN = {"Flatten", "Reshape"}
+_MIN_OPSET = 11
+
+
+class HeadStructureError(ValueError):
+    """The graph's head is not a stack of fully connected layers with ReLU."""
+
+
+@dataclass(frozen=True)
+class FCLayer:
+    """One fully connected layer ``y = x @ weight (+ bias)``.
+
+    Attributes
+    ----------
+    number : int
+        Layer number in the paper's numbering (the classifier is 8).
+    name : str
+        Name of the Gemm/MatMul node, or of its weight when the node has none.
+    weight : ndarray of shape (n_inputs, n_outputs)
+        The weight matrix, already transposed from the graph's ``transB`` and
+        scaled by Gemm's ``alpha``.
+    bias : ndarray of shape (n_outputs,) or None
+        The bias, scaled by Gemm's ``beta``.
+    """
+
+    number: int
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def n_inputs(self):
+        return self.weight.shape[0]
+
+    @property
+    def n_outputs(self):
+        return self.weight.shape[1]
+
+
+@dataclass(frozen=True)
+class FCHead:
+    """The fully connected head of a classifier, as found in its graph.
+
+    Attributes
+    ----------
+    input_name : str
+        The tensor the head starts from (the trunk output, e.g. pool5).
+    layers : tuple of FCLayer
+        The FC layers from the lowest to the classifier.
+    opset : int
+        The default-domain opset of the source model.
+    dtype : numpy dtype
+        Element type of the weights (float32 or float64).
+    """
+
+    input_name: str
+    layers: tuple
+    opset: int
+    dtype: np.dtype
+
+    @property
+    def numbers(self):
+        """Layer numbers from the lowest FC layer to the classifier."""
+        return tuple(layer.number for layer in self.layers)
+
+    @property
+    def input_number(self):
+        """Activation number of the head input (5 for AlexNet's pool5)."""
+        return self.layers[0].number - 1
+
+    @property
+    def n_classes(self):
+        return self.layers[-1].n_outputs
+
+    def describe(self):
+        """One line per layer, for error messages."""
+        lines = [f"  activation {self.input_number}: head input '{self.input_name}'"]
+        for layer in self.layers:
+            lines.append(
+                f"  layer {layer.number}: '{layer.name}' "
+                f"({layer.n_inputs} -> {layer.n_outputs})"
+            )
+        return "\n".join(lines)
+
+
+def _default_opset(model):
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise HeadStructureError("the model imports no default-domain ONNX opset")
+
+
+class _GraphIndex:
+    """Producers, constants and attributes of a graph, for walking it."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.producer = {}
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+        self.constants = {init.name: init for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute:
+                attr = node.attribute[0]
+                if attr.name == "value":
+                    self.constants[node.output[0]] = attr.t
+        self.graph_inputs = {i.name for i in graph.input} - set(self.constants)
+
+    def constant(self, name):
+        tensor = self.constants.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    def describe(self, tensor):
+        node = self.producer.get(tensor)
+        if node is None:
+            return f"graph input '{tensor}'" if tensor in self.graph_inputs else f"'{tensor}'"
+        return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+
+def _attr(node, name, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _skip(index, tensor, ops):
+    """Walk down from ``tensor`` through nodes whose op_type is in ``ops``."""
+    while True:
+        node = index.producer.get(tensor)
+        if node is None or node.op_type not in ops:
+            return tensor
+        tensor = node.input[0]
+
+
+def _as_fc(index, tensor):
+    """The FC layer producing ``tensor`` as (input, name, W, b), or None."""
+    node = index.producer.get(tensor)
+    if node is None:
+        return None
+    if node.op_type == "Gemm":
+        weight = index.constant(node.input[1])
+        if weight is None:
+            raise HeadStructureError(
+                f"Gemm node '{node.name}' takes its weight '{node.input[1]}' from "
+                "a computed tensor; only constant weights are supported"
+            )
+        if _attr(node, "transA", 0):
+            raise HeadStructureError(f"Gemm node '{node.name}' has transA=1, which is not supported")
+        if _attr(node, "transB", 0):
+            weight = weight.T
+        weight = weight * _attr(node, "alpha", 1.0)
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = index.constant(node.input[2])
+            if bias is None:
+                raise HeadStructureError(f"Gemm node '{node.name}' has a computed bias")
+            bias = np.broadcast_to((bias * _attr(node, "beta", 1.0)).reshape(-1), weight.shape[1:])
+        return node.input[0], node.name or node.input[1], weight, bias
+    if node.op_type == "Add":
+        for i in (0, 1):
+            bias = index.constant(node.input[1 - i])
+            matmul = index.producer.get(node.input[i])
+            if bias is not None and matmul is not None and matmul.op_type == "MatMul":
+                weight = index.constant(matmul.input[1])
+                if weight is not None and weight.ndim == 2:
+                    bias = np.broadcast_to(bias.reshape(-1), weight.shape[1:])
+                    return matmul.input[0], matmul.name or matmul.input[1], weight, bias
+        return None
+    if node.op_type == "MatMul":
+        weight = index.constant(node.input[1])
+        if weight is not None and weight.ndim == 2:
+            return node.input[0], node.name or node.input[1], weight, None
+    return None
+
+
+def _check_flatten(index, top, bottom):
+    """Check that the nodes between ``bottom`` and ``top`` only flatten rows."""
+    tensor = top
+    while tensor != bottom:
+        node = index.producer[tensor]
+        if node.op_type == "Flatten" and _attr(node, "axis", 1) != 1:
+            raise HeadStructureError(
+                f"Flatten node '{node.name}' below the FC head has axis="
+                f"{_attr(node, 'axis', 1)}; only axis=1 (one row per sample) is supported"
+            )
+        if node.op_type == "Reshape":
+            shape = index.constant(node.input[1])
+            if shape is None or shape.shape != (2,):
+                raise HeadStructureError(
+                    f"Reshape node '{node.name}' below the FC head does not reshape "
+                    "to a constant 2-D shape; cannot tell that it flattens each sample"
+                )
+        tensor = node.input[0]
+
+
+def find_fc_head(model):
+    """Find the fully connected head of an ONNX classifier.
+
+    The head is read from the graph output backwards: an optional final
+    Softmax, then FC layers (``Gemm``, or ``MatMul`` with optional ``Add``)
+    joined by ``Relu`` with optional ``Dropout``, ``Identity``, ``Flatten`` or
+    ``Reshape`` between them, down to the tensor the first FC layer flattens
+    (the trunk output).
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A classifier whose (first) graph output is its logits or softmax.
+
+    Returns
+    -------
+    head : FCHead
+        The head input tensor and the FC layers, numbered so that the
+        classifier is layer 8.
+
+    Raises
+    ------
+    HeadStructureError
+        If the graph does not end in fully connected layers, with a message
+        naming the node that was found instead.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__}")
+    graph = model.graph
+    if len(graph.output) == 0:
+        raise HeadStructureError("the ONNX graph has no output")
+    opset = _default_opset(model)
+    if opset < _MIN_OPSET:
+        raise HeadStructureError(
+            f"the model uses ONNX opset {opset}; opset {_MIN_OPSET} or newer is needed "
+            "(convert it with onnx.version_converter.convert_version)"
+        )
+    index = _GraphIndex(graph)
+    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH)
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        tensor = _skip(index, node.input[0], _PASS_THROUGH)
+
+    found = []
+    while True:
+        fc = _as_fc(index, tensor)
+        if fc is None:
+            break
+        fc_input, name, weight, bias = fc
+        found.append((name, weight, bias))
+        below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
+        relu = index.producer.get(below)
+        if relu is not None and relu.op_type == "Relu":
+            lower = _skip(index, relu.input[0], _PASS_THROUGH | _FLATTEN)
+            if _as_fc(index, lower) is not None:
+                _check_flatten(index, fc_input, below)
+                _check_flatten(index, relu.input[0], lower)
+                tensor = lower
+                continue
+        _check_flatten(index, fc_input, below)
+        head_input = below
+        break
+
+    if not found:
+        raise HeadStructureError(
+            f"the graph output '{graph.output[0].name}' is computed by "
+            f"{index.describe(tensor)}, not by a fully connected layer (Gemm or "
+            "MatMul with constant weights, optionally followed by Softmax); "
+            "skfishing needs a classifier whose head is a stack of FC layers"
+        )
+    found.reverse()
+    dtypes = {w.dtype for _, w, _ in found}
+    if len(dtypes) != 1 or not np.issubdtype(found[0][1].dtype, np.floating):
+        raise HeadStructureError(f"FC weights must share one float dtype, found {sorted(map(str, dtypes))}")
+    first = LAST_LAYER - len(found) + 1
+    layers = []
+    for i, (name, weight, bias) in enumerate(found):
+        if layers and layers[-1].n_outputs != weight.shape[0]:
+            raise HeadStructureError(
+                f"FC layer '{name}' takes {weight.shape[0]} inputs but the layer "
+                f"below it gives {layers[-1].n_outputs}"
+            )
+        layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias))
+    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype)
+
+
+def output_names(head):
+    """Names of the head model's outputs, keyed by what they hold.
+
+    Returns a dict with keys ``("forward", k)`` (``x_{k-1}``, the input of FC
+    layer ``k``), ``("backward", k)`` (``delta_k``), ``("activation", k)``
+    (``x_k`` for the head input and hidden layers, the logits ``y_L`` for the
+    classifier) and ``"probabilities"`` (``softmax(y_L)``, no temperature).
+    """
+    names = {}
+    for layer in head.layers:
+        k = layer.number
+        names["forward", k] = f"{PREFIX}x{k - 1}"
+        names["activation", k - 1] = f"{PREFIX}x{k - 1}"
+        names["backward", k] = f"{PREFIX}delta{k}"
+    last = head.layers[-1].number
+    names["activation", last] = f"{PREFIX}y{last}"
+    names["probabilities"] = f"{PREFIX}prob{last}"
+    return names
+
+
+def _head_graph_parts(head, temperature, labels):
+    """Nodes, initializers, extra inputs and outputs of the head."""
+    dtype = head.dtype
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
+    names = output_names(head)
+    p = PREFIX
+    nodes, inits = [], []
+
+    def const(name, value):
+        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+        return name
+
+    first = head.layers[0].number
+    nodes.append(helper.make_node("Flatten", [head.input_name], [f"{p}x{first - 1}"], axis=1, name=f"{p}flatten"))
+    x = f"{p}x{first - 1}"
+    for layer in head.layers:
+        k = layer.number
+        w = const(f"{p}W{k}", layer.weight)
+        gemm_inputs = [x, w]
+        if layer.bias is not None:
+            gemm_inputs.append(const(f"{p}b{k}", layer.bias))
+        nodes.append(helper.make_node("Gemm", gemm_inputs, [f"{p}y{k}"], name=f"{p}fc{k}"))
+        if k != head.layers[-1].number:
+            x = f"{p}x{k}"
+            nodes.append(helper.make_node("Relu", [f"{p}y{k}"], [x], name=f"{p}relu{k}"))
+
+    last = head.layers[-1].number
+    logits = f"{p}y{last}"
+    nodes += [
+        helper.make_node("Softmax", [logits], [names["probabilities"]], axis=1, name=f"{p}softmax"),
+        helper.make_node("Div", [logits, f"{p}temperature"], [f"{p}scaled{last}"], name=f"{p}temper"),
+        helper.make_node("Softmax", [f"{p}scaled{last}"], [f"{p}soft{last}"], axis=1, name=f"{p}softmax_tau"),
+        helper.make_node("Sub", [f"{p}labels", f"{p}soft{last}"], [f"{p}delta{last}"], name=f"{p}delta{last}"),
+    ]
+    zero = const(f"{p}zero", 0)
+    for lower, upper in zip(head.layers[-2::-1], head.layers[:0:-1]):
+        k = lower.number
+        # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
+        nodes += [
+            helper.make_node("Gemm", [f"{p}delta{k + 1}", f"{p}W{k + 1}"], [f"{p}bp{k}"], transB=1, name=f"{p}bp{k}"),
+            helper.make_node("Greater", [f"{p}y{k}", zero], [f"{p}mask{k}"], name=f"{p}mask{k}"),
+            helper.make_node("Where", [f"{p}mask{k}", f"{p}bp{k}", zero], [f"{p}delta{k}"], name=f"{p}delta{k}"),
+        ]
+    n_classes = head.n_classes
+    tau = np.asarray(temperature, dtype=dtype)
+    g = np.full(n_classes, 1.0 / n_classes, dtype=dtype) if labels is None else np.asarray(labels, dtype=dtype)
+    if g.shape != (n_classes,):
+        raise ValueError(f"labels must have shape ({n_classes},), got {g.shape}")
+    extra_inputs = [
+        helper.make_tensor_value_info(f"{p}temperature", elem, []),
+        helper.make_tensor_value_info(f"{p}labels", elem, [n_classes]),
+    ]
+    inits += [numpy_helper.from_array(tau, f"{p}temperature"), numpy_helper.from_array(g, f"{p}labels")]
+    outputs = []
+    for key, name in names.items():
+        if name not in {o.name for o in outputs}:
+            width = n_classes if key == "probabilities" else _width(head, key)
+            outputs.append(helper.make_tensor_value_info(name, elem, ["N", width]))
+    return nodes, inits, extra_inputs, outputs
+
+
+def _width(head, key):
+    kind, k = key
+    by_number = {layer.number: layer for layer in head.layers}
+    if kind == "backward":
+        return by_number[k].n_outputs
+    if kind == "forward":
+        return by_number[k].n_inputs
+    return by_number[k + 1].n_inputs if k + 1 in by_number else by_number[k].n_outputs
+
+
+def _finish(graph, opset, source=None):
+    """Wrap a graph in a model with the source's opsets (or ``opset``)."""
+    if source is None:
+        opsets = [helper.make_opsetid("", opset)]
+        ir_version = helper.find_min_ir_version_for(opsets)
+    else:
+        opsets = list(source.opset_import)
+        ir_version = max(source.ir_version, helper.find_min_ir_version_for(opsets), 4)
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="skfishing")
+    model.ir_version = ir_version
+    return model
+
+
+def build_head_model(head, *, temperature=2.0, labels=None):
+    """The FC head with its backward subgraph, as a standalone ONNX model.
+
+    Parameters
+    ----------
+    head : FCHead
+        As returned by :func:`find_fc_head`.
+    temperature : float, default=2.0
+        Default of the ``fish_temperature`` input.
+    labels : array-like of shape (n_classes,), default=None
+        Default of the ``fish_labels`` input; None means uniform ``1 / P``.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        Inputs: the head input tensor (any shape whose trailing dimensions
+        flatten to the first FC layer's width), ``fish_temperature`` and
+        ``fish_labels``; outputs as listed by :func:`output_names`.
+    """
+    nodes, inits, extra_inputs, outputs = _head_graph_parts(head, temperature, labels)
+    elem = helper.np_dtype_to_tensor_dtype(head.dtype)
+    head_input = helper.make_tensor_value_info(head.input_name, elem, None)
+    graph = helper.make_graph(nodes, "skfishing_head", [head_input] + extra_inputs, outputs, initializer=inits)
+    return _finish(graph, head.opset)
+
+
+def _pruned_graph_parts(model, target):
+    """Nodes and initializers of ``model`` needed to compute ``target``."""
+    index = _GraphIndex(model.graph)
+    needed, stack, keep = {target}, [target], set()
+    while stack:
+        node = index.producer.get(stack.pop())
+        if node is None or id(node) in keep:
+            continue
+        keep.add(id(node))
+        for name in node.input:
+            if name and name not in needed:
+                needed.add(name)
+                stack.append(name)
+        for attr in node.attribute:  # names used inside subgraphs (If/Loop)
+            for sub in [attr.g] + list(attr.graphs):
+                for sub_node in sub.node:
+                    for name in sub_node.input:
+                        if name and name not in needed:
+                            needed.add(name)
+                            stack.append(name)
+    nodes = [n for n in model.graph.node if id(n) in keep]
+    inits = [i for i in model.graph.initializer if i.name in needed]
+    inputs = [i for i in model.graph.input if i.name in needed and i.name not in index.constants]
+    return nodes, inits, inputs
+
+
+def _dynamic_batch(value_info):
+    """Copy of a graph input with its first dimension made symbolic."""
+    value_info = onnx.ValueInfoProto.FromString(value_info.SerializeToString())
+    dims = value_info.type.tensor_type.shape.dim
+    if len(dims):
+        dims[0].Clear()
+        dims[0].dim_param = "N"
+    return value_info
+
+
+def build_trunk_model(model, head):
+    """The part of ``model`` that computes the head input, batch-dynamic.
+
+    Returns None when the head input is a graph input (a plain MLP): then
+    there is no trunk to run.
+    """
+    index = _GraphIndex(model.graph)
+    if head.input_name in index.graph_inputs:
+        return None
+    nodes, inits, inputs = _pruned_graph_parts(model, head.input_name)
+    elem = helper.np_dtype_to_tensor_dtype(head.dtype)
+    output = helper.make_tensor_value_info(head.input_name, elem, None)
+    graph = helper.make_graph(
+        nodes, "skfishing_trunk", [_dynamic_batch(i) for i in inputs], [output], initializer=inits
+    )
+    return _finish(graph, head.opset, source=model)
+
+
+def add_backward(model, *, temperature=2.0, labels=None):
+    """Append the backward subgraph of the FC head to an ONNX classifier.
+
+    The result runs the trunk, then recomputes the FC head and its backward
+    pass; its outputs are those of :func:`output_names`, its extra inputs
+    ``fish_temperature`` and ``fish_labels`` have defaults, and its batch
+    dimension is dynamic. It passes ``onnx.checker`` and can be saved with
+    ``onnx.save`` and run by any ONNX runtime.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A classifier without backward subgraph.
+    temperature : float, default=2.0
+        Default temperature ``tau``.
+    labels : array-like of shape (n_classes,), default=None
+        Default label vector ``g``; None means uniform.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+    """
+    head = find_fc_head(model)
+    nodes, inits, extra_inputs, outputs = _head_graph_parts(head, temperature, labels)
+    trunk = build_trunk_model(model, head)
+    if trunk is None:
+        graph_inputs = [_dynamic_batch(i) for i in model.graph.input if i.name == head.input_name]
+        trunk_nodes, trunk_inits = [], []
+    else:
+        graph_inputs = list(trunk.graph.input)
+        trunk_nodes, trunk_inits = list(trunk.graph.node), list(trunk.graph.initializer)
+    graph = helper.make_graph(
+        trunk_nodes + nodes,
+        "skfishing_fisher",
+        graph_inputs + extra_inputs,
+        outputs,
+        initializer=trunk_inits + inits,
+    )
+    return _finish(graph, head.opset, source=model)

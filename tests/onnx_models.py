@@ -1,0 +1,206 @@
+"""Small ONNX classifiers of the shapes skfishing must handle, built in tests.
+
+Each builder returns an ``onnx.ModelProto`` and a NumPy reference of the FC
+head: ``reference(head_input) -> (activations, logits)`` as float64, used by
+:func:`numpy_fisher` to compute the paper's features independently of the
+ONNX graph.
+"""
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, TensorProto
+
+
+def _init(name, array):
+    return numpy_helper.from_array(np.asarray(array), name)
+
+
+def mlp_model(widths=(6, 5, 4, 3), *, seed=0, dtype=np.float32, trans_b=0, matmul=False,
+              dropout=False, softmax=False, flatten=False, opset=17):
+    """A tabular MLP ``widths[0] -> ... -> widths[-1]`` with ReLU between layers.
+
+    Returns (model, weights, biases) with weights stored as (in, out).
+    """
+    rng = np.random.default_rng(seed)
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes, inits = [], []
+    x = "input"
+    weights, biases = [], []
+    n_layers = len(widths) - 1
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        W = (rng.normal(size=(a, b)) / np.sqrt(a)).astype(dtype)
+        bias = rng.normal(scale=0.5, size=b).astype(dtype)
+        weights.append(W.astype(np.float64))
+        biases.append(bias.astype(np.float64))
+        if flatten:
+            nodes.append(helper.make_node("Flatten", [x], [f"flat{i}"], axis=1))
+            x = f"flat{i}"
+        if matmul:
+            inits += [_init(f"W{i}", W), _init(f"b{i}", bias)]
+            nodes.append(helper.make_node("MatMul", [x, f"W{i}"], [f"mm{i}"], name=f"fc{i}"))
+            nodes.append(helper.make_node("Add", [f"b{i}", f"mm{i}"], [f"y{i}"]))
+        else:
+            inits += [_init(f"W{i}", W.T.copy() if trans_b else W), _init(f"b{i}", bias)]
+            nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"y{i}"], transB=trans_b, name=f"fc{i}"))
+        x = f"y{i}"
+        if i < n_layers - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+            if dropout:
+                nodes.append(helper.make_node("Dropout", [x], [f"d{i}"]))
+                x = f"d{i}"
+    outputs = [helper.make_tensor_value_info(x, elem, ["N", widths[-1]])]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", [x], ["prob"], axis=1))
+        outputs = [helper.make_tensor_value_info("prob", elem, ["N", widths[-1]])]
+    graph = helper.make_graph(
+        nodes, "mlp", [helper.make_tensor_value_info("input", elem, ["N", widths[0]])], outputs, initializer=inits
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model, weights, biases
+
+
+def caffe_alexnet_model(*, seed=0, n_classes=7):
+    """A bvlcalexnet-shaped graph: fixed batch 1, constant Reshape, Dropout,
+    Gemm with transB=1 and a final Softmax. Input (1, 3, 8, 8).
+
+    Returns (model, conv_weight, conv_bias, weights, biases), weights (in, out).
+    """
+    rng = np.random.default_rng(seed)
+    conv_w = (rng.normal(size=(4, 3, 3, 3)) / 3).astype(np.float32)
+    conv_b = rng.normal(scale=0.1, size=4).astype(np.float32)
+    widths = [4 * 3 * 3, 10, 9, n_classes]  # pool5 is (4, 3, 3)
+    weights = [(rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:])]
+    biases = [rng.normal(scale=0.3, size=b).astype(np.float32) for b in widths[1:]]
+    inits = [_init("conv1_w_0", conv_w), _init("conv1_b_0", conv_b), _init("OC2_DUMMY_1", np.array([1, 36], np.int64))]
+    nodes = [
+        helper.make_node("Conv", ["data_0", "conv1_w_0", "conv1_b_0"], ["conv1_1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv1_1"], ["conv1_2"]),
+        helper.make_node("MaxPool", ["conv1_2"], ["pool5_1"], kernel_shape=[3, 3], strides=[3, 3], pads=[0, 0, 1, 1]),
+        helper.make_node("Reshape", ["pool5_1", "OC2_DUMMY_1"], ["OC2_DUMMY_0"]),
+    ]
+    x = "OC2_DUMMY_0"
+    for i, name in enumerate(["fc6", "fc7", "fc8"]):
+        inits += [_init(f"{name}_w_0", weights[i].T.copy()), _init(f"{name}_b_0", biases[i])]
+        nodes.append(helper.make_node("Gemm", [x, f"{name}_w_0", f"{name}_b_0"], [f"{name}_1"], transB=1, name=name))
+        x = f"{name}_1"
+        if i < 2:
+            nodes += [
+                helper.make_node("Relu", [x], [f"{name}_2"]),
+                helper.make_node("Dropout", [f"{name}_2"], [f"{name}_3"]),
+            ]
+            x = f"{name}_3"
+    nodes.append(helper.make_node("Softmax", [x], ["prob_1"]))
+    graph = helper.make_graph(
+        nodes,
+        "bvlcalexnet-like",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [1, n_classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model, conv_w, conv_b, [w.astype(np.float64) for w in weights], [b.astype(np.float64) for b in biases]
+
+
+def numpy_fisher(x, weights, biases, temperature=2.0, labels=None):
+    """Reference features of an FC head in float64 NumPy.
+
+    ``x`` is the (flattened) head input. Returns dicts ``forward[j]``,
+    ``backward[j]`` for FC layer j (0-based from the lowest), plus the
+    activations list (head input, hidden ReLU outputs, logits).
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    xs, ys = [x], []
+    for j, (W, b) in enumerate(zip(weights, biases)):
+        y = xs[-1] @ W + b
+        ys.append(y)
+        if j < len(weights) - 1:
+            xs.append(np.maximum(y, 0))
+    logits = ys[-1]
+    n_classes = logits.shape[1]
+    g = np.full(n_classes, 1.0 / n_classes) if labels is None else np.asarray(labels, dtype=np.float64)
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    soft = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    deltas = [None] * len(weights)
+    deltas[-1] = g - soft
+    for j in range(len(weights) - 2, -1, -1):
+        deltas[j] = (deltas[j + 1] @ weights[j + 1].T) * (ys[j] > 0)
+    return xs, deltas, xs + [logits]
+
+
+def torch_model(kind, *, seed=0, n_classes=10, double=False):
+    """A random AlexNet- ("alexnet") or VGG-shaped ("vgg") torch network,
+    eval mode, and its ONNX export (legacy exporter, dynamic batch).
+
+    Input (N, 3, 16, 16). AlexNet follows torchvision's classifier order
+    (Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear); VGG has an
+    adaptive average pool and (Linear, ReLU, Dropout) x 2, Linear.
+    """
+    import io
+    import warnings
+
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    if kind == "alexnet":
+        net = nn.Sequential(
+            nn.Conv2d(3, 6, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Dropout(), nn.Linear(32, 24), nn.ReLU(),
+            nn.Dropout(), nn.Linear(24, 20), nn.ReLU(),
+            nn.Linear(20, n_classes),
+        )
+    elif kind == "vgg":
+        net = nn.Sequential(
+            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
+            nn.Linear(54, 30), nn.ReLU(), nn.Dropout(),
+            nn.Linear(30, 25), nn.ReLU(), nn.Dropout(),
+            nn.Linear(25, n_classes),
+        )
+    else:
+        raise ValueError(kind)
+    with torch.no_grad():  # biases that keep some ReLUs off and some on
+        for module in net:
+            if isinstance(module, nn.Linear):
+                module.bias.normal_(0, 0.3)
+    net = net.double() if double else net.float()
+    net.eval()
+    buf = io.BytesIO()
+    example = torch.zeros(1, 3, 16, 16, dtype=torch.float64 if double else torch.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, example, buf, dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17)
+    return net, onnx.load_from_string(buf.getvalue())
+
+
+def torch_gradients(net, X, temperature=2.0):
+    """Per-image ``dE/dW`` of every Linear layer by torch autograd.
+
+    E is the cross-entropy between uniform labels and softmax(logits / tau).
+    Returns a list (one per Linear, lowest first) of arrays (n, in, out),
+    each per-image matrix divided by its Frobenius norm.
+    """
+    import torch
+    from torch import nn
+
+    linears = [m for m in net if isinstance(m, nn.Linear)]
+    grads = [[] for _ in linears]
+    for x in X:
+        net.zero_grad()
+        logits = net(torch.as_tensor(x[None]))
+        log_soft = torch.log_softmax(logits / temperature, dim=1)
+        loss = -(log_soft / logits.shape[1]).sum()
+        loss.backward()
+        for out, lin in zip(grads, linears):
+            G = lin.weight.grad.detach().numpy().astype(np.float64).T  # (in, out)
+            out.append(G / np.linalg.norm(G))
+    return [np.stack(g) for g in grads]
