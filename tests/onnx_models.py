@@ -62,6 +62,41 @@ def mlp_model(widths=(6, 5, 4, 3), *, seed=0, dtype=np.float32, trans_b=0, matmu
     return model, weights, biases
 
 
+def any_width_model(*, seed=0):
+    """A tabular classifier that takes any number of input features.
+
+    Its trunk summarises each row by (mean, max, min, L2 norm), so the FC
+    head (4 -> 6 -> 5 -> 3) always gets 4 inputs; scikit-learn's estimator
+    checks feed data of many widths.
+    """
+    rng = np.random.default_rng(seed)
+    nodes = [
+        helper.make_node(op, ["input"], [op], axes=[1], keepdims=1)
+        for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2")
+    ]
+    nodes.append(helper.make_node("Concat", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2"], ["stats"], axis=1))
+    inits, x = [], "stats"
+    widths = (4, 6, 5, 3)
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        inits += [_init(f"W{i}", (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)),
+                  _init(f"b{i}", rng.normal(scale=0.3, size=b).astype(np.float32))]
+        nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"y{i}"], name=f"fc{i}"))
+        x = f"y{i}"
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            x = f"r{i}"
+    graph = helper.make_graph(
+        nodes, "any-width",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "d"])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 3])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 def caffe_alexnet_model(*, seed=0, n_classes=7):
     """A bvlcalexnet-shaped graph: fixed batch 1, constant Reshape, Dropout,
     Gemm with transB=1 and a final Softmax. Input (1, 3, 8, 8).
@@ -139,7 +174,9 @@ def torch_model(kind, *, seed=0, n_classes=10, double=False):
 
     Input (N, 3, 16, 16). AlexNet follows torchvision's classifier order
     (Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear); VGG has an
-    adaptive average pool and (Linear, ReLU, Dropout) x 2, Linear.
+    adaptive average pool and (Linear, ReLU, Dropout) x 2, Linear. With
+    ``double=True`` the convolutions are left out of the trunk (onnxruntime
+    has no float64 Conv kernel on CPU): a max-pool feeds the same head.
     """
     import io
     import warnings
@@ -160,13 +197,19 @@ def torch_model(kind, *, seed=0, n_classes=10, double=False):
     elif kind == "vgg":
         net = nn.Sequential(
             nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
-            nn.Linear(54, 30), nn.ReLU(), nn.Dropout(),
+            nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(),
+            nn.Linear(24, 30), nn.ReLU(), nn.Dropout(),
             nn.Linear(30, 25), nn.ReLU(), nn.Dropout(),
             nn.Linear(25, n_classes),
         )
     else:
         raise ValueError(kind)
+    if double:
+        first = next(i for i, m in enumerate(net) if isinstance(m, nn.Flatten))
+        head = [m for m in list(net)[first + 1 :]]
+        fc6 = next(m for m in head if isinstance(m, nn.Linear))
+        head[head.index(fc6)] = nn.Linear(48, fc6.out_features)
+        net = nn.Sequential(nn.MaxPool2d(4), nn.Flatten(), *head)
     with torch.no_grad():  # biases that keep some ReLUs off and some on
         for module in net:
             if isinstance(module, nn.Linear):

@@ -1,0 +1,301 @@
+"""DeepFisherTransformer: gradient features of a pretrained network."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import onnx
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .images import iter_batches
+from .network import get_network
+from .registry import resolve_model
+
+__all__ = ["DeepFisherTransformer", "gradient_dtype"]
+
+
+def gradient_dtype(forward_dim, backward_dim):
+    """Structured dtype of factorized gradient features.
+
+    Parameters
+    ----------
+    forward_dim, backward_dim : int
+        Widths of the ``"forward"`` (``x_{k-1}``) and ``"backward"``
+        (``delta_k``) fields.
+
+    Returns
+    -------
+    dtype : numpy.dtype
+    """
+    return np.dtype([("forward", np.float32, (forward_dim,)), ("backward", np.float32, (backward_dim,))])
+
+
+def _l2_normalize(rows):
+    """Rows scaled to unit L2 norm, in float32; all-zero rows stay zero."""
+    rows = np.asarray(rows, dtype=np.float64)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    np.divide(rows, norms, out=rows, where=norms > 0)
+    return rows.astype(np.float32)
+
+
+class DeepFisherTransformer(TransformerMixin, BaseEstimator):
+    """Deep Fishing gradient features of a pretrained classification network.
+
+    For every sample, the network is run forward; the gradient of the
+    cross-entropy between its tempered softmax output and a label vector
+    ``g`` (uniform by default) is back-propagated through the fully
+    connected (FC) head. The gradient with respect to the weights of FC
+    layer ``k`` is the rank-1 matrix ``x_{k-1} delta_k^T`` (Gordo et al.,
+    BMVC 2015, Eq. 10); it is returned factorized, as its two L2-normalised
+    factors, and compared with :func:`skfishing.trace_kernel`.
+
+    The transformer is stateless: :meth:`fit` only validates parameters and
+    input. Networks are built once per model and execution providers and
+    shared between clones.
+
+    Parameters
+    ----------
+    model : str, path-like or onnx.ModelProto, default="tinyalexnet"
+        The classifier: a registered model name (see
+        :func:`skfishing.registry.list_models`; ``"tinyalexnet"`` ships with
+        the package), the path of an ONNX classifier file, or an
+        ``onnx.ModelProto``. The model must not contain a backward subgraph:
+        it is added here (:func:`skfishing.graph.add_backward`).
+
+    layer : int or str, default=7
+        FC layer, in the paper's numbering: the classifier is layer 8, the
+        FC layer below it 7, and so on (a head of ``n`` FC layers has layers
+        ``9 - n`` to ``8``; its input, e.g. AlexNet's pool5, is activation
+        ``8 - n``). FC layer names from the graph are accepted too.
+
+    temperature : float, default=2.0
+        Softmax temperature ``tau`` of the loss (the paper uses 2).
+
+    features : {"gradient", "activation", "probabilities"}, default="gradient"
+        ``"gradient"``: factorized ``dE/dW_layer`` as a structured array.
+        ``"activation"``: the 2-D array ``x_layer`` (the head input for the
+        activation below the first FC layer, ReLU outputs for hidden FC
+        layers, logits for the classifier). ``"probabilities"``: the
+        network's softmax output (``layer`` and ``temperature`` are unused).
+
+    labels : array-like of shape (n_classes,), default=None
+        The label vector ``g`` of the loss; None means uniform ``1 / P``.
+
+    batch_size : int, default=32
+        Number of samples per network run. Results do not depend on it.
+
+    providers : list of str, default=None
+        onnxruntime execution providers; None means CUDA when available,
+        else CPU.
+
+    n_jobs : int, default=None
+        Threads decoding images ahead of the network (image input only).
+
+    progress : bool, default=False
+        Show a progress bar while transforming.
+
+    cache_dir : str or path-like, default=None
+        Where registered models are downloaded to; None means the
+        ``SKFISHING_CACHE_DIR`` environment variable, else the user cache.
+
+    Attributes
+    ----------
+    layer_ : int
+        The resolved layer number.
+
+    n_features_in_ : int
+        Number of input features, when fitted on 2-D (tabular) input.
+
+    See Also
+    --------
+    TraceKernelSVC : Support vector classifier on gradient features.
+    trace_kernel : Kernel between factorized gradient features.
+
+    References
+    ----------
+    A. Gordo, A. Gaidon and F. Perronnin, "Deep Fishing: Gradient Features
+    from Deep Nets", BMVC 2015.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skfishing import DeepFisherTransformer
+    >>> images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
+    >>> Z = DeepFisherTransformer("tinyalexnet", layer=7).fit_transform(images)
+    >>> Z.dtype.names
+    ('forward', 'backward')
+    """
+
+    _parameter_constraints = {
+        "model": [str, os.PathLike, onnx.ModelProto],
+        "layer": [Interval(Integral, None, None, closed="neither"), str],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "features": [StrOptions({"gradient", "activation", "probabilities"})],
+        "labels": ["array-like", None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "providers": [list, tuple, None],
+        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "progress": ["boolean"],
+        "cache_dir": [str, os.PathLike, None],
+    }
+
+    def __init__(
+        self,
+        model="tinyalexnet",
+        layer=7,
+        temperature=2.0,
+        features="gradient",
+        *,
+        labels=None,
+        batch_size=32,
+        providers=None,
+        n_jobs=None,
+        progress=False,
+        cache_dir=None,
+    ):
+        self.model = model
+        self.layer = layer
+        self.temperature = temperature
+        self.features = features
+        self.labels = labels
+        self.batch_size = batch_size
+        self.providers = providers
+        self.n_jobs = n_jobs
+        self.progress = progress
+        self.cache_dir = cache_dir
+
+    def _network(self):
+        resolved = resolve_model(self.model, cache_dir=self.cache_dir)
+        return get_network(resolved.source, self.providers), resolved.preprocessing
+
+    def _resolve_layer(self, network):
+        """The layer number and the head outputs to read for it."""
+        head = network.head
+        if self.features == "probabilities":
+            return head.layers[-1].number, ["probabilities"]
+        layer = self.layer
+        if isinstance(layer, str):
+            names = {fc.name: fc.number for fc in head.layers}
+            if layer not in names:
+                raise ValueError(f"model has no FC layer named {layer!r}; its layers are:\n{head.describe()}")
+            layer = names[layer]
+        kind = "backward" if self.features == "gradient" else "activation"
+        if layer not in network.layer_numbers(kind):
+            raise ValueError(
+                f"layer={self.layer!r} does not exist for features={self.features!r} in this "
+                f"model (valid: {network.layer_numbers(kind)}); its layers are:\n{head.describe()}"
+            )
+        if kind == "backward":
+            return layer, [("forward", layer), ("backward", layer)]
+        return layer, [("activation", layer)]
+
+    def _check_labels(self, network):
+        if self.labels is None:
+            return None
+        labels = np.asarray(self.labels, dtype=np.float64)
+        if labels.shape != (network.head.n_classes,):
+            raise ValueError(
+                f"labels must have shape ({network.head.n_classes},), one value per "
+                f"class of the model, got shape {labels.shape}"
+            )
+        if not np.isfinite(labels).all():
+            raise ValueError("labels contains NaN or infinity")
+        return labels
+
+    def fit(self, X, y=None):
+        """Check parameters and input; no learning happens.
+
+        Parameters
+        ----------
+        X : array-like or sequence of images
+            Samples: images (file paths, PIL images, uint8 arrays) for image
+            models, or network inputs already preprocessed (float array of
+            shape ``(n_samples, *input_shape)``).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : DeepFisherTransformer
+        """
+        self._validate_params()
+        network, preprocessing = self._network()
+        self.layer_, _ = self._resolve_layer(network)
+        self._check_labels(network)
+        X = self._check_tabular(X, network, preprocessing, reset=True)
+        iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
+        return self
+
+    def _check_tabular(self, X, network, preprocessing, *, reset):
+        """Validate 2-D input of networks that take feature vectors.
+
+        Such input gets scikit-learn's own checks (and ``n_features_in_``);
+        images and image tensors are checked by :func:`~skfishing.images.iter_batches`.
+        """
+        if preprocessing is not None or len(network.input_shape) != 1:
+            return X
+        return validate_data(self, X, reset=reset, dtype=[np.float32, np.float64])
+
+    def transform(self, X):
+        """Compute the features of ``X``.
+
+        Parameters
+        ----------
+        X : array-like or sequence of images
+            As in :meth:`fit`.
+
+        Returns
+        -------
+        Z : ndarray
+            For ``features="gradient"`` a structured array of shape
+            ``(n_samples,)`` with float32 fields ``"forward"`` and
+            ``"backward"``, each row of unit L2 norm; row ``i`` stands for
+            ``outer(Z["forward"][i], Z["backward"][i])``, the normalised
+            ``dE/dW_layer`` of sample ``i`` up to a global sign. Otherwise a
+            float32 array of shape ``(n_samples, n_features)`` with rows of
+            unit L2 norm (probabilities are returned as they are).
+        """
+        check_is_fitted(self)
+        network, preprocessing = self._network()
+        layer, keys = self._resolve_layer(network)
+        labels = self._check_labels(network)
+        X = self._check_tabular(X, network, preprocessing, reset=False)
+        n_samples, batches = iter_batches(
+            X,
+            network.input_shape,
+            preprocessing,
+            batch_size=self.batch_size,
+            dtype=network.dtype,
+            n_jobs=self.n_jobs,
+            progress=self.progress,
+            desc=f"{self.features} features",
+        )
+        parts = [[] for _ in keys]
+        for batch in batches:
+            trunk_output = network.run_trunk(batch)
+            outputs = network.run_head(trunk_output, keys, temperature=self.temperature, labels=labels)
+            for part, output in zip(parts, outputs):
+                part.append(output)
+        blocks = [np.concatenate(part) if part else np.empty((0, 0)) for part in parts]
+        if self.features == "probabilities":
+            return blocks[0].astype(np.float32)
+        if self.features == "activation":
+            return _l2_normalize(blocks[0])
+        forward, backward = blocks
+        Z = np.empty(n_samples, dtype=gradient_dtype(forward.shape[1], backward.shape[1]))
+        Z["forward"] = _l2_normalize(forward)
+        Z["backward"] = _l2_normalize(backward)
+        return Z
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.requires_fit = True
+        tags.non_deterministic = False
+        tags.input_tags.two_d_array = True
+        tags.input_tags.allow_nan = False
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags

@@ -1,0 +1,198 @@
+"""DeepFisherTransformer against torch autograd and NumPy references."""
+
+import pickle
+
+import numpy as np
+import onnx
+import pytest
+from sklearn.base import clone
+
+from onnx_models import caffe_alexnet_model, mlp_model, numpy_fisher, torch_gradients, torch_model
+from skfishing import network as network_module
+from skfishing.transformer import DeepFisherTransformer
+
+
+def _outer(Z):
+    return np.einsum("ni,nj->nij", Z["forward"].astype(np.float64), Z["backward"].astype(np.float64))
+
+
+@pytest.mark.parametrize("kind", ["alexnet", "vgg"])
+@pytest.mark.parametrize("double", [False, True], ids=["float32", "float64"])
+def test_gradients_match_torch_autograd(kind, double):
+    """outer(forward, backward) = -dE/dW / ||dE/dW|| for layers 6, 7, 8."""
+    torch = pytest.importorskip("torch")
+    net, model = torch_model(kind, double=double)
+    dtype = np.float64 if double else np.float32
+    X = np.random.default_rng(0).normal(size=(6, 3, 16, 16)).astype(dtype)
+    tol = 1e-5 if double else 1e-4
+    for temperature in (1.0, 2.0):
+        expected = torch_gradients(net, X, temperature)
+        for layer, G in zip((6, 7, 8), expected):
+            Z = DeepFisherTransformer(model, layer=layer, temperature=temperature).fit_transform(X)
+            assert Z.shape == (6,)
+            assert Z.dtype["forward"].base == np.float32
+            np.testing.assert_allclose(_outer(Z), -G, atol=tol, rtol=0)
+    assert torch.is_grad_enabled()
+
+
+def test_caffe_style_head_matches_torch_autograd():
+    """Autograd on an equivalent torch head fed with the trunk output."""
+    torch = pytest.importorskip("torch")
+    model, _, _, weights, biases = caffe_alexnet_model()
+    X = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    pool5 = DeepFisherTransformer(model, layer=5, features="activation").fit(X)
+    from skfishing.network import get_network
+
+    flat = get_network(model).run_trunk(X).reshape(5, -1).astype(np.float64)
+    for temperature in (1.0, 2.0):
+        Ws = [torch.tensor(w, requires_grad=True) for w in weights]
+        bs = [torch.tensor(b) for b in biases]
+        for layer in (6, 7, 8):
+            Z = DeepFisherTransformer(model, layer=layer, temperature=temperature).fit_transform(X)
+            for i in range(5):
+                x = torch.tensor(flat[i : i + 1])
+                for j, (W, b) in enumerate(zip(Ws, bs)):
+                    x = x @ W + b
+                    if j < 2:
+                        x = torch.relu(x)
+                loss = -(torch.log_softmax(x / temperature, dim=1)).mean()
+                (G,) = torch.autograd.grad(loss, [Ws[layer - 6]])
+                G = G.numpy() / np.linalg.norm(G.numpy())
+                np.testing.assert_allclose(_outer(Z[i : i + 1])[0], -G, atol=1e-4, rtol=0)
+    assert pool5.layer_ == 5
+
+
+def test_batch_size_never_changes_results():
+    model, _, _, _, _ = caffe_alexnet_model()
+    X = np.random.default_rng(2).normal(size=(70, 3, 8, 8)).astype(np.float32)
+    Z1 = DeepFisherTransformer(model, layer=7, batch_size=1).fit_transform(X)
+    Z64 = DeepFisherTransformer(model, layer=7, batch_size=64).fit_transform(X)
+    for field in ("forward", "backward"):
+        np.testing.assert_allclose(Z1[field], Z64[field], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("layer", [5, 6, 7, 8])
+def test_activation_features_are_normalised_layer_outputs(layer):
+    model, weights, biases = mlp_model(widths=(6, 7, 5, 4))
+    X = np.random.default_rng(3).normal(size=(9, 6)).astype(np.float32)
+    A = DeepFisherTransformer(model, layer=layer, features="activation").fit_transform(X)
+    _, _, acts = numpy_fisher(X, weights, biases)
+    ref = acts[layer - 5]
+    ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+    assert A.dtype == np.float32 and A.shape == ref.shape
+    np.testing.assert_allclose(A, ref, atol=1e-6)
+
+
+def test_probabilities_and_layer_by_name():
+    model, weights, biases = mlp_model(widths=(6, 7, 5, 4))
+    X = np.random.default_rng(4).normal(size=(5, 6)).astype(np.float32)
+    P = DeepFisherTransformer(model, features="probabilities").fit_transform(X)
+    logits = numpy_fisher(X, weights, biases)[2][-1]
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(P, e / e.sum(1, keepdims=True), atol=1e-6)
+    by_name = DeepFisherTransformer(model, layer="fc1").fit_transform(X)
+    by_number = DeepFisherTransformer(model, layer=7).fit_transform(X)
+    np.testing.assert_array_equal(by_name, by_number)
+
+
+def test_labels_parameter_is_used():
+    model, weights, biases = mlp_model()
+    X = np.random.default_rng(5).normal(size=(4, 6)).astype(np.float32)
+    g = [0.0, 1.0, 0.0]
+    Z = DeepFisherTransformer(model, layer=8, labels=g).fit_transform(X)
+    xs, deltas, _ = numpy_fisher(X, weights, biases, 2.0, labels=g)
+    ref = deltas[2] / np.linalg.norm(deltas[2], axis=1, keepdims=True)
+    np.testing.assert_allclose(Z["backward"], ref, atol=1e-6)
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        DeepFisherTransformer(model, labels=[0.5, 0.5]).fit(X)
+
+
+def test_missing_layer_error_lists_the_layers():
+    model, _, _ = mlp_model()
+    X = np.zeros((2, 6), np.float32)
+    with pytest.raises(ValueError, match=r"layer=3 does not exist for features='gradient' in this model \(valid: \[6, 7, 8\]\)"):
+        DeepFisherTransformer(model, layer=3).fit(X)
+    with pytest.raises(ValueError, match="(?s)no FC layer named 'fc9'.*layer 6: 'fc0'"):
+        DeepFisherTransformer(model, layer="fc9").fit(X)
+    with pytest.raises(ValueError, match=r"valid: \[5, 6, 7, 8\]"):
+        DeepFisherTransformer(model, layer=4, features="activation").fit(X)
+
+
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.zeros((2, 3, 8)), r"X has shape \(2, 3, 8\) but the network expects \(n_samples, 3, 8, 8\)"),
+        (np.zeros((2, 4, 8, 8)), r"X has shape \(2, 4, 8, 8\)"),
+        (np.zeros((2, 3, 9, 8)), r"X has shape \(2, 3, 9, 8\)"),
+        (np.full((2, 3, 8, 8), np.nan), "NaN"),
+        (np.full((2, 3, 8, 8), np.inf), "inf"),
+    ],
+)
+def test_bad_network_input_is_rejected(X, message):
+    model, _, _, _, _ = caffe_alexnet_model()
+    with pytest.raises(ValueError, match=message):
+        DeepFisherTransformer(model).fit_transform(X)
+
+
+def test_onnx_file_that_is_not_a_classifier(tmp_path):
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="only_relu")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+    )
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ValueError, match="Relu node 'only_relu'.*not by a fully connected layer"):
+        DeepFisherTransformer(str(path)).fit(np.zeros((2, 3), np.float32))
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not protobuf at all")
+    with pytest.raises(ValueError, match="garbage.onnx' is not a readable ONNX model"):
+        DeepFisherTransformer(str(garbage)).fit(np.zeros((2, 3), np.float32))
+
+
+def test_model_file_path_works_like_proto(tmp_path):
+    model, _, _ = mlp_model()
+    path = tmp_path / "mlp.onnx"
+    onnx.save(model, path)
+    X = np.random.default_rng(6).normal(size=(3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(
+        DeepFisherTransformer(path).fit_transform(X), DeepFisherTransformer(model).fit_transform(X)
+    )
+
+
+def test_clone_and_pickle_never_rebuild_the_network(monkeypatch):
+    model, _, _ = mlp_model(seed=11)
+    built = []
+    original = network_module.FisherNetwork.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(network_module.FisherNetwork, "__init__", counting_init)
+    X = np.random.default_rng(7).normal(size=(3, 6)).astype(np.float32)
+    fish = DeepFisherTransformer(model, layer=7).fit(X)
+    Z = fish.transform(X)
+    for _ in range(3):
+        np.testing.assert_array_equal(clone(fish).fit_transform(X), Z)
+    restored = pickle.loads(pickle.dumps(fish))
+    np.testing.assert_array_equal(restored.transform(X), Z)
+    assert len(built) == 1
+
+
+def test_gradient_rows_do_not_depend_on_order_subset_or_refit():
+    """What sklearn's common checks test on 2-D output, for structured output."""
+    model, _, _, _, _ = caffe_alexnet_model()
+    X = np.random.default_rng(8).normal(size=(12, 3, 8, 8)).astype(np.float32)
+    fish = DeepFisherTransformer(model, layer=6)
+    Z = fish.fit_transform(X)
+    order = np.random.default_rng(9).permutation(12)
+    Z_perm = fish.fit(X[order]).transform(X[order])
+    Z_sub = fish.fit(X).transform(X[3:7])
+    for field in ("forward", "backward"):
+        np.testing.assert_allclose(Z_perm[field], Z[field][order], atol=1e-6)
+        np.testing.assert_allclose(Z_sub[field], Z[field][3:7], atol=1e-6)
+        np.testing.assert_allclose(np.linalg.norm(Z[field], axis=1), 1.0, atol=1e-6)
