@@ -1,0 +1,365 @@
+"""Data set loaders: PASCAL VOC2007 (devkit folder or 64x64 archive), digits.
+
+- :func:`load_voc2007` reads a standard ``VOCdevkit`` folder into image paths,
+  a ``(n, 20)`` label matrix and a ``difficult`` mask;
+- :func:`load_voc2007_npz` reads the same information, with the images
+  already decoded, from a ``.npz`` archive;
+- :func:`load_digits_images` turns scikit-learn's bundled digits into small
+  RGB images, an offline data set for examples and smoke tests.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.utils import Bunch
+
+__all__ = [
+    "VOC2007_CLASSES",
+    "load_digits_images",
+    "load_voc2007",
+    "load_voc2007_npz",
+]
+
+#: The 20 PASCAL VOC2007 classes, in the devkit's order (the column order of
+#: the label matrices returned by the loaders).
+VOC2007_CLASSES = (
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+)
+
+_MAX_LISTED = 5
+
+
+def _voc2007_folder(root):
+    """Return the ``VOC2007`` folder given it or the ``VOCdevkit`` above it."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"VOC root folder {str(root)!r} does not exist.")
+    for candidate in (root / "VOC2007", root):
+        if (candidate / "ImageSets" / "Main").is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"{str(root)!r} is not a PASCAL VOC2007 folder: expected either a "
+        "VOCdevkit folder containing VOC2007/ImageSets/Main and "
+        "VOC2007/JPEGImages, or the VOC2007 folder itself containing "
+        "ImageSets/Main and JPEGImages."
+    )
+
+
+def _read_lines(path):
+    """Non-blank lines of a text file with their 1-based line numbers."""
+    if not path.is_file():
+        raise FileNotFoundError(f"VOC file {str(path)!r} does not exist.")
+    with open(path, encoding="ascii") as f:
+        lines = [(number, line.strip()) for number, line in enumerate(f, 1)]
+    return [(number, line) for number, line in lines if line]
+
+
+def _read_split(path):
+    """Image ids of ``ImageSets/Main/<split>.txt``, in file order."""
+    ids = []
+    seen = set()
+    for number, line in _read_lines(path):
+        fields = line.split()
+        if len(fields) != 1:
+            raise ValueError(
+                f"{path}, line {number}: expected one image id, got {line!r}."
+            )
+        if fields[0] in seen:
+            raise ValueError(f"{path}, line {number}: duplicate id {fields[0]!r}.")
+        seen.add(fields[0])
+        ids.append(fields[0])
+    if not ids:
+        raise ValueError(f"{path} lists no image id.")
+    return ids
+
+
+def _read_class_labels(path, index):
+    """Labels (1, -1 or 0) of ``<class>_<split>.txt`` in the order of ``index``."""
+    labels = np.full(len(index), 2, dtype=np.int8)  # 2 = not listed (yet)
+    for number, line in _read_lines(path):
+        fields = line.split()
+        if len(fields) != 2 or fields[1] not in ("1", "-1", "0"):
+            raise ValueError(
+                f"{path}, line {number}: expected '<image id> <label>' with "
+                f"label 1, -1 or 0; got {line!r}."
+            )
+        image_id, label = fields
+        if image_id not in index:
+            raise ValueError(
+                f"{path}, line {number}: image id {image_id!r} is not in the "
+                "split's image list."
+            )
+        row = index[image_id]
+        if labels[row] != 2:
+            raise ValueError(f"{path}, line {number}: duplicate id {image_id!r}.")
+        labels[row] = int(label)
+    missing = [image_id for image_id, row in index.items() if labels[row] == 2]
+    if missing:
+        raise ValueError(
+            f"{path} has no label for {len(missing)} image(s) of the split, "
+            f"e.g. {missing[:_MAX_LISTED]}."
+        )
+    return labels
+
+
+def load_voc2007(root, split="trainval"):
+    """Load the image list and labels of a PASCAL VOC2007 devkit folder.
+
+    Reads ``ImageSets/Main/<split>.txt`` (the image ids, whose order the
+    result keeps) and the 20 files ``ImageSets/Main/<class>_<split>.txt``
+    (lines ``<image id> <label>`` with label ``1`` = present, ``-1`` =
+    absent, ``0`` = present only as "difficult" objects). The images are not
+    decoded; their paths ``JPEGImages/<id>.jpg`` are checked to exist.
+
+    Parameters
+    ----------
+    root : str or path-like
+        Either the ``VOCdevkit`` folder (containing ``VOC2007/``) or the
+        ``VOC2007`` folder itself (containing ``ImageSets/`` and
+        ``JPEGImages/``).
+
+    split : str, default="trainval"
+        Name of the image set: ``"train"``, ``"val"``, ``"trainval"`` or
+        ``"test"`` (the latter in the VOC2007 test release), or any other
+        set that has its files in ``ImageSets/Main``.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With keys
+
+        - ``images``: list of str, the paths of the n JPEG files;
+        - ``labels``: ndarray of uint8, shape (n, 20), 1 where the devkit
+          label is 1, else 0 (difficult entries are 0);
+        - ``difficult``: ndarray of bool, shape (n, 20), True where the
+          devkit label is 0; the VOC evaluation ignores these entries (pass
+          it to :func:`skfishing.metrics.voc07_average_precision`);
+        - ``ids``: ndarray of str, shape (n,), the image ids;
+        - ``classes``: ndarray of str, shape (20,), :data:`VOC2007_CLASSES`;
+        - ``split``: ndarray of str, shape (n,), `split` for every row (the
+          same layout as :func:`load_voc2007_npz`).
+
+    Raises
+    ------
+    FileNotFoundError
+        If `root` is not a devkit folder, if a file of the split is missing
+        (the message names it) or if JPEG files are missing (the message
+        lists the first few).
+    ValueError
+        If a line is malformed (the message gives file and line number), or
+        if a class file lists an id that is not in the split's list, lists an
+        id twice or lacks one.
+
+    See Also
+    --------
+    load_voc2007_npz : The same labels with decoded 64x64 images.
+    skfishing.metrics.voc07_average_precision : The VOC2007 metric.
+
+    Examples
+    --------
+    >>> from skfishing.datasets import load_voc2007
+    >>> voc = load_voc2007("~/data/VOCdevkit", split="val")  # doctest: +SKIP
+    >>> voc.labels.shape  # doctest: +SKIP
+    (2510, 20)
+    """
+    if not isinstance(split, str) or not split or any(c in split for c in "/\\"):
+        raise ValueError(
+            f"split must be the name of an image set such as 'trainval'; got "
+            f"{split!r}."
+        )
+    folder = _voc2007_folder(Path(root).expanduser())
+    main = folder / "ImageSets" / "Main"
+    ids = _read_split(main / f"{split}.txt")
+    index = {image_id: row for row, image_id in enumerate(ids)}
+    raw = np.column_stack(
+        [
+            _read_class_labels(main / f"{name}_{split}.txt", index)
+            for name in VOC2007_CLASSES
+        ]
+    )
+    images = [folder / "JPEGImages" / f"{image_id}.jpg" for image_id in ids]
+    missing = [str(path) for path in images if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(images)} JPEG files of split {split!r} "
+            f"are missing, e.g. {missing[:_MAX_LISTED]}."
+        )
+    return Bunch(
+        images=[str(path) for path in images],
+        labels=(raw == 1).astype(np.uint8),
+        difficult=raw == 0,
+        ids=np.array(ids, dtype=str),
+        classes=np.array(VOC2007_CLASSES),
+        split=np.full(len(ids), split),
+    )
+
+
+_NPZ_KEYS = ("images", "labels", "difficult", "classes", "split", "ids")
+
+
+def load_voc2007_npz(path, split=None):
+    """Load PASCAL VOC2007 images and labels from a ``.npz`` archive.
+
+    The archive holds the arrays ``images`` (N, H, W, 3) uint8, ``labels``
+    (N, 20) 0/1, ``difficult`` (N, 20) 0/1, ``classes`` (20,) str,
+    ``split`` (N,) str (``"train"`` or ``"val"`` per row) and ``ids`` (N,)
+    str, and optionally ``orig_hw`` (N, 2), the original image sizes; this is
+    the format of ``voc2007_trainval64.npz``, the VOC2007 trainval images
+    warped to 64x64.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file.
+
+    split : {"train", "val", "trainval"} or None, default=None
+        Rows to return: those of the official ``train`` or ``val`` list, or
+        all of them (None or ``"trainval"``), in the archive's order.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        The layout of :func:`load_voc2007`, except that ``images`` is an
+        ndarray of uint8 of shape (n, H, W, 3); ``split`` gives each row's
+        own split (``"train"`` or ``"val"``); ``orig_hw`` is there when the
+        archive has it.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    ValueError
+        If `split` is not one of the values above or the archive lacks an
+        array or has inconsistent ones.
+
+    See Also
+    --------
+    load_voc2007 : Read a VOCdevkit folder instead.
+
+    Examples
+    --------
+    >>> from skfishing.datasets import load_voc2007_npz
+    >>> voc = load_voc2007_npz("voc2007_trainval64.npz", "train")  # doctest: +SKIP
+    >>> voc.images.shape  # doctest: +SKIP
+    (2500, 64, 64, 3)
+    """
+    if split not in (None, "train", "val", "trainval"):
+        raise ValueError(
+            f"split must be 'train', 'val', 'trainval' or None; got {split!r}."
+        )
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"VOC2007 archive {str(path)!r} does not exist.")
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [key for key in _NPZ_KEYS if key not in archive.files]
+        if missing:
+            raise ValueError(f"{path} lacks the array(s) {missing}.")
+        arrays = {key: archive[key] for key in archive.files}
+    images = arrays["images"]
+    n = len(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{path}: images must be uint8 of shape (N, H, W, 3); got "
+            f"{images.dtype} {images.shape}."
+        )
+    n_classes = len(arrays["classes"])
+    for key, shape in [
+        ("labels", (n, n_classes)),
+        ("difficult", (n, n_classes)),
+        ("split", (n,)),
+        ("ids", (n,)),
+    ]:
+        if arrays[key].shape != shape:
+            raise ValueError(
+                f"{path}: {key} must have shape {shape}; got {arrays[key].shape}."
+            )
+    if split in (None, "trainval"):
+        rows = np.arange(n)
+    else:
+        rows = np.flatnonzero(arrays["split"] == split)
+    data = Bunch(
+        images=images[rows],
+        labels=(arrays["labels"][rows] == 1).astype(np.uint8),
+        difficult=arrays["difficult"][rows].astype(bool),
+        ids=arrays["ids"][rows].astype(str),
+        classes=arrays["classes"].astype(str),
+        split=arrays["split"][rows].astype(str),
+    )
+    if "orig_hw" in arrays:
+        data.orig_hw = arrays["orig_hw"][rows]
+    return data
+
+
+def load_digits_images(size=32):
+    """Load scikit-learn's handwritten digits as small RGB images.
+
+    The 1797 scanned digits of :func:`sklearn.datasets.load_digits` (8x8,
+    grey levels 0..16, bundled with scikit-learn, no download) scaled to
+    0..255 (a white digit on black, as in the data), enlarged with Pillow's
+    bilinear filter to ``size x size`` and repeated over three channels. An
+    offline data set for examples and quick tests of the image pipeline.
+
+    Parameters
+    ----------
+    size : int, default=32
+        Height and width of the returned images, at least 8 (8 returns the
+        original pixels, rescaled).
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With keys ``images`` (ndarray of uint8, shape (1797, size, size, 3),
+        the three channels equal), ``target`` (ndarray of int, shape
+        (1797,), the digit) and ``target_names`` (ndarray, ``0..9``).
+
+    Examples
+    --------
+    >>> from skfishing.datasets import load_digits_images
+    >>> digits = load_digits_images(size=16)
+    >>> digits.images.shape, digits.images.dtype
+    ((1797, 16, 16, 3), dtype('uint8'))
+    >>> digits.target[:5]
+    array([0, 1, 2, 3, 4])
+    """
+    from PIL import Image
+
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
+        raise ValueError(f"size must be an integer >= 8; got {size!r}.")
+    digits = load_digits()
+    grey = np.rint(digits.images * (255 / 16)).astype(np.uint8)
+    if size != 8:
+        grey = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(image).resize(
+                        (size, size), Image.Resampling.BILINEAR
+                    )
+                )
+                for image in grey
+            ]
+        )
+    return Bunch(
+        images=np.repeat(grey[..., None], 3, axis=-1),
+        target=digits.target,
+        target_names=digits.target_names,
+    )
