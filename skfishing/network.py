@@ -65,7 +65,12 @@ class FisherNetwork:
         Per-sample input shape (None for dynamic dimensions).
     dtype : numpy dtype
         Element type the network computes in.
+    key : str
+        Identity of the model (set by :func:`get_network`): file path, size
+        and modification time, or the hash of the ModelProto's content.
     """
+
+    key = None
 
     def __init__(self, model, providers):
         self.head = find_fc_head(model)
@@ -144,6 +149,7 @@ def get_network(model, providers=None):
             return _cache[key]
     proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
     network = FisherNetwork(proto, providers)
+    network.key = repr(key[0])
     with _lock:
         _cache[key] = network
         while len(_cache) > _CACHE_SIZE:

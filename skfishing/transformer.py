@@ -11,6 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from .cache import sample_keys, trunk_cache
 from .images import iter_batches
 from .network import get_network
 from .registry import resolve_model
@@ -102,6 +103,12 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         Where registered models are downloaded to; None means the
         ``SKFISHING_CACHE_DIR`` environment variable, else the user cache.
 
+    memory : str or path-like, default=None
+        Directory where trunk outputs (e.g. pool5) are cached on disk, so
+        that parallel workers (``GridSearchCV(n_jobs=...)``) and later runs
+        share them. Trunk outputs are always cached in memory too (see
+        :mod:`skfishing.cache`); the cache never changes a result.
+
     Attributes
     ----------
     layer_ : int
@@ -141,6 +148,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
         "progress": ["boolean"],
         "cache_dir": [str, os.PathLike, None],
+        "memory": [str, os.PathLike, None],
     }
 
     def __init__(
@@ -156,6 +164,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         n_jobs=None,
         progress=False,
         cache_dir=None,
+        memory=None,
     ):
         self.model = model
         self.layer = layer
@@ -167,6 +176,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         self.n_jobs = n_jobs
         self.progress = progress
         self.cache_dir = cache_dir
+        self.memory = memory
 
     def _network(self):
         resolved = resolve_model(self.model, cache_dir=self.cache_dir)
@@ -264,23 +274,10 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         layer, keys = self._resolve_layer(network)
         labels = self._check_labels(network)
         X = self._check_tabular(X, network, preprocessing, reset=False)
-        n_samples, batches = iter_batches(
-            X,
-            network.input_shape,
-            preprocessing,
-            batch_size=self.batch_size,
-            dtype=network.dtype,
-            n_jobs=self.n_jobs,
-            progress=self.progress,
-            desc=f"{self.features} features",
-        )
-        parts = [[] for _ in keys]
-        for batch in batches:
-            trunk_output = network.run_trunk(batch)
-            outputs = network.run_head(trunk_output, keys, temperature=self.temperature, labels=labels)
-            for part, output in zip(parts, outputs):
-                part.append(output)
-        blocks = [np.concatenate(part) if part else np.empty((0, 0)) for part in parts]
+        if not isinstance(X, np.ndarray):
+            X = list(X)
+        n_samples, _ = iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
+        blocks = self._run(network, preprocessing, X, n_samples, keys, labels)
         if self.features == "probabilities":
             return blocks[0].astype(np.float32)
         if self.features == "activation":
@@ -290,6 +287,49 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         Z["forward"] = _l2_normalize(forward)
         Z["backward"] = _l2_normalize(backward)
         return Z
+
+    def _run(self, network, preprocessing, X, n_samples, keys, labels):
+        """Head outputs for every sample, running the trunk on cache misses."""
+        context = f"{network.key}|{preprocessing!r}|{np.dtype(network.dtype).str}|{network.input_shape}"
+        cache_keys = sample_keys(X, context)
+        trunk_outputs = [None if key is None else trunk_cache.get(key, self.memory) for key in cache_keys]
+        hits = np.array([t is not None for t in trunk_outputs], dtype=bool)
+        blocks = [None] * len(keys)
+
+        def head(rows, trunk_output):
+            outputs = network.run_head(trunk_output, keys, temperature=self.temperature, labels=labels)
+            for j, output in enumerate(outputs):
+                if blocks[j] is None:
+                    blocks[j] = np.empty((n_samples, output.shape[1]), dtype=output.dtype)
+                blocks[j][rows] = output
+
+        hit_rows = np.flatnonzero(hits)
+        for start in range(0, len(hit_rows), self.batch_size):
+            rows = hit_rows[start : start + self.batch_size]
+            head(rows, np.stack([trunk_outputs[i] for i in rows]))
+        miss_rows = np.flatnonzero(~hits)
+        if len(miss_rows):
+            _, batches = iter_batches(
+                X,
+                network.input_shape,
+                preprocessing,
+                batch_size=self.batch_size,
+                dtype=network.dtype,
+                n_jobs=self.n_jobs,
+                progress=self.progress,
+                desc=f"{self.features} features",
+                skip=hits,
+            )
+            done = 0
+            for batch in batches:
+                rows = miss_rows[done : done + len(batch)]
+                done += len(batch)
+                trunk_output = network.run_trunk(batch)
+                for i, row in zip(rows, trunk_output):
+                    if cache_keys[i] is not None:
+                        trunk_cache.put(cache_keys[i], row, self.memory)
+                head(rows, trunk_output)
+        return blocks
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,0 +1,155 @@
+"""Cache of trunk outputs, so that the network trunk runs once per image.
+
+The trunk (image -> pool5) is by far the most expensive part of a network;
+the FC head with its backward pass is cheap. A grid search over ``layer`` and
+``temperature`` with cross-validation would otherwise run the whole network
+for every candidate and fold. Trunk outputs are kept, per sample, under a key
+made of
+
+* the model identity (file path, size and modification time, or the hash of
+  a ``ModelProto``'s content) and the image preprocessing, and
+* the sample: path, size and modification time for image files, the hash of
+  the pixels or values for PIL images and arrays.
+
+Entries live in a process-wide, size-bounded in-memory store
+(:data:`trunk_cache`) and, when a transformer has ``memory=<directory>``, in
+that directory as ``.npy`` files written atomically (a reader never sees a
+partly written file), so parallel workers share them. The cache never changes
+a result: a sample's trunk output does not depend on the batch it ran in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["TrunkCache", "trunk_cache", "sample_keys"]
+
+_DEFAULT_MAX_BYTES = 1 << 30
+
+
+class TrunkCache:
+    """Least-recently-used store of arrays, bounded by total bytes.
+
+    Parameters
+    ----------
+    max_bytes : int
+        Entries are evicted, oldest use first, beyond this many bytes.
+    """
+
+    def __init__(self, max_bytes=_DEFAULT_MAX_BYTES):
+        self.max_bytes = max_bytes
+        self._entries = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key, directory=None):
+        """The array stored under ``key``, or None."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None:
+                self._entries.move_to_end(key)
+                return value
+        if directory is None:
+            return None
+        try:
+            value = np.load(Path(directory) / f"{key}.npy", allow_pickle=False)
+        except (OSError, ValueError):  # absent, or not a complete .npy file
+            return None
+        self._remember(key, value)
+        return value
+
+    def put(self, key, value, directory=None):
+        """Store a copy of ``value`` (and write it to ``directory``)."""
+        value = np.array(value, copy=True)
+        value.setflags(write=False)
+        self._remember(key, value)
+        if directory is not None:
+            _atomic_save(Path(directory), key, value)
+
+    def _remember(self, key, value):
+        if value.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._bytes -= old.nbytes
+            self._entries[key] = value
+            self._bytes += value.nbytes
+            while self._bytes > self.max_bytes:
+                _, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.nbytes
+
+    def clear(self):
+        """Forget every in-memory entry (files on disk stay)."""
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0
+
+    def __len__(self):
+        return len(self._entries)
+
+    @property
+    def nbytes(self):
+        """Bytes held in memory."""
+        return self._bytes
+
+
+def _atomic_save(directory, key, value):
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, value, allow_pickle=False)
+        os.replace(tmp, directory / f"{key}.npy")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+#: The process-wide store used by :class:`~skfishing.DeepFisherTransformer`.
+trunk_cache = TrunkCache()
+
+
+def _sample_token(sample):
+    """Bytes that identify one input sample."""
+    if isinstance(sample, (str, os.PathLike)):
+        path = Path(sample)
+        try:
+            stat = path.stat()
+        except OSError:
+            return None  # let the image loader report the missing file
+        return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
+    if hasattr(sample, "tobytes") and hasattr(sample, "mode") and hasattr(sample, "size"):  # PIL
+        digest = hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
+        return f"pil:{sample.mode}:{sample.size}:{digest}".encode()
+    array = np.ascontiguousarray(sample)
+    if array.dtype == object:
+        return None
+    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+    return f"array:{array.dtype.str}:{array.shape}:{digest}".encode()
+
+
+def sample_keys(X, context):
+    """One cache key per sample of ``X`` (None where a sample has none).
+
+    Parameters
+    ----------
+    X : ndarray or sequence
+        The input, as given to ``transform``.
+    context : str
+        Identifies everything besides the sample that the trunk output
+        depends on: the model and the preprocessing.
+    """
+    prefix = hashlib.blake2b(context.encode(), digest_size=16).digest()
+    keys = []
+    for sample in X:
+        token = _sample_token(sample)
+        keys.append(None if token is None else hashlib.blake2b(prefix + token, digest_size=20).hexdigest())
+    return keys

@@ -1,0 +1,132 @@
+"""The trunk-output cache never changes a result and saves trunk runs."""
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from sklearn.base import clone
+
+from onnx_models import caffe_alexnet_model
+from skfishing.cache import TrunkCache, trunk_cache
+from skfishing.network import FisherNetwork
+from skfishing.transformer import DeepFisherTransformer
+
+MODEL = caffe_alexnet_model(seed=21)[0]
+X = np.random.default_rng(0).normal(size=(10, 3, 8, 8)).astype(np.float32)
+
+
+@pytest.fixture
+def trunk_runs(monkeypatch):
+    """Count the samples that go through the trunk."""
+    trunk_cache.clear()
+    runs = []
+    original = FisherNetwork.run_trunk
+
+    def counting(self, batch):
+        runs.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(FisherNetwork, "run_trunk", counting)
+    yield runs
+    trunk_cache.clear()
+
+
+def _assert_same(Z1, Z2):
+    for field in ("forward", "backward"):
+        np.testing.assert_array_equal(Z1[field], Z2[field])
+
+
+def test_warm_cache_gives_identical_features_without_trunk(trunk_runs):
+    fish = DeepFisherTransformer(MODEL, layer=7, batch_size=4).fit(X)
+    cold = fish.transform(X)
+    assert sum(trunk_runs) == 10
+    warm = fish.transform(X)
+    assert sum(trunk_runs) == 10
+    _assert_same(cold, warm)
+    # other layers, temperatures and clones reuse the trunk outputs too
+    for params in [dict(layer=6), dict(temperature=4.0), dict(layer=8, temperature=1.0)]:
+        cached = clone(fish).set_params(**params).fit_transform(X)
+        trunk_cache.clear()
+        before = sum(trunk_runs)
+        uncached = clone(fish).set_params(**params).fit_transform(X)
+        assert sum(trunk_runs) == before + 10
+        _assert_same(cached, uncached)
+    assert sum(trunk_runs) == 40
+
+
+def test_partial_hits_keep_sample_order(trunk_runs):
+    fish = DeepFisherTransformer(MODEL, layer=7, batch_size=3).fit(X)
+    fish.transform(X[[1, 4, 7]])
+    mixed = fish.transform(X)
+    assert trunk_runs[-3:] and sum(trunk_runs) == 3 + 7
+    trunk_cache.clear()
+    _assert_same(mixed, fish.transform(X))
+
+
+def test_disk_cache_matches_memory_cache(trunk_runs, tmp_path):
+    fish = DeepFisherTransformer(MODEL, layer=6, memory=tmp_path).fit(X)
+    reference = fish.transform(X)
+    assert len(list(tmp_path.glob("*.npy"))) == 10
+    assert not list(tmp_path.glob("*.tmp"))
+    trunk_cache.clear()
+    from_disk = fish.transform(X)
+    assert sum(trunk_runs) == 10
+    _assert_same(reference, from_disk)
+
+
+def test_truncated_cache_file_is_a_miss_not_an_error(trunk_runs, tmp_path):
+    fish = DeepFisherTransformer(MODEL, layer=6, memory=tmp_path).fit(X)
+    reference = fish.transform(X)
+    for path in sorted(tmp_path.glob("*.npy"))[:3]:
+        path.write_bytes(path.read_bytes()[:40])
+    trunk_cache.clear()
+    _assert_same(reference, fish.transform(X))
+    assert sum(trunk_runs) == 10 + 3
+
+
+def test_other_model_never_reads_these_entries(trunk_runs):
+    other = caffe_alexnet_model(seed=22)[0]
+    DeepFisherTransformer(MODEL).fit_transform(X)
+    Z_other = DeepFisherTransformer(other).fit_transform(X)
+    assert sum(trunk_runs) == 20
+    trunk_cache.clear()
+    _assert_same(Z_other, DeepFisherTransformer(other).fit_transform(X))
+
+
+def test_disk_cache_shared_across_processes(trunk_runs, tmp_path):
+    model_path = tmp_path / "model.onnx"
+    onnx.save(MODEL, model_path)
+    np.save(tmp_path / "X.npy", X)
+    cache_dir = tmp_path / "cache"
+    script = textwrap.dedent(
+        f"""
+        import numpy as np
+        from skfishing.transformer import DeepFisherTransformer
+        X = np.load({str(tmp_path / "X.npy")!r})
+        DeepFisherTransformer({str(model_path)!r}, layer=7, memory={str(cache_dir)!r}).fit_transform(X)
+        """
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent)
+    assert len(list(cache_dir.glob("*.npy"))) == 10
+    from_other_process = DeepFisherTransformer(str(model_path), layer=7, memory=cache_dir).fit_transform(X)
+    assert sum(trunk_runs) == 0
+    trunk_cache.clear()
+    uncached = DeepFisherTransformer(str(model_path), layer=7).fit_transform(X)
+    _assert_same(from_other_process, uncached)
+
+
+def test_memory_store_is_bounded():
+    cache = TrunkCache(max_bytes=1000)
+    for i in range(10):
+        cache.put(f"k{i}", np.zeros(50, np.float32))  # 200 bytes each
+    assert cache.nbytes <= 1000 and len(cache) == 5
+    assert cache.get("k0") is None and cache.get("k9") is not None
+    cache.put("huge", np.zeros(1000, np.float32))
+    assert cache.get("huge") is None
+    stored = cache.get("k9")
+    with pytest.raises(ValueError):
+        stored[0] = 1.0  # entries are read-only, so callers cannot corrupt them
