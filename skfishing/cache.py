@@ -1,10 +1,12 @@
-"""Cache of trunk outputs, so that the network trunk runs once per image.
+"""Cache of each sample's forward pass, so that the network runs once per image.
 
-The trunk (image -> pool5) is by far the most expensive part of a network;
-the FC head with its backward pass is cheap. A grid search over ``layer`` and
-``temperature`` with cross-validation would otherwise run the whole network
-for every candidate and fold. Trunk outputs are kept, per sample, under a key
-made of
+A grid search over ``layer`` and ``temperature`` with cross-validation would
+otherwise run the whole network for every candidate and fold. What does not
+depend on those parameters — the trunk output (e.g. pool5) and the
+pre-activations of every FC layer, together the *state* of a sample (see
+:class:`skfishing.network.FisherNetwork`) — is kept per sample; only the
+cheap backward pass of the FC head reruns. States are kept under a key made
+of
 
 * the model identity (file path, size and modification time, or the hash of
   a ``ModelProto``'s content) and the image preprocessing, and
@@ -12,10 +14,10 @@ made of
   the pixels or values for PIL images and arrays.
 
 Entries live in a process-wide, size-bounded in-memory store
-(:data:`trunk_cache`) and, when a transformer has ``memory=<directory>``, in
+(:data:`forward_cache`, 1 GiB by default: set its ``max_bytes``) and, when a transformer has ``memory=<directory>``, in
 that directory as ``.npy`` files written atomically (a reader never sees a
 partly written file), so parallel workers share them. The cache never changes
-a result: a sample's trunk output does not depend on the batch it ran in.
+a result: a sample's state does not depend on the batch it ran in.
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["TrunkCache", "trunk_cache", "sample_keys"]
+__all__ = ["ArrayCache", "forward_cache", "sample_keys"]
 
 _DEFAULT_MAX_BYTES = 1 << 30
 
 
-class TrunkCache:
+class ArrayCache:
     """Least-recently-used store of arrays, bounded by total bytes.
 
     Parameters
@@ -114,7 +116,7 @@ def _atomic_save(directory, key, value):
 
 
 #: The process-wide store used by :class:`~skfishing.DeepFisherTransformer`.
-trunk_cache = TrunkCache()
+forward_cache = ArrayCache()
 
 
 def _sample_token(sample):
@@ -132,7 +134,7 @@ def _sample_token(sample):
     array = np.ascontiguousarray(sample)
     if array.dtype == object:
         return None
-    digest = hashlib.blake2b(array.view(np.uint8).reshape(-1), digest_size=16).hexdigest()
+    digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
     return f"array:{array.dtype.str}:{array.shape}:{digest}".encode()
 
 

@@ -41,6 +41,8 @@ __all__ = [
     "HeadStructureError",
     "find_fc_head",
     "build_head_model",
+    "build_forward_model",
+    "build_backward_model",
     "build_trunk_model",
     "add_backward",
     "LAST_LAYER",
@@ -338,12 +340,13 @@ def find_fc_head(model):
 
 
 def output_names(head):
-    """Names of the head model's outputs, keyed by what they hold.
+    """Names of the head's tensors, keyed by what they hold.
 
     Returns a dict with keys ``("forward", k)`` (``x_{k-1}``, the input of FC
     layer ``k``), ``("backward", k)`` (``delta_k``), ``("activation", k)``
     (``x_k`` for the head input and hidden layers, the logits ``y_L`` for the
-    classifier) and ``"probabilities"`` (``softmax(y_L)``, no temperature).
+    classifier), ``("preactivation", k)`` (``y_k``) and ``"probabilities"``
+    (``softmax(y_L)``, no temperature).
     """
     names = {}
     for layer in head.layers:
@@ -351,77 +354,90 @@ def output_names(head):
         names["forward", k] = f"{PREFIX}x{k - 1}"
         names["activation", k - 1] = f"{PREFIX}x{k - 1}"
         names["backward", k] = f"{PREFIX}delta{k}"
+        names["preactivation", k] = f"{PREFIX}y{k}"
     last = head.layers[-1].number
     names["activation", last] = f"{PREFIX}y{last}"
     names["probabilities"] = f"{PREFIX}prob{last}"
     return names
 
 
-def _head_graph_parts(head, temperature, labels):
-    """Nodes, initializers, extra inputs and outputs of the head."""
-    dtype = head.dtype
-    elem = helper.np_dtype_to_tensor_dtype(dtype)
-    names = output_names(head)
-    p = PREFIX
-    nodes, inits = [], []
+class _Parts:
+    """Nodes and initializers of a graph being built in the head's dtype."""
 
-    def const(name, value):
-        inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+    def __init__(self, head):
+        self.head = head
+        self.elem = helper.np_dtype_to_tensor_dtype(head.dtype)
+        self.nodes, self.inits = [], []
+
+    def const(self, name, value):
+        if name not in {i.name for i in self.inits}:
+            self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=self.head.dtype), name))
         return name
 
-    first = head.layers[0].number
-    nodes.append(helper.make_node("Flatten", [head.input_name], [f"{p}x{first - 1}"], axis=1, name=f"{p}flatten"))
-    x = f"{p}x{first - 1}"
+    def node(self, op, inputs, output, **attrs):
+        self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
+        return output
+
+    def info(self, name, width):
+        return helper.make_tensor_value_info(name, self.elem, ["N", width])
+
+
+def _forward_parts(parts):
+    """Flatten the head input, then every FC layer up to the logits."""
+    head, p = parts.head, PREFIX
+    x = parts.node("Flatten", [head.input_name], f"{p}x{head.input_number}", axis=1)
     for layer in head.layers:
         k = layer.number
-        w = const(f"{p}W{k}", layer.weight)
-        gemm_inputs = [x, w]
+        gemm_inputs = [x, parts.const(f"{p}W{k}", layer.weight)]
         if layer.bias is not None:
-            gemm_inputs.append(const(f"{p}b{k}", layer.bias))
-        nodes.append(helper.make_node("Gemm", gemm_inputs, [f"{p}y{k}"], name=f"{p}fc{k}"))
-        if k != head.layers[-1].number:
-            x = f"{p}x{k}"
-            nodes.append(helper.make_node("Relu", [f"{p}y{k}"], [x], name=f"{p}relu{k}"))
+            gemm_inputs.append(parts.const(f"{p}b{k}", layer.bias))
+        y = parts.node("Gemm", gemm_inputs, f"{p}y{k}")
+        if layer is not head.layers[-1]:
+            x = parts.node("Relu", [y], f"{p}x{k}")
+    parts.node("Softmax", [y], f"{p}prob{head.layers[-1].number}", axis=1)
 
+
+def _backward_parts(parts, lowest, temperature, labels):
+    """Eq. (10) from the logits down to ``delta_lowest``; returns the extra inputs."""
+    head, p = parts.head, PREFIX
     last = head.layers[-1].number
-    logits = f"{p}y{last}"
-    nodes += [
-        helper.make_node("Softmax", [logits], [names["probabilities"]], axis=1, name=f"{p}softmax"),
-        helper.make_node("Div", [logits, f"{p}temperature"], [f"{p}scaled{last}"], name=f"{p}temper"),
-        helper.make_node("Softmax", [f"{p}scaled{last}"], [f"{p}soft{last}"], axis=1, name=f"{p}softmax_tau"),
-        helper.make_node("Sub", [f"{p}labels", f"{p}soft{last}"], [f"{p}delta{last}"], name=f"{p}delta{last}"),
-    ]
-    zero = const(f"{p}zero", 0)
-    for lower, upper in zip(head.layers[-2::-1], head.layers[:0:-1]):
-        k = lower.number
-        # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
-        nodes += [
-            helper.make_node("Gemm", [f"{p}delta{k + 1}", f"{p}W{k + 1}"], [f"{p}bp{k}"], transB=1, name=f"{p}bp{k}"),
-            helper.make_node("Greater", [f"{p}y{k}", zero], [f"{p}mask{k}"], name=f"{p}mask{k}"),
-            helper.make_node("Where", [f"{p}mask{k}", f"{p}bp{k}", zero], [f"{p}delta{k}"], name=f"{p}delta{k}"),
-        ]
     n_classes = head.n_classes
-    tau = np.asarray(temperature, dtype=dtype)
-    g = np.full(n_classes, 1.0 / n_classes, dtype=dtype) if labels is None else np.asarray(labels, dtype=dtype)
+    g = np.full(n_classes, 1.0 / n_classes) if labels is None else np.asarray(labels, dtype=np.float64)
     if g.shape != (n_classes,):
         raise ValueError(f"labels must have shape ({n_classes},), got {g.shape}")
-    extra_inputs = [
-        helper.make_tensor_value_info(f"{p}temperature", elem, []),
-        helper.make_tensor_value_info(f"{p}labels", elem, [n_classes]),
+    parts.const(f"{p}temperature", temperature)
+    parts.const(f"{p}labels", g)
+    scaled = parts.node("Div", [f"{p}y{last}", f"{p}temperature"], f"{p}scaled{last}")
+    soft = parts.node("Softmax", [scaled], f"{p}soft{last}", axis=1)
+    delta = parts.node("Sub", [f"{p}labels", soft], f"{p}delta{last}")
+    zero = parts.const(f"{p}zero", 0)
+    for k in range(last - 1, lowest - 1, -1):
+        # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
+        weight = parts.const(f"{p}W{k + 1}", head.layers[k + 1 - head.layers[0].number].weight)
+        bp = parts.node("Gemm", [delta, weight], f"{p}bp{k}", transB=1)
+        mask = parts.node("Greater", [f"{p}y{k}", zero], f"{p}mask{k}")
+        delta = parts.node("Where", [mask, bp, zero], f"{p}delta{k}")
+    return [
+        helper.make_tensor_value_info(f"{p}temperature", parts.elem, []),
+        helper.make_tensor_value_info(f"{p}labels", parts.elem, [n_classes]),
     ]
-    inits += [numpy_helper.from_array(tau, f"{p}temperature"), numpy_helper.from_array(g, f"{p}labels")]
-    outputs = []
-    for key, name in names.items():
-        if name not in {o.name for o in outputs}:
-            width = n_classes if key == "probabilities" else _width(head, key)
-            outputs.append(helper.make_tensor_value_info(name, elem, ["N", width]))
-    return nodes, inits, extra_inputs, outputs
+
+
+def _outputs(parts, keys):
+    names = output_names(parts.head)
+    infos, seen = [], set()
+    for key in keys:
+        if names[key] not in seen:
+            seen.add(names[key])
+            width = parts.head.n_classes if key == "probabilities" else _width(parts.head, key)
+            infos.append(parts.info(names[key], width))
+    return infos
 
 
 def _width(head, key):
     kind, k = key
     by_number = {layer.number: layer for layer in head.layers}
-    if kind == "backward":
+    if kind in ("backward", "preactivation"):
         return by_number[k].n_outputs
     if kind == "forward":
         return by_number[k].n_inputs
@@ -441,6 +457,62 @@ def _finish(graph, opset, source=None):
     return model
 
 
+def _state_keys(head):
+    """What :func:`build_forward_model` outputs: the head input and every y_k."""
+    return [("activation", head.input_number)] + [("preactivation", k) for k in head.numbers]
+
+
+def build_forward_model(head):
+    """The FC head's forward pass, from its input to the logits.
+
+    Its outputs (the flattened head input and the pre-activations ``y_k`` of
+    every FC layer) do not depend on the temperature or the labels: they are
+    what is cached per image.
+    """
+    parts = _Parts(head)
+    _forward_parts(parts)
+    keep = {output_names(head)[key] for key in _state_keys(head)}
+    graph = helper.make_graph(
+        parts.nodes,
+        "skfishing_forward",
+        [helper.make_tensor_value_info(head.input_name, parts.elem, None)],
+        _outputs(parts, _state_keys(head)),
+        initializer=parts.inits,
+    )
+    assert keep == {o.name for o in graph.output}
+    return _finish(graph, head.opset)
+
+
+def build_backward_model(head, layer, *, temperature=2.0, labels=None):
+    """The backward pass of Eq. (10) from the logits down to ``delta_layer``.
+
+    Inputs: the pre-activations ``fish_y{k}`` for ``k >= layer`` (the
+    logits and the ReLU masks), ``fish_temperature`` and ``fish_labels``
+    (both with defaults); output: ``fish_delta{layer}``.
+    """
+    if layer not in head.numbers:
+        raise ValueError(f"layer {layer} is not an FC layer of this head {head.numbers}")
+    parts = _Parts(head)
+    extra_inputs = _backward_parts(parts, layer, temperature, labels)
+    inputs = [parts.info(f"{PREFIX}y{k}", _width(head, ("preactivation", k))) for k in head.numbers if k >= layer]
+    graph = helper.make_graph(
+        parts.nodes,
+        "skfishing_backward",
+        inputs + extra_inputs,
+        _outputs(parts, [("backward", layer)]),
+        initializer=parts.inits,
+    )
+    return _finish(graph, head.opset)
+
+
+def _full_head_parts(head, temperature, labels):
+    parts = _Parts(head)
+    _forward_parts(parts)
+    extra_inputs = _backward_parts(parts, head.numbers[0], temperature, labels)
+    keys = [key for key in output_names(head) if key[0] != "preactivation"]
+    return parts, extra_inputs, _outputs(parts, keys)
+
+
 def build_head_model(head, *, temperature=2.0, labels=None):
     """The FC head with its backward subgraph, as a standalone ONNX model.
 
@@ -458,12 +530,14 @@ def build_head_model(head, *, temperature=2.0, labels=None):
     model : onnx.ModelProto
         Inputs: the head input tensor (any shape whose trailing dimensions
         flatten to the first FC layer's width), ``fish_temperature`` and
-        ``fish_labels``; outputs as listed by :func:`output_names`.
+        ``fish_labels``; outputs as listed by :func:`output_names` (without
+        the pre-activations).
     """
-    nodes, inits, extra_inputs, outputs = _head_graph_parts(head, temperature, labels)
-    elem = helper.np_dtype_to_tensor_dtype(head.dtype)
-    head_input = helper.make_tensor_value_info(head.input_name, elem, None)
-    graph = helper.make_graph(nodes, "skfishing_head", [head_input] + extra_inputs, outputs, initializer=inits)
+    parts, extra_inputs, outputs = _full_head_parts(head, temperature, labels)
+    head_input = helper.make_tensor_value_info(head.input_name, parts.elem, None)
+    graph = helper.make_graph(
+        parts.nodes, "skfishing_head", [head_input] + extra_inputs, outputs, initializer=parts.inits
+    )
     return _finish(graph, head.opset)
 
 
@@ -544,7 +618,7 @@ def add_backward(model, *, temperature=2.0, labels=None):
     model : onnx.ModelProto
     """
     head = find_fc_head(model)
-    nodes, inits, extra_inputs, outputs = _head_graph_parts(head, temperature, labels)
+    parts, extra_inputs, outputs = _full_head_parts(head, temperature, labels)
     trunk = build_trunk_model(model, head)
     if trunk is None:
         graph_inputs = [_dynamic_batch(i) for i in model.graph.input if i.name == head.input_name]
@@ -553,10 +627,10 @@ def add_backward(model, *, temperature=2.0, labels=None):
         graph_inputs = list(trunk.graph.input)
         trunk_nodes, trunk_inits = list(trunk.graph.node), list(trunk.graph.initializer)
     graph = helper.make_graph(
-        trunk_nodes + nodes,
+        trunk_nodes + parts.nodes,
         "skfishing_fisher",
         graph_inputs + extra_inputs,
         outputs,
-        initializer=trunk_inits + inits,
+        initializer=trunk_inits + parts.inits,
     )
     return _finish(graph, head.opset, source=model)

@@ -18,7 +18,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .graph import build_head_model, build_trunk_model, find_fc_head, output_names
+from .graph import (
+    _state_keys,
+    build_backward_model,
+    build_forward_model,
+    build_trunk_model,
+    find_fc_head,
+    output_names,
+)
 
 __all__ = ["FisherNetwork", "get_network", "default_providers", "clear_network_cache"]
 
@@ -46,7 +53,18 @@ def _per_sample_shape(value_info):
 
 
 class FisherNetwork:
-    """Trunk and head sessions of one classifier.
+    """Trunk, forward-head and backward sessions of one classifier.
+
+    The work is split in three so that each part runs as rarely as it can:
+
+    * :meth:`run_trunk`: image -> head input (e.g. pool5), the costly part;
+    * :meth:`run_forward`: head input -> the *state* of a sample, the
+      concatenation of the flattened head input and the pre-activations
+      ``y_k`` of all FC layers. It does not depend on the temperature or
+      the labels, so it is what gets cached per image;
+    * :meth:`features`: state -> requested features; the backward pass of
+      Eq. (10) runs in a small ONNX graph per layer, built on first use,
+      that goes from the logits down to that layer only.
 
     Parameters
     ----------
@@ -79,7 +97,16 @@ class FisherNetwork:
         self._names = output_names(self.head)
         trunk = build_trunk_model(model, self.head)
         self._trunk = None if trunk is None else _session(trunk, providers)
-        self._head = _session(build_head_model(self.head), providers)
+        self._forward = _session(build_forward_model(self.head), providers)
+        self._backward = {}
+        self._backward_lock = threading.Lock()
+        self._state_names = [self._names[key] for key in _state_keys(self.head)]
+        widths = [self.head.layers[0].n_inputs] + [layer.n_outputs for layer in self.head.layers]
+        offsets = np.cumsum([0] + widths)
+        self._slices = {
+            key: slice(a, b) for key, a, b in zip(_state_keys(self.head), offsets[:-1], offsets[1:])
+        }
+        self.state_width = int(offsets[-1])
         if trunk is None:
             (value_info,) = [i for i in model.graph.input if i.name == self.head.input_name]
         elif len(trunk.graph.input) == 1:
@@ -92,7 +119,7 @@ class FisherNetwork:
 
     def layer_numbers(self, kind):
         """Layer numbers valid for a feature kind."""
-        return sorted(k for key in self._names if isinstance(key, tuple) and key[0] == kind for k in [key[1]])
+        return sorted(key[1] for key in self._names if isinstance(key, tuple) and key[0] == kind)
 
     def run_trunk(self, batch):
         """The head input (e.g. pool5) for a batch of network inputs."""
@@ -100,15 +127,68 @@ class FisherNetwork:
             return batch
         return self._trunk.run(None, {self.input_name: batch})[0]
 
-    def run_head(self, trunk_output, keys, *, temperature=2.0, labels=None):
-        """Head outputs for ``keys`` (see :func:`skfishing.graph.output_names`).
+    def run_forward(self, trunk_output):
+        """States (flattened head input and all ``y_k``), one row per sample."""
+        outputs = self._forward.run(self._state_names, {self.head.input_name: trunk_output})
+        return np.concatenate(outputs, axis=1)
 
-        Returns a list of arrays in the order of ``keys``.
+    def _state_part(self, state, key):
+        return state[:, self._slices[key]]
+
+    def _backward_session(self, layer):
+        with self._backward_lock:
+            if layer not in self._backward:
+                self._backward[layer] = _session(build_backward_model(self.head, layer), self.providers)
+            return self._backward[layer]
+
+    def features(self, state, keys, *, temperature=2.0, labels=None):
+        """Features for ``keys`` (see :func:`skfishing.graph.output_names`).
+
+        Parameters
+        ----------
+        state : ndarray of shape (n_samples, state_width)
+            As returned by :meth:`run_forward`.
+        keys : list
+            What to compute.
+        temperature : float, default=2.0
+            Softmax temperature of the loss.
+        labels : array-like of shape (n_classes,), default=None
+            Label vector of the loss; None means uniform.
+
+        Returns
+        -------
+        features : list of ndarray
+            In the order of ``keys``.
         """
-        feeds = {self.head.input_name: trunk_output, "fish_temperature": np.asarray(temperature, dtype=self.dtype)}
-        if labels is not None:
-            feeds["fish_labels"] = np.asarray(labels, dtype=self.dtype)
-        return self._head.run([self._names[key] for key in keys], feeds)
+        first, last = self.head.numbers[0], self.head.numbers[-1]
+        y = {k: self._state_part(state, ("preactivation", k)) for k in self.head.numbers}
+        head_input = self._state_part(state, ("activation", first - 1))
+        results = []
+        for key in keys:
+            kind, k = key if isinstance(key, tuple) else (key, last)
+            if kind == "probabilities":
+                z = y[last] - y[last].max(axis=1, keepdims=True)
+                e = np.exp(z.astype(np.float64))
+                results.append((e / e.sum(axis=1, keepdims=True)).astype(self.dtype))
+            elif kind == "preactivation" or (kind == "activation" and k == last):
+                results.append(y[k])
+            elif (kind == "activation" and k == first - 1) or (kind == "forward" and k == first):
+                results.append(head_input)
+            elif kind in ("activation", "forward"):
+                results.append(np.maximum(y[k if kind == "activation" else k - 1], 0))
+            elif kind == "backward":
+                feeds = {self._names["preactivation", j]: y[j] for j in self.head.numbers if j >= k}
+                feeds["fish_temperature"] = np.asarray(temperature, dtype=self.dtype)
+                if labels is not None:
+                    feeds["fish_labels"] = np.asarray(labels, dtype=self.dtype)
+                results.append(self._backward_session(k).run(None, feeds)[0])
+            else:
+                raise KeyError(key)
+        return results
+
+    def run_head(self, trunk_output, keys, *, temperature=2.0, labels=None):
+        """:meth:`features` of a batch of head inputs."""
+        return self.features(self.run_forward(trunk_output), keys, temperature=temperature, labels=labels)
 
 
 def _model_key(model):

@@ -11,7 +11,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .cache import sample_keys, trunk_cache
+from .cache import forward_cache, sample_keys
 from .images import iter_batches
 from .network import get_network
 from .registry import resolve_model
@@ -104,10 +104,12 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         ``SKFISHING_CACHE_DIR`` environment variable, else the user cache.
 
     memory : str or path-like, default=None
-        Directory where trunk outputs (e.g. pool5) are cached on disk, so
-        that parallel workers (``GridSearchCV(n_jobs=...)``) and later runs
-        share them. Trunk outputs are always cached in memory too (see
-        :mod:`skfishing.cache`); the cache never changes a result.
+        Directory where each sample's forward pass (the head input, e.g.
+        pool5, and the FC pre-activations: all that does not depend on
+        ``layer``, ``temperature`` or ``labels``) is cached on disk, so that
+        parallel workers (``GridSearchCV(n_jobs=...)``) and later runs share
+        it. It is always cached in memory too (see :mod:`skfishing.cache`);
+        the cache never changes a result.
 
     Attributes
     ----------
@@ -289,15 +291,15 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         return Z
 
     def _run(self, network, preprocessing, X, n_samples, keys, labels):
-        """Head outputs for every sample, running the trunk on cache misses."""
+        """Features of every sample; the network runs on cache misses only."""
         context = f"{network.key}|{preprocessing!r}|{np.dtype(network.dtype).str}|{network.input_shape}"
         cache_keys = sample_keys(X, context)
-        trunk_outputs = [None if key is None else trunk_cache.get(key, self.memory) for key in cache_keys]
-        hits = np.array([t is not None for t in trunk_outputs], dtype=bool)
+        states = [None if key is None else forward_cache.get(key, self.memory) for key in cache_keys]
+        hits = np.array([state is not None for state in states], dtype=bool)
         blocks = [None] * len(keys)
 
-        def head(rows, trunk_output):
-            outputs = network.run_head(trunk_output, keys, temperature=self.temperature, labels=labels)
+        def head(rows, state):
+            outputs = network.features(state, keys, temperature=self.temperature, labels=labels)
             for j, output in enumerate(outputs):
                 if blocks[j] is None:
                     blocks[j] = np.empty((n_samples, output.shape[1]), dtype=output.dtype)
@@ -306,7 +308,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         hit_rows = np.flatnonzero(hits)
         for start in range(0, len(hit_rows), self.batch_size):
             rows = hit_rows[start : start + self.batch_size]
-            head(rows, np.stack([trunk_outputs[i] for i in rows]))
+            head(rows, np.stack([states[i] for i in rows]))
         miss_rows = np.flatnonzero(~hits)
         if len(miss_rows):
             _, batches = iter_batches(
@@ -324,11 +326,11 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             for batch in batches:
                 rows = miss_rows[done : done + len(batch)]
                 done += len(batch)
-                trunk_output = network.run_trunk(batch)
-                for i, row in zip(rows, trunk_output):
+                state = network.run_forward(network.run_trunk(batch))
+                for i, row in zip(rows, state):
                     if cache_keys[i] is not None:
-                        trunk_cache.put(cache_keys[i], row, self.memory)
-                head(rows, trunk_output)
+                        forward_cache.put(cache_keys[i], row, self.memory)
+                head(rows, state)
         return blocks
 
     def __sklearn_tags__(self):

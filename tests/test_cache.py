@@ -1,4 +1,4 @@
-"""The trunk-output cache never changes a result and saves trunk runs."""
+"""The forward cache never changes a result and saves network runs."""
 
 import subprocess
 import sys
@@ -11,7 +11,7 @@ import pytest
 from sklearn.base import clone
 
 from onnx_models import caffe_alexnet_model
-from skfishing.cache import TrunkCache, trunk_cache
+from skfishing.cache import ArrayCache, forward_cache
 from skfishing.network import FisherNetwork
 from skfishing.transformer import DeepFisherTransformer
 
@@ -22,7 +22,7 @@ X = np.random.default_rng(0).normal(size=(10, 3, 8, 8)).astype(np.float32)
 @pytest.fixture
 def trunk_runs(monkeypatch):
     """Count the samples that go through the trunk."""
-    trunk_cache.clear()
+    forward_cache.clear()
     runs = []
     original = FisherNetwork.run_trunk
 
@@ -32,7 +32,7 @@ def trunk_runs(monkeypatch):
 
     monkeypatch.setattr(FisherNetwork, "run_trunk", counting)
     yield runs
-    trunk_cache.clear()
+    forward_cache.clear()
 
 
 def _assert_same(Z1, Z2):
@@ -50,7 +50,7 @@ def test_warm_cache_gives_identical_features_without_trunk(trunk_runs):
     # other layers, temperatures and clones reuse the trunk outputs too
     for params in [dict(layer=6), dict(temperature=4.0), dict(layer=8, temperature=1.0)]:
         cached = clone(fish).set_params(**params).fit_transform(X)
-        trunk_cache.clear()
+        forward_cache.clear()
         before = sum(trunk_runs)
         uncached = clone(fish).set_params(**params).fit_transform(X)
         assert sum(trunk_runs) == before + 10
@@ -63,7 +63,7 @@ def test_partial_hits_keep_sample_order(trunk_runs):
     fish.transform(X[[1, 4, 7]])
     mixed = fish.transform(X)
     assert trunk_runs[-3:] and sum(trunk_runs) == 3 + 7
-    trunk_cache.clear()
+    forward_cache.clear()
     _assert_same(mixed, fish.transform(X))
 
 
@@ -72,7 +72,7 @@ def test_disk_cache_matches_memory_cache(trunk_runs, tmp_path):
     reference = fish.transform(X)
     assert len(list(tmp_path.glob("*.npy"))) == 10
     assert not list(tmp_path.glob("*.tmp"))
-    trunk_cache.clear()
+    forward_cache.clear()
     from_disk = fish.transform(X)
     assert sum(trunk_runs) == 10
     _assert_same(reference, from_disk)
@@ -83,7 +83,7 @@ def test_truncated_cache_file_is_a_miss_not_an_error(trunk_runs, tmp_path):
     reference = fish.transform(X)
     for path in sorted(tmp_path.glob("*.npy"))[:3]:
         path.write_bytes(path.read_bytes()[:40])
-    trunk_cache.clear()
+    forward_cache.clear()
     _assert_same(reference, fish.transform(X))
     assert sum(trunk_runs) == 10 + 3
 
@@ -93,7 +93,7 @@ def test_other_model_never_reads_these_entries(trunk_runs):
     DeepFisherTransformer(MODEL).fit_transform(X)
     Z_other = DeepFisherTransformer(other).fit_transform(X)
     assert sum(trunk_runs) == 20
-    trunk_cache.clear()
+    forward_cache.clear()
     _assert_same(Z_other, DeepFisherTransformer(other).fit_transform(X))
 
 
@@ -114,13 +114,13 @@ def test_disk_cache_shared_across_processes(trunk_runs, tmp_path):
     assert len(list(cache_dir.glob("*.npy"))) == 10
     from_other_process = DeepFisherTransformer(str(model_path), layer=7, memory=cache_dir).fit_transform(X)
     assert sum(trunk_runs) == 0
-    trunk_cache.clear()
+    forward_cache.clear()
     uncached = DeepFisherTransformer(str(model_path), layer=7).fit_transform(X)
     _assert_same(from_other_process, uncached)
 
 
 def test_memory_store_is_bounded():
-    cache = TrunkCache(max_bytes=1000)
+    cache = ArrayCache(max_bytes=1000)
     for i in range(10):
         cache.put(f"k{i}", np.zeros(50, np.float32))  # 200 bytes each
     assert cache.nbytes <= 1000 and len(cache) == 5
