@@ -462,25 +462,19 @@ def _state_keys(head):
     return [("activation", head.input_number)] + [("preactivation", k) for k in head.numbers]
 
 
-def build_forward_model(head):
-    """The FC head's forward pass, from its input to the logits.
+def build_forward_model(model, head):
+    """The network from its input to every FC pre-activation, batch-dynamic.
 
-    Its outputs (the flattened head input and the pre-activations ``y_k`` of
-    every FC layer) do not depend on the temperature or the labels: they are
-    what is cached per image.
+    The trunk of ``model`` (pruned to the head input) followed by the FC
+    head's forward pass. Its outputs, the flattened head input and the
+    pre-activations ``y_k`` of every FC layer, do not depend on the
+    temperature or the labels: together they are the *state* of a sample,
+    which is what gets cached per image.
     """
     parts = _Parts(head)
     _forward_parts(parts)
-    keep = {output_names(head)[key] for key in _state_keys(head)}
-    graph = helper.make_graph(
-        parts.nodes,
-        "skfishing_forward",
-        [helper.make_tensor_value_info(head.input_name, parts.elem, None)],
-        _outputs(parts, _state_keys(head)),
-        initializer=parts.inits,
-    )
-    assert keep == {o.name for o in graph.output}
-    return _finish(graph, head.opset)
+    outputs = _outputs(parts, _state_keys(head))
+    return _with_trunk(model, head, parts, [], outputs, "skfishing_forward")
 
 
 def build_backward_model(head, layer, *, temperature=2.0, labels=None):
@@ -619,6 +613,11 @@ def add_backward(model, *, temperature=2.0, labels=None):
     """
     head = find_fc_head(model)
     parts, extra_inputs, outputs = _full_head_parts(head, temperature, labels)
+    return _with_trunk(model, head, parts, extra_inputs, outputs, "skfishing_fisher")
+
+
+def _with_trunk(model, head, parts, extra_inputs, outputs, name):
+    """A model of the trunk of ``model`` followed by ``parts``."""
     trunk = build_trunk_model(model, head)
     if trunk is None:
         graph_inputs = [_dynamic_batch(i) for i in model.graph.input if i.name == head.input_name]
@@ -628,7 +627,7 @@ def add_backward(model, *, temperature=2.0, labels=None):
         trunk_nodes, trunk_inits = list(trunk.graph.node), list(trunk.graph.initializer)
     graph = helper.make_graph(
         trunk_nodes + parts.nodes,
-        "skfishing_fisher",
+        name,
         graph_inputs + extra_inputs,
         outputs,
         initializer=trunk_inits + parts.inits,

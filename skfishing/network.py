@@ -22,7 +22,6 @@ from .graph import (
     _state_keys,
     build_backward_model,
     build_forward_model,
-    build_trunk_model,
     find_fc_head,
     output_names,
 )
@@ -55,13 +54,13 @@ def _per_sample_shape(value_info):
 class FisherNetwork:
     """Trunk, forward-head and backward sessions of one classifier.
 
-    The work is split in three so that each part runs as rarely as it can:
+    The work is split in two so that each part runs as rarely as it can:
 
-    * :meth:`run_trunk`: image -> head input (e.g. pool5), the costly part;
-    * :meth:`run_forward`: head input -> the *state* of a sample, the
-      concatenation of the flattened head input and the pre-activations
-      ``y_k`` of all FC layers. It does not depend on the temperature or
-      the labels, so it is what gets cached per image;
+    * :meth:`run_forward`: network input -> the *state* of each sample, the
+      concatenation of the flattened head input (e.g. pool5) and the
+      pre-activations ``y_k`` of all FC layers. It is the costly part and
+      does not depend on the layer, the temperature or the labels, so it is
+      what gets cached per image;
     * :meth:`features`: state -> requested features; the backward pass of
       Eq. (10) runs in a small ONNX graph per layer, built on first use,
       that goes from the logits down to that layer only.
@@ -95,9 +94,8 @@ class FisherNetwork:
         self.dtype = self.head.dtype
         self.providers = tuple(providers)
         self._names = output_names(self.head)
-        trunk = build_trunk_model(model, self.head)
-        self._trunk = None if trunk is None else _session(trunk, providers)
-        self._forward = _session(build_forward_model(self.head), providers)
+        forward = build_forward_model(model, self.head)
+        self._forward = _session(forward, providers)
         self._backward = {}
         self._backward_lock = threading.Lock()
         self._state_names = [self._names[key] for key in _state_keys(self.head)]
@@ -107,13 +105,10 @@ class FisherNetwork:
             key: slice(a, b) for key, a, b in zip(_state_keys(self.head), offsets[:-1], offsets[1:])
         }
         self.state_width = int(offsets[-1])
-        if trunk is None:
-            (value_info,) = [i for i in model.graph.input if i.name == self.head.input_name]
-        elif len(trunk.graph.input) == 1:
-            value_info = trunk.graph.input[0]
-        else:
-            names = [i.name for i in trunk.graph.input]
-            raise ValueError(f"the network trunk has {len(names)} inputs {names}; one image input is supported")
+        if len(forward.graph.input) != 1:
+            names = [i.name for i in forward.graph.input]
+            raise ValueError(f"the network has {len(names)} inputs {names}; one input is supported")
+        value_info = forward.graph.input[0]
         self.input_name = value_info.name
         self.input_shape = _per_sample_shape(value_info)
 
@@ -121,15 +116,9 @@ class FisherNetwork:
         """Layer numbers valid for a feature kind."""
         return sorted(key[1] for key in self._names if isinstance(key, tuple) and key[0] == kind)
 
-    def run_trunk(self, batch):
-        """The head input (e.g. pool5) for a batch of network inputs."""
-        if self._trunk is None:
-            return batch
-        return self._trunk.run(None, {self.input_name: batch})[0]
-
-    def run_forward(self, trunk_output):
-        """States (flattened head input and all ``y_k``), one row per sample."""
-        outputs = self._forward.run(self._state_names, {self.head.input_name: trunk_output})
+    def run_forward(self, batch):
+        """States (flattened head input and all ``y_k``) of a batch of network inputs."""
+        outputs = self._forward.run(self._state_names, {self.input_name: batch})
         return np.concatenate(outputs, axis=1)
 
     def _state_part(self, state, key):
@@ -186,9 +175,9 @@ class FisherNetwork:
                 raise KeyError(key)
         return results
 
-    def run_head(self, trunk_output, keys, *, temperature=2.0, labels=None):
-        """:meth:`features` of a batch of head inputs."""
-        return self.features(self.run_forward(trunk_output), keys, temperature=temperature, labels=labels)
+    def run(self, batch, keys, *, temperature=2.0, labels=None):
+        """:meth:`features` of a batch of network inputs."""
+        return self.features(self.run_forward(batch), keys, temperature=temperature, labels=labels)
 
 
 def _model_key(model):

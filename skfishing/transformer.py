@@ -326,7 +326,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             for batch in batches:
                 rows = miss_rows[done : done + len(batch)]
                 done += len(batch)
-                state = network.run_forward(network.run_trunk(batch))
+                state = network.run_forward(batch)
                 for i, row in zip(rows, state):
                     if cache_keys[i] is not None:
                         forward_cache.put(cache_keys[i], row, self.memory)

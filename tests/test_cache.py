@@ -21,16 +21,16 @@ X = np.random.default_rng(0).normal(size=(10, 3, 8, 8)).astype(np.float32)
 
 @pytest.fixture
 def trunk_runs(monkeypatch):
-    """Count the samples that go through the trunk."""
+    """Count the samples that go through the network (trunk and forward head)."""
     forward_cache.clear()
     runs = []
-    original = FisherNetwork.run_trunk
+    original = FisherNetwork.run_forward
 
     def counting(self, batch):
         runs.append(len(batch))
         return original(self, batch)
 
-    monkeypatch.setattr(FisherNetwork, "run_trunk", counting)
+    monkeypatch.setattr(FisherNetwork, "run_forward", counting)
     yield runs
     forward_cache.clear()
 

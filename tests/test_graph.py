@@ -39,7 +39,7 @@ def test_head_outputs_match_numpy(variant, temperature):
     assert numbers[-1] == 8 and len(numbers) == len(weights)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     keys = _all_keys(net.head)
-    outputs = dict(zip(keys, net.run_head(X, keys, temperature=temperature)))
+    outputs = dict(zip(keys, net.run(X, keys, temperature=temperature)))
     for j, k in enumerate(numbers):
         np.testing.assert_allclose(outputs["forward", k], xs[j], atol=tol, rtol=0)
         np.testing.assert_allclose(outputs["backward", k], deltas[j], atol=tol, rtol=0)
@@ -56,10 +56,10 @@ def test_labels_input_overrides_uniform_default():
     net = get_network(model)
     X = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
     g = np.array([1.0, 0.0, 0.0])
-    (delta,) = net.run_head(X, [("backward", 7)], temperature=2.0, labels=g)
+    (delta,) = net.run(X, [("backward", 7)], temperature=2.0, labels=g)
     _, deltas, _ = numpy_fisher(X, weights, biases, 2.0, labels=g)
     np.testing.assert_allclose(delta, deltas[1], atol=1e-6)
-    (uniform,) = net.run_head(X, [("backward", 7)], temperature=2.0)
+    (uniform,) = net.run(X, [("backward", 7)], temperature=2.0)
     assert np.abs(uniform - delta).max() > 1e-3
 
 
@@ -82,7 +82,7 @@ def test_gradient_matches_central_finite_differences(temperature):
     net = get_network(model)
     X = np.random.default_rng(5).normal(size=(3, 5))
     keys = [(kind, k) for k in (6, 7, 8) for kind in ("forward", "backward")]
-    out = dict(zip(keys, net.run_head(X, keys, temperature=temperature)))
+    out = dict(zip(keys, net.run(X, keys, temperature=temperature)))
     eps = 1e-6
     for j, k in enumerate((6, 7, 8)):
         analytic = -np.einsum("ni,nj->nij", out["forward", k], out["backward", k]) / temperature
@@ -107,15 +107,14 @@ def test_caffe_style_graph_runs_batched():
     assert [layer.name for layer in net.head.layers] == ["fc6", "fc7", "fc8"]
     assert net.input_shape == (3, 8, 8)
     X = np.random.default_rng(2).normal(size=(5, 3, 8, 8)).astype(np.float32)
-    pool5 = net.run_trunk(X)
-    assert pool5.shape == (5, 4, 3, 3)
-    (probs,) = net.run_head(pool5, ["probabilities"])
+    (probs, pool5) = net.run(X, ["probabilities", ("activation", 5)])
+    assert pool5.shape == (5, 36)
     one_by_one = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = np.concatenate([one_by_one.run(None, {"data_0": x[None]})[0] for x in X])
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     xs, deltas, _ = numpy_fisher(pool5, weights, biases, 2.0)
     keys = [("backward", 6), ("forward", 6)]
-    delta6, x5 = net.run_head(pool5, keys)
+    delta6, x5 = net.run(X, keys)
     np.testing.assert_allclose(delta6, deltas[0], atol=1e-6)
     np.testing.assert_allclose(x5, xs[0], atol=1e-6)
 
@@ -132,10 +131,10 @@ def test_add_backward_gives_a_valid_saveable_model(tmp_path):
     X = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
     default_tau = session.run(["fish_delta7"], {"data_0": X})[0]
     net = get_network(model)
-    (expected,) = net.run_head(net.run_trunk(X), [("backward", 7)], temperature=1.5)
+    (expected,) = net.run(X, [("backward", 7)], temperature=1.5)
     np.testing.assert_allclose(default_tau, expected, atol=1e-6)
     tau4 = session.run(["fish_delta7"], {"data_0": X, "fish_temperature": np.array(4.0, np.float32)})[0]
-    (expected4,) = net.run_head(net.run_trunk(X), [("backward", 7)], temperature=4.0)
+    (expected4,) = net.run(X, [("backward", 7)], temperature=4.0)
     np.testing.assert_allclose(tau4, expected4, atol=1e-6)
 
 
