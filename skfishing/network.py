@@ -85,9 +85,13 @@ class FisherNetwork:
     key : str
         Identity of the model (set by :func:`get_network`): file path, size
         and modification time, or the hash of the ModelProto's content.
+    sha256 : str
+        SHA-256 of the model file or of the serialized ModelProto (set by
+        :func:`get_network`).
     """
 
     key = None
+    sha256 = None
 
     def __init__(self, model, providers):
         self.head = find_fc_head(model)
@@ -216,9 +220,15 @@ def get_network(model, providers=None):
         if key in _cache:
             _cache.move_to_end(key)
             return _cache[key]
-    proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+    if isinstance(model, onnx.ModelProto):
+        proto, sha256 = model, key[0][1]
+    else:
+        proto = load_onnx(model)
+        with open(model, "rb") as f:
+            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     network = FisherNetwork(proto, providers)
     network.key = repr(key[0])
+    network.sha256 = sha256
     with _lock:
         _cache[key] = network
         while len(_cache) > _CACHE_SIZE:

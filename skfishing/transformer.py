@@ -116,6 +116,12 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
     layer_ : int
         The resolved layer number.
 
+    model_sha256_ : str
+        SHA-256 of the model file (or serialized ModelProto) seen by
+        :meth:`fit`. :meth:`transform` refuses to run if the model found at
+        that name or path has changed since, so a fitted pipeline never
+        silently computes features with other weights.
+
     n_features_in_ : int
         Number of input features, when fitted on 2-D (tabular) input.
 
@@ -237,6 +243,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         self._validate_params()
         network, preprocessing = self._network()
         self.layer_, _ = self._resolve_layer(network)
+        self.model_sha256_ = network.sha256
         self._check_labels(network)
         X = self._check_tabular(X, network, preprocessing, reset=True)
         iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
@@ -273,6 +280,12 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         """
         check_is_fitted(self)
         network, preprocessing = self._network()
+        if network.sha256 != self.model_sha256_:
+            raise ValueError(
+                f"the model {self.model!r} has changed since this transformer was fitted "
+                f"(sha256 {self.model_sha256_[:12]}... at fit, {network.sha256[:12]}... now); "
+                "restore the original model file or fit again"
+            )
         layer, keys = self._resolve_layer(network)
         labels = self._check_labels(network)
         X = self._check_tabular(X, network, preprocessing, reset=False)

@@ -83,3 +83,18 @@ def test_multilabel_pipeline(data):
     pipe = _pipe(path, layer=8).fit(X, Y)
     assert pipe.decision_function(X).shape == (60, 3)
     assert pipe.predict(X).shape == (60, 3)
+
+
+def test_fitted_pipeline_refuses_a_changed_or_missing_model(data, tmp_path):
+    path, X, y = data
+    copy = tmp_path / "cnn.onnx"
+    copy.write_bytes(path.read_bytes())
+    pipe = _pipe(copy, layer=7).fit(X, y)
+    dump = tmp_path / "pipe.joblib"
+    joblib.dump(pipe, dump)
+    onnx.save(caffe_alexnet_model(seed=6)[0], copy)  # other weights, same shapes
+    with pytest.raises(ValueError, match="has changed since this transformer was fitted"):
+        joblib.load(dump).decision_function(X)
+    copy.unlink()
+    with pytest.raises(FileNotFoundError, match="cnn.onnx"):
+        joblib.load(dump).decision_function(X)
