@@ -4,6 +4,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from onnx_models import caffe_alexnet_model, mlp_model, numpy_fisher
@@ -202,3 +204,30 @@ def test_old_opset_is_rejected_with_a_fix():
     model.opset_import[0].version = 9
     with pytest.raises(HeadStructureError, match="opset 9.*version_converter"):
         find_fc_head(model)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 7), min_size=2, max_size=5),
+    trans_b=st.sampled_from([0, 1]),
+    matmul=st.booleans(),
+    dropout=st.booleans(),
+    softmax=st.booleans(),
+    flatten=st.booleans(),
+    temperature=st.floats(0.25, 8.0),
+    seed=st.integers(0, 1000),
+)
+def test_random_fc_heads_match_numpy(widths, trans_b, matmul, dropout, softmax, flatten, temperature, seed):
+    model, weights, biases = mlp_model(
+        tuple(widths), seed=seed, dtype=np.float64, trans_b=trans_b, matmul=matmul,
+        dropout=dropout, softmax=softmax, flatten=flatten,
+    )
+    net = get_network(model)
+    assert net.head.numbers == tuple(range(9 - len(weights), 9))
+    X = np.random.default_rng(seed).normal(size=(4, widths[0]))
+    xs, deltas, _ = numpy_fisher(X, weights, biases, temperature)
+    keys = [(kind, k) for k in net.head.numbers for kind in ("forward", "backward")]
+    out = net.run(X, keys, temperature=temperature)
+    for (kind, k), value in zip(keys, out):
+        expected = (xs if kind == "forward" else deltas)[k - net.head.numbers[0]]
+        np.testing.assert_allclose(value, expected, atol=1e-12, rtol=1e-10)
