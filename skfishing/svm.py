@@ -87,7 +87,7 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         Sorted indices of the training samples that are support vectors of
         at least one of ``estimators_``.
 
-    support_vectors_ : ndarray of shape (n_SV,) or (n_SV, n_features_in_)
+    support_vectors_ : ndarray of shape (n_SV,) or (n_SV, `n_features_in_`)
         The training features of those samples, of the same kind as ``X``.
 
     n_iter_ : ndarray of shape (n_models,)
@@ -95,12 +95,12 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         ``estimators_`` in turn.
 
     n_features_in_ : int
-        Number of features seen during :term:`fit`. For structured input, the
+        Number of features seen during :meth:`fit`. For structured input, the
         dimension ``d * D`` of the explicit features
         ``vec(outer(forward, backward))`` the trace kernel is linear on.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
-        Names of features seen during :term:`fit`. Defined only when `X`
+        Names of features seen during :meth:`fit`. Defined only when `X`
         is a DataFrame with string column names.
 
     See Also
@@ -208,7 +208,7 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         ----------
         X : ndarray of shape (n_samples,) with fields "forward" and \
                 "backward", or array-like of shape (n_samples, n_features)
-            Features of the same kind and widths as in :term:`fit`.
+            Features of the same kind and widths as in :meth:`fit`.
 
         Returns
         -------
@@ -236,7 +236,7 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         ----------
         X : ndarray of shape (n_samples,) with fields "forward" and \
                 "backward", or array-like of shape (n_samples, n_features)
-            Features of the same kind and widths as in :term:`fit`.
+            Features of the same kind and widths as in :meth:`fit`.
 
         Returns
         -------
