@@ -129,7 +129,11 @@ def _sample_token(sample):
             return None  # let the image loader report the missing file
         return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
     if hasattr(sample, "tobytes") and hasattr(sample, "mode") and hasattr(sample, "size"):  # PIL
-        digest = hashlib.blake2b(sample.tobytes(), digest_size=16).hexdigest()
+        try:
+            pixels = sample.tobytes()
+        except Exception:  # e.g. a closed image: the image loader reports it with its index
+            return None
+        digest = hashlib.blake2b(pixels, digest_size=16).hexdigest()
         return f"pil:{sample.mode}:{sample.size}:{digest}".encode()
     array = np.ascontiguousarray(sample)
     if array.dtype == object:

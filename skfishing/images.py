@@ -385,6 +385,11 @@ def _as_images(X, preprocessing):
     if isinstance(X, np.ndarray) and X.dtype != object:
         if preprocessing is None or X.dtype != np.uint8:
             return None
+        if X.ndim == 3 and X.shape[2] in (3, 4):
+            raise ValueError(
+                f"X is a uint8 array of shape {X.shape}, which looks like one image, not a stack "
+                "of greyscale images; pass [image] or image[None] for one image."
+            )
         if not (X.ndim == 3 or (X.ndim == 4 and X.shape[3] in (3, 4))):
             raise ValueError(
                 "A uint8 array is taken as images and must have shape "

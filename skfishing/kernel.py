@@ -132,6 +132,10 @@ def _check_features(X, name="X", *, reference=None, reference_name="X"):
         A structured array with native float32 or float64 fields, or a 2-D
         float32 or float64 array.
     """
+    if isinstance(X, np.void) and X.dtype.names is not None:
+        raise ValueError(f"{name} is one row of a structured array; pass Z[i:i + 1] for one sample.")
+    if isinstance(X, (list, tuple)) and X and all(isinstance(x, np.void) for x in X):
+        X = np.asarray(X)
     if _is_structured(X):
         X = _check_structured(X, name)
     else:

@@ -390,6 +390,16 @@ def _is_valid(path, spec):
     return spec.sha256 is None or _sha256(path) == spec.sha256
 
 
+def _make_cache_folder(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(
+            f"Cannot create the model cache folder {folder}: {exc.strerror or exc}. Set the "
+            "cache_dir argument or the SKFISHING_CACHE_DIR environment variable to a writable folder."
+        ) from exc
+
+
 @contextlib.contextmanager
 def _file_lock(path):
     """Hold an exclusive lock on ``path``, to download a file only once.
@@ -402,7 +412,7 @@ def _file_lock(path):
     except ImportError:
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_cache_folder(path.parent)
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

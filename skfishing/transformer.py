@@ -7,6 +7,7 @@ from numbers import Integral, Real
 
 import numpy as np
 import onnx
+from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -41,6 +42,17 @@ def _l2_normalize(rows):
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     np.divide(rows, norms, out=rows, where=norms > 0)
     return rows.astype(np.float32)
+
+
+def _check_cache_folder(folder):
+    """Create the ``memory=`` folder before the network runs, or say why not."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise type(exc)(
+            f"DeepFisherTransformer(memory={os.fspath(folder)!r}): cannot create the forward-cache "
+            f"folder: {exc.strerror or exc}; pass a writable folder or memory=None"
+        ) from exc
 
 
 class DeepFisherTransformer(TransformerMixin, BaseEstimator):
@@ -289,8 +301,12 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         layer, keys = self._resolve_layer(network)
         labels = self._check_labels(network)
         X = self._check_tabular(X, network, preprocessing, reset=False)
-        if not isinstance(X, np.ndarray):
+        if isinstance(X, (list, tuple)) or (
+            not isinstance(X, (np.ndarray, str, bytes, os.PathLike, Image.Image)) and hasattr(X, "__iter__")
+        ):
             X = list(X)
+        if self.memory is not None:
+            _check_cache_folder(self.memory)
         n_samples, _ = iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
         blocks = self._run(network, preprocessing, X, n_samples, keys, labels)
         if self.features == "probabilities":

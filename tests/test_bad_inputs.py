@@ -233,10 +233,6 @@ def _truncated_png(env):
 
 
 T, S = "DeepFisherTransformer", "TraceKernelSVC"
-SINGLE_IMAGE_BUG = (
-    "transform() turns X into list(X) before validating it: a str path becomes a list "
-    "of characters, a Path, a PIL image or None give a raw 'object is not iterable'"
-)
 
 CASES = [
     # -- empty input and one sample ------------------------------------------------
@@ -261,31 +257,25 @@ CASES = [
          ValueError, r"y has 1 class \(0\); the number of classes has to be greater than one"),
     Case("single-structured-row", "one sample", S, "predict(Z[0])  (a numpy.void row)",
          lambda e: (e.svc.predict, (e.Z[0],)),
-         ValueError, r"X is one row of a structured array.*Z\[i:i \+ 1\]",
-         bug="kernel._check_features passes a numpy.void row to check_array, which fails with "
-             "'Cannot cast array data from dtype([...]) to dtype(float64)'"),
+         ValueError, r"X is one row of a structured array.*Z\[i:i \+ 1\]"),
     Case("list-of-structured-rows", "wrong dtype", S, "predict(list(Z))",
          lambda e: (e.svc.predict, (list(e.Z[:3]),)),
-         check=lambda e, p: np.testing.assert_array_equal(p, e.svc.predict(e.Z[:3])),
-         bug="a list of structured rows is given to check_array instead of np.asarray: "
-             "'Cannot cast array data from dtype([...]) to dtype(float64)'"),
+         check=lambda e, p: np.testing.assert_array_equal(p, e.svc.predict(e.Z[:3]))),
     Case("single-rgb-array", "wrong ndim", T, "transform(image)  (one (H, W, 3) uint8 array)",
          lambda e: (e.fish.transform, (e.images[0],)),
-         ValueError, r"\(20, 24, 3\).*one image",
-         bug="a single (H, W, 3) uint8 image is taken as H grey images of W x 3 pixels: "
-             "20 rows of features come back, silently"),
+         ValueError, r"\(20, 24, 3\).*one image"),
     Case("single-path-string", "wrong ndim", T, "transform(path)  (a str, not a list)",
          lambda e: (e.fish.transform, (e.paths[0],)),
-         TypeError, r"got str; wrap a single image in a list", bug=SINGLE_IMAGE_BUG),
+         TypeError, r"got str; wrap a single image in a list"),
     Case("single-pathlib-path", "wrong ndim", T, "transform(pathlib.Path(path))",
          lambda e: (e.fish.transform, (pathlib.Path(e.paths[0]),)),
-         TypeError, r"got PosixPath; wrap a single image in a list", bug=SINGLE_IMAGE_BUG),
+         TypeError, r"got PosixPath; wrap a single image in a list"),
     Case("single-pil-image", "wrong ndim", T, "transform(PIL.Image.open(path))",
          lambda e: (e.fish.transform, (Image.fromarray(e.images[0]),)),
-         TypeError, r"got Image; wrap a single image in a list", bug=SINGLE_IMAGE_BUG),
+         TypeError, r"got Image; wrap a single image in a list"),
     Case("none", "wrong dtype", T, "transform(None)",
          lambda e: (e.fish.transform, (None,)),
-         TypeError, r"X must be a sequence of images .* got NoneType", bug=SINGLE_IMAGE_BUG),
+         TypeError, r"X must be a sequence of images .* got NoneType"),
     # -- wrong dtype, shape, ndim --------------------------------------------------
     Case("float-image-stack", "wrong dtype", T, "transform(images.astype(float))  (N, H, W, 3)",
          lambda e: (e.fish.transform, (e.images.astype(float),)),
@@ -368,9 +358,7 @@ CASES = [
          FileNotFoundError, r"image 1 \('[^']*broken\.png'\): \[Errno 2\] No such file or directory"),
     Case("closed-pil-image", "unreadable file", T, "transform([ok, closed PIL image])",
          lambda e: (e.fish.transform, ([e.paths[0], _closed_image(e)],)),
-         ValueError, r"image 1 \(PIL image, mode RGB, size \(24, 20\)\): Operation on closed image",
-         bug="cache._sample_token calls Image.tobytes() outside the per-image error handling: "
-             "a raw 'Operation on closed image' with no image index"),
+         ValueError, r"image 1 \(PIL image, mode RGB, size \(24, 20\)\): Operation on closed image"),
     Case("truncated-png", "non-image", T, "transform([ok, ok, truncated .png])",
          lambda e: (e.fish.transform, ([e.paths[0], e.paths[1], _truncated_png(e)],)),
          OSError, r"image 2 \('[^']*truncated\.png'\): image file is truncated"),

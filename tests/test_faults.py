@@ -135,11 +135,6 @@ def test_unusable_model_cache_folder_fails_before_downloading(server, tmp_path, 
     assert (tmp_path / "not-a-folder").read_text().startswith("a regular file")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: registry._file_lock's mkdir raises a bare NotADirectoryError/PermissionError "
-    "that does not say what to do (cache_dir / SKFISHING_CACHE_DIR)",
-)
 def test_unusable_model_cache_folder_says_what_to_do(server, tmp_path):
     server.routes["/m.onnx"] = (BODY, "ok")
     register_model("remote", url=server.url + "/m.onnx", sha256=BODY_SHA256)
@@ -302,11 +297,6 @@ def test_unusable_forward_cache_folder_is_an_error_naming_it(tmp_path):
     assert (tmp_path / "not-a-folder").read_text().startswith("a regular file")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: memory= is first used by cache._atomic_save after the first batch ran, and "
-    "fails with a bare NotADirectoryError from pathlib.mkdir that does not name memory=",
-)
 def test_unusable_forward_cache_folder_fails_early_and_says_memory(tmp_path, trunk_runs):
     folder = _folder_under_a_file(tmp_path)
     fish = DeepFisherTransformer(MODEL, memory=folder)
