@@ -43,6 +43,7 @@ __all__ = [
     "build_head_model",
     "build_forward_model",
     "build_backward_model",
+    "output_names",
     "build_trunk_model",
     "add_backward",
     "LAST_LAYER",
@@ -88,10 +89,12 @@ class FCLayer:
 
     @property
     def n_inputs(self):
+        """Width of the layer's input ``x_{k-1}``."""
         return self.weight.shape[0]
 
     @property
     def n_outputs(self):
+        """Width of the layer's output ``y_k`` (and of ``delta_k``)."""
         return self.weight.shape[1]
 
 
@@ -128,6 +131,7 @@ class FCHead:
 
     @property
     def n_classes(self):
+        """Number of classes: the width of the logits."""
         return self.layers[-1].n_outputs
 
     def describe(self):
