@@ -26,6 +26,7 @@ import hashlib
 import os
 import tempfile
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections import OrderedDict
 from pathlib import Path
 
@@ -154,8 +155,13 @@ def sample_keys(X, context):
         depends on: the model and the preprocessing.
     """
     prefix = hashlib.blake2b(context.encode(), digest_size=16).digest()
-    keys = []
-    for sample in X:
+
+    def key(sample):
         token = _sample_token(sample)
-        keys.append(None if token is None else hashlib.blake2b(prefix + token, digest_size=20).hexdigest())
-    return keys
+        return None if token is None else hashlib.blake2b(prefix + token, digest_size=20).hexdigest()
+
+    if len(X) < 2:
+        return [key(sample) for sample in X]
+    # hashlib releases the GIL on large buffers: hash samples in parallel.
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        return list(pool.map(key, X))

@@ -307,8 +307,15 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             X = list(X)
         if self.memory is not None:
             _check_cache_folder(self.memory)
-        n_samples, _ = iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
-        blocks = self._run(network, preprocessing, X, n_samples, keys, labels)
+        batch_options = dict(
+            batch_size=self.batch_size,
+            dtype=network.dtype,
+            n_jobs=self.n_jobs,
+            progress=self.progress,
+            desc=f"{self.features} features",
+        )
+        n_samples, batches = iter_batches(X, network.input_shape, preprocessing, **batch_options)
+        blocks = self._run(network, preprocessing, X, n_samples, keys, labels, batches, batch_options)
         if self.features == "probabilities":
             return blocks[0].astype(np.float32)
         if self.features == "activation":
@@ -319,8 +326,12 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         Z["backward"] = _l2_normalize(backward)
         return Z
 
-    def _run(self, network, preprocessing, X, n_samples, keys, labels):
-        """Features of every sample; the network runs on cache misses only."""
+    def _run(self, network, preprocessing, X, n_samples, keys, labels, batches, batch_options):
+        """Features of every sample; the network runs on cache misses only.
+
+        ``batches`` iterates over all of ``X`` (already validated); it is used
+        as is when nothing is cached, else replaced by one over the misses.
+        """
         context = f"{network.key}|{preprocessing!r}|{np.dtype(network.dtype).str}|{network.input_shape}"
         cache_keys = sample_keys(X, context)
         states = [None if key is None else forward_cache.get(key, self.memory) for key in cache_keys]
@@ -339,18 +350,11 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             rows = hit_rows[start : start + self.batch_size]
             head(rows, np.stack([states[i] for i in rows]))
         miss_rows = np.flatnonzero(~hits)
+        if hits.any():
+            batches.close()
+            if len(miss_rows):
+                _, batches = iter_batches(X, network.input_shape, preprocessing, skip=hits, **batch_options)
         if len(miss_rows):
-            _, batches = iter_batches(
-                X,
-                network.input_shape,
-                preprocessing,
-                batch_size=self.batch_size,
-                dtype=network.dtype,
-                n_jobs=self.n_jobs,
-                progress=self.progress,
-                desc=f"{self.features} features",
-                skip=hits,
-            )
             done = 0
             for batch in batches:
                 rows = miss_rows[done : done + len(batch)]
