@@ -288,12 +288,14 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         if not reset:
             check_is_fitted(self)
             if _is_structured(X) or _is_structured(self.support_vectors_):
-                return _check_features(
+                checked = _check_features(
                     X,
                     "X",
                     reference=self.support_vectors_,
                     reference_name=f"the training data of {type(self).__name__}",
                 )
+                _check_same_source(X, self.support_vectors_)
+                return checked
         if not _is_structured(X):
             return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
         X = _check_features(X, "X")
@@ -324,6 +326,28 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
                 )
         self.classes_ = np.arange(Y.shape[1])
         return list(Y.T)
+
+
+def _check_same_source(X, reference):
+    """Refuse gradient features of another model, layer or temperature.
+
+    :class:`~skfishing.DeepFisherTransformer` records where gradient features
+    come from in their dtype's metadata; features without it are not checked.
+    """
+    source = getattr(getattr(X, "dtype", None), "metadata", None)
+    expected = reference.dtype.metadata
+    if not source or not expected or dict(source) == dict(expected):
+        return
+    differ = ", ".join(
+        f"{key} {source.get(key)!r} (fit: {expected.get(key)!r})"
+        for key in sorted(set(source) | set(expected))
+        if source.get(key) != expected.get(key)
+    )
+    raise ValueError(
+        f"X comes from another model or setting than the training data of TraceKernelSVC: "
+        f"{differ}. Compute the features with the same DeepFisherTransformer (keep both in one "
+        "Pipeline)."
+    )
 
 
 def _pairwise_coefficients(svc, support):

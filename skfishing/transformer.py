@@ -20,7 +20,7 @@ from .registry import resolve_model
 __all__ = ["DeepFisherTransformer", "gradient_dtype"]
 
 
-def gradient_dtype(forward_dim, backward_dim):
+def gradient_dtype(forward_dim, backward_dim, source=None):
     """Structured dtype of factorized gradient features.
 
     Parameters
@@ -28,12 +28,19 @@ def gradient_dtype(forward_dim, backward_dim):
     forward_dim, backward_dim : int
         Widths of the ``"forward"`` (``x_{k-1}``) and ``"backward"``
         (``delta_k``) fields.
+    source : dict, default=None
+        Where the features come from (model sha256, layer, temperature),
+        kept as the dtype's ``metadata``: it travels with the array through
+        indexing, concatenation and pickling, so that
+        :class:`~skfishing.TraceKernelSVC` can refuse features of another
+        model or layer at predict time.
 
     Returns
     -------
     dtype : numpy.dtype
     """
-    return np.dtype([("forward", np.float32, (forward_dim,)), ("backward", np.float32, (backward_dim,))])
+    fields = [("forward", np.float32, (forward_dim,)), ("backward", np.float32, (backward_dim,))]
+    return np.dtype(fields, metadata=source)
 
 
 def _l2_normalize(rows):
@@ -321,7 +328,10 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         if self.features == "activation":
             return _l2_normalize(blocks[0])
         forward, backward = blocks
-        Z = np.empty(n_samples, dtype=gradient_dtype(forward.shape[1], backward.shape[1]))
+        source = {"model_sha256": network.sha256, "layer": layer, "temperature": float(self.temperature)}
+        if self.labels is not None:
+            source["labels"] = tuple(float(v) for v in np.ravel(self.labels))
+        Z = np.empty(n_samples, dtype=gradient_dtype(forward.shape[1], backward.shape[1], source))
         Z["forward"] = _l2_normalize(forward)
         Z["backward"] = _l2_normalize(backward)
         return Z

@@ -404,9 +404,7 @@ CASES = [
          ValueError, r"X has 20 features, but TraceKernelSVC is expecting 12 features as input"),
     Case("other-model-same-widths", "mismatched features", S, "predict(layer 7 of another model, same widths)",
          lambda e: (e.svc.predict, (e.transformer("bad-inputs-twin").fit_transform(e.images),)),
-         ValueError, r"other model|another model|model .* differs",
-         bug="not detected: features carry no model identity; predict silently uses the other "
-             "model's features (see the fix proposed in the docs)"),
+         ValueError, r"X comes from another model or setting .*model_sha256"),
     # -- labels -------------------------------------------------------------------------------
     Case("multilabel-no-negative", "multilabel column", S, "fit(Z, Y)  (column 2 all ones)",
          lambda e: (TraceKernelSVC().fit, (e.Z, np.column_stack([e.y, 1 - e.y, np.ones(30, int)]))),

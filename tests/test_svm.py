@@ -240,3 +240,25 @@ def test_pickle_round_trip(tmp_path, n_classes):
     ):
         assert_array_equal(loaded.decision_function(Zt), clf.decision_function(Zt))
         assert_array_equal(loaded.predict(Zt), clf.predict(Zt))
+
+
+def test_gradient_features_of_another_layer_or_temperature_are_refused():
+    """DeepFisherTransformer's provenance metadata is checked at predict."""
+    from onnx_models import mlp_model
+    from skfishing.transformer import DeepFisherTransformer
+
+    model, _, _ = mlp_model(widths=(6, 5, 5, 3))  # layers 7 and 8 share nothing, 6 and 7 same widths
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 6)).astype(np.float32)
+    y = rng.integers(0, 2, 30)
+    Z7 = DeepFisherTransformer(model, layer=7).fit_transform(X)
+    svc = TraceKernelSVC().fit(Z7, y)
+    np.testing.assert_array_equal(svc.predict(Z7[:5]), TraceKernelSVC().fit(Z7, y).predict(Z7[:5]))
+    Z7_hot = DeepFisherTransformer(model, layer=7, temperature=4.0).fit_transform(X)
+    with pytest.raises(ValueError, match=r"temperature 4.0 \(fit: 2.0\)"):
+        svc.predict(Z7_hot)
+    import pickle
+
+    assert pickle.loads(pickle.dumps(Z7)).dtype.metadata["layer"] == 7
+    with pytest.raises(ValueError, match="another model or setting"):
+        pickle.loads(pickle.dumps(svc)).predict(Z7_hot)
