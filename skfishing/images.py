@@ -313,8 +313,10 @@ def iter_batches(
     desc : str, default=None
         Label of the progress bar.
     skip : array-like of bool of shape (n_samples,), default=None
-        Samples not to yield (e.g. whose features are cached): they are
-        validated but not decoded. Batches hold the other samples, in order.
+        Samples not to yield (e.g. whose features are cached): their kind
+        and shape are validated, but they are neither decoded nor checked
+        for NaN (a cached sample was checked when it was first computed).
+        Batches hold the other samples, in order.
 
     Returns
     -------
@@ -359,6 +361,7 @@ def iter_batches(
         if skip.any():
             rows = np.flatnonzero(~skip)
     if images is None:
+        _check_finite(X, rows)
         batches = _array_batches(X, rows, batch_size)
     else:
         batches = _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs)
@@ -452,18 +455,24 @@ def _check_tensor(X, input_shape, dtype, preprocessing):
         )
     with np.errstate(over="ignore"):  # reported below as infinity
         X = X.astype(dtype, copy=False)
-    if X.dtype.kind == "f":
-        for start in range(0, len(X), 1024):
-            chunk = X[start : start + 1024].reshape(min(1024, len(X) - start), -1)
-            finite = np.isfinite(chunk).all(axis=1)
-            if not finite.all():
-                index = start + int(np.flatnonzero(~finite)[0])
-                what = "NaN" if np.isnan(chunk[index - start]).any() else "infinity"
-                raise ValueError(
-                    f"X contains {what} in sample {index} (after casting to "
-                    f"{X.dtype}); the network input must be finite."
-                )
     return X
+
+
+def _check_finite(X, rows):
+    """Check the samples ``rows`` of a float array, naming the first bad one."""
+    if X.dtype.kind != "f":
+        return
+    for start in range(0, len(rows), 1024):
+        chunk_rows = rows[start : start + 1024]
+        chunk = X[chunk_rows] if not isinstance(rows, range) else X[chunk_rows.start : chunk_rows.stop]
+        finite = np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            what = "NaN" if np.isnan(chunk[bad]).any() else "infinity"
+            raise ValueError(
+                f"X contains {what} in sample {chunk_rows[bad]} (after casting to "
+                f"{X.dtype}); the network input must be finite."
+            )
 
 
 def _check_shape_compatible(produced, input_shape):

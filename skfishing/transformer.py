@@ -314,15 +314,9 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             X = list(X)
         if self.memory is not None:
             _check_cache_folder(self.memory)
-        batch_options = dict(
-            batch_size=self.batch_size,
-            dtype=network.dtype,
-            n_jobs=self.n_jobs,
-            progress=self.progress,
-            desc=f"{self.features} features",
-        )
-        n_samples, batches = iter_batches(X, network.input_shape, preprocessing, **batch_options)
-        blocks = self._run(network, preprocessing, X, n_samples, keys, labels, batches, batch_options)
+        if not isinstance(X, (np.ndarray, list)):  # a path, an image, None...: say what is wrong
+            iter_batches(X, network.input_shape, preprocessing)
+        n_samples, blocks = self._run(network, preprocessing, X, keys, labels)
         if self.features == "probabilities":
             return blocks[0].astype(np.float32)
         if self.features == "activation":
@@ -336,16 +330,26 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         Z["backward"] = _l2_normalize(backward)
         return Z
 
-    def _run(self, network, preprocessing, X, n_samples, keys, labels, batches, batch_options):
+    def _run(self, network, preprocessing, X, keys, labels):
         """Features of every sample; the network runs on cache misses only.
 
-        ``batches`` iterates over all of ``X`` (already validated); it is used
-        as is when nothing is cached, else replaced by one over the misses.
+        Returns the number of samples and one array per key.
         """
         context = f"{network.key}|{preprocessing!r}|{np.dtype(network.dtype).str}|{network.input_shape}"
         cache_keys = sample_keys(X, context)
         states = [None if key is None else forward_cache.get(key, self.memory) for key in cache_keys]
         hits = np.array([state is not None for state in states], dtype=bool)
+        n_samples, batches = iter_batches(
+            X,
+            network.input_shape,
+            preprocessing,
+            batch_size=self.batch_size,
+            dtype=network.dtype,
+            n_jobs=self.n_jobs,
+            progress=self.progress,
+            desc=f"{self.features} features",
+            skip=hits if len(hits) else None,
+        )
         blocks = [None] * len(keys)
 
         def head(rows, state):
@@ -360,10 +364,6 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             rows = hit_rows[start : start + self.batch_size]
             head(rows, np.stack([states[i] for i in rows]))
         miss_rows = np.flatnonzero(~hits)
-        if hits.any():
-            batches.close()
-            if len(miss_rows):
-                _, batches = iter_batches(X, network.input_shape, preprocessing, skip=hits, **batch_options)
         if len(miss_rows):
             done = 0
             for batch in batches:
@@ -374,7 +374,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
                     if cache_keys[i] is not None:
                         forward_cache.put(cache_keys[i], row, self.memory)
                 head(rows, state)
-        return blocks
+        return n_samples, blocks
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

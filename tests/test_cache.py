@@ -130,3 +130,12 @@ def test_memory_store_is_bounded():
     stored = cache.get("k9")
     with pytest.raises(ValueError):
         stored[0] = 1.0  # entries are read-only, so callers cannot corrupt them
+
+
+def test_nan_in_an_uncached_sample_is_still_reported(trunk_runs):
+    fish = DeepFisherTransformer(MODEL).fit(X)
+    fish.transform(X)
+    X_bad = X.copy()
+    X_bad[3, 1, 2, 2] = np.nan  # other content, so a miss among hits
+    with pytest.raises(ValueError, match="X contains NaN in sample 3"):
+        fish.transform(X_bad)
