@@ -39,14 +39,13 @@ def default_providers():
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
-def _session(model, providers, *, threads=0):
+def _session(model, providers, *, spinning=True):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the overridable defaults of tau and g warn
-    options.intra_op_num_threads = threads
-    if threads == 1:
+    if not spinning:
         # The small backward graphs run between forward batches: a thread pool
-        # of their own would spin-wait and steal the cores from the forward pass.
+        # that spin-waits would steal the cores from the forward pass.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)
 
@@ -137,7 +136,7 @@ class FisherNetwork:
         with self._backward_lock:
             if layer not in self._backward:
                 self._backward[layer] = _session(
-                    build_backward_model(self.head, layer), self.providers, threads=1
+                    build_backward_model(self.head, layer), self.providers, spinning=False
                 )
             return self._backward[layer]
 
