@@ -1,0 +1,136 @@
+"""The paper's Table 1: forward vs gradient features on PASCAL VOC 2007.
+
+Every row of Table 1 of Gordo et al. (BMVC 2015): activations x5, x6, x7,
+logits y8, probabilities x8, the concatenations x5;x6, x6;x7, x7;y8, and the
+gradients dE/dW6, dE/dW7, dE/dW8. Each feature is L2-normalised (a
+concatenation joins normalised parts and is scaled back to unit norm); one
+linear SVM per class (C=1) is fitted on the ``train`` split and the VOC2007
+11-point interpolated AP, difficult entries ignored, is reported on ``val``
+(sklearn's non-interpolated AP beside it). Gradients use temperature 2 and
+uniform labels, compared with the trace kernel.
+
+With the embedded network on the benchmark archive::
+
+    python benchmarks/table1.py --data ../shared/data/voc2007_trainval64.npz
+
+The real protocol, for users who have the files (VOCdevkit folder with
+JPEGImages and ImageSets/Main)::
+
+    python benchmarks/table1.py --model alexnet --data /path/to/VOCdevkit
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing.datasets import load_voc2007, load_voc2007_npz
+from skfishing.metrics import average_precision_report
+
+#: Row name -> list of (features, layer) parts; one part with features
+#: "gradient" is a gradient row.
+ROWS = {
+    "x5": [("activation", 5)],
+    "x6": [("activation", 6)],
+    "x7": [("activation", 7)],
+    "y8": [("activation", 8)],
+    "x8": [("probabilities", 8)],
+    "x5;x6": [("activation", 5), ("activation", 6)],
+    "dE/dW6": [("gradient", 6)],
+    "x6;x7": [("activation", 6), ("activation", 7)],
+    "dE/dW7": [("gradient", 7)],
+    "x7;y8": [("activation", 7), ("activation", 8)],
+    "dE/dW8": [("gradient", 8)],
+}
+
+
+def load(data, max_per_split=None, seed=0):
+    """Train and val Bunches from a VOCdevkit folder or an .npz archive."""
+    path = Path(data)
+    if path.suffix == ".npz":
+        train, val = load_voc2007_npz(path, split="train"), load_voc2007_npz(path, split="val")
+    else:
+        train, val = load_voc2007(path, split="train"), load_voc2007(path, split="val")
+    if max_per_split:
+        rng = np.random.default_rng(seed)
+        for bunch in (train, val):
+            keep = np.sort(rng.permutation(len(bunch.labels))[:max_per_split])
+            bunch.images = bunch.images[keep] if isinstance(bunch.images, np.ndarray) else [
+                bunch.images[i] for i in keep]
+            bunch.labels, bunch.difficult = bunch.labels[keep], bunch.difficult[keep]
+    return train, val
+
+
+def features(model, kind, layer, images, *, temperature=2.0, batch_size=64, progress=False):
+    """One part of a row, L2-normalised (probabilities are normalised here)."""
+    fish = DeepFisherTransformer(model, layer=layer, temperature=temperature, features=kind,
+                                 batch_size=batch_size, progress=progress)
+    Z = fish.fit_transform(images)
+    if kind == "probabilities":
+        Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
+    return Z
+
+
+def row_features(model, parts, images, **kw):
+    blocks = [features(model, kind, layer, images, **kw) for kind, layer in parts]
+    if len(blocks) == 1:
+        return blocks[0]
+    return np.hstack(blocks) / np.sqrt(len(blocks))
+
+
+def run_table1(model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_size=64, progress=False):
+    """Fit on train, score on val; returns {row: report} (see average_precision_report)."""
+    results = {}
+    for name in rows:
+        parts = ROWS[name]
+        t = time.perf_counter()
+        kw = dict(temperature=temperature, batch_size=batch_size, progress=progress)
+        Z_train = row_features(model, parts, train.images, **kw)
+        Z_val = row_features(model, parts, val.images, **kw)
+        svc = TraceKernelSVC(C=C).fit(Z_train, train.labels)
+        report = average_precision_report(val.labels, svc.decision_function(Z_val), difficult=val.difficult,
+                                          classes=list(train.classes))
+        report.seconds = time.perf_counter() - t
+        results[name] = report
+    return results
+
+
+def format_table(results, per_class=False):
+    lines = [f"{'features':10s} {'VOC07 11-pt mAP':>16s} {'sklearn mAP':>12s} {'seconds':>8s}"]
+    for name, report in results.items():
+        lines.append(f"{name:10s} {100 * report.voc07_map:16.2f} {100 * report.sklearn_map:12.2f} "
+                     f"{report.seconds:8.1f}")
+    if per_class:
+        names = list(results)
+        classes = list(next(iter(results.values())).classes)
+        lines.append("")
+        lines.append("per-class VOC07 11-point AP (%)")
+        lines.append(f"{'class':12s}" + "".join(f"{n:>9s}" for n in names))
+        for c, cls in enumerate(classes):
+            lines.append(f"{cls:12s}" + "".join(f"{100 * results[n].voc07_ap[c]:9.1f}" for n in names))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tinyalexnet")
+    parser.add_argument("--data", required=True, help="VOCdevkit folder or .npz archive")
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--C", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
+    parser.add_argument("--max-per-split", type=int, default=None, help="random subset of train and of val")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--per-class", action="store_true")
+    args = parser.parse_args(argv)
+    train, val = load(args.data, args.max_per_split)
+    print(f"model {args.model}; data {args.data}: {len(train.labels)} train, {len(val.labels)} val images; "
+          f"C={args.C}, temperature={args.temperature}, uniform labels")
+    results = run_table1(args.model, train, val, args.rows, C=args.C, temperature=args.temperature,
+                         batch_size=args.batch_size, progress=True)
+    print(format_table(results, per_class=args.per_class))
+
+
+if __name__ == "__main__":
+    main()

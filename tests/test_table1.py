@@ -1,0 +1,41 @@
+"""Table 1 rows on real VOC 2007 images (needs ../shared/data)."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from skfishing.cache import forward_cache
+from skfishing.registry import list_models
+
+ROOT = Path(__file__).resolve().parents[1]
+VOC = ROOT.parent / "shared" / "data" / "voc2007_trainval64.npz"
+
+pytestmark = [
+    pytest.mark.shared_data,
+    pytest.mark.skipif(not VOC.exists(), reason="../shared/data/voc2007_trainval64.npz is absent"),
+    pytest.mark.skipif("tinyalexnet" not in [m.name for m in list_models()], reason="embedded model not built"),
+]
+
+
+def _table1():
+    spec = importlib.util.spec_from_file_location("table1", ROOT / "benchmarks" / "table1.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_forward_and_gradient_rows_are_sane_and_reproducible():
+    table1 = _table1()
+    train, val = table1.load(VOC, max_per_split=400)
+    rows = ["x7", "dE/dW7"]
+    first = table1.run_table1("tinyalexnet", train, val, rows)
+    forward_cache.clear()
+    second = table1.run_table1("tinyalexnet", train, val, rows)
+    # chance: the AP of a random ranking is about the fraction of positives
+    positives = (val.labels * (1 - val.difficult)).sum(0)
+    chance = np.nanmean(np.where(positives > 0, positives / len(val.labels), np.nan))
+    for row in rows:
+        assert first[row].voc07_map > 2 * chance, (row, first[row].voc07_map, chance)
+        np.testing.assert_array_equal(first[row].voc07_ap, second[row].voc07_ap)
