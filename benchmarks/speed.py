@@ -21,7 +21,6 @@ Usage::
 """
 
 import argparse
-import io
 import os
 import tempfile
 import time

@@ -1,25 +1,26 @@
 """ONNX graph surgery: find the fully connected head and add its backward pass.
 
-A classification network is split in two at the input of its fully connected
-(FC) head:
-
-* the **trunk** computes the head input (``pool5`` for AlexNet) from the
-  image; it is the original graph pruned to that tensor, with a dynamic batch
-  dimension;
-* the **head** recomputes the FC layers from that tensor and adds, from
-  standard ONNX operators only, the backward pass of the paper's Eq. (10)::
+The **trunk** of a classification network computes the input of its fully
+connected (FC) head (``pool5`` for AlexNet); it is the original graph pruned
+to that tensor, with a dynamic batch dimension. The FC layers are rebuilt
+after it, and the backward pass of the paper's Eq. (10) is added from
+standard ONNX operators only::
 
       delta_L = g - softmax(y_L / tau)
       delta_k = (W_{k+1} delta_{k+1}) * [y_k > 0]
 
-  for every FC layer ``k``.  The temperature ``tau`` and the label vector
-  ``g`` are graph inputs with defaults (2.0 and the uniform ``1 / P``), so
-  changing them needs no rebuild.
+for every FC layer ``k``. The temperature ``tau`` and the label vector ``g``
+are graph inputs with defaults (2.0 and the uniform ``1 / P``), so changing
+them needs no rebuild.
 
 :func:`find_fc_head` reads the head (names, weights, ``transB``) from the
-graph, :func:`build_head_model` and :func:`build_trunk_model` produce the two
-runnable parts and :func:`add_backward` glues them into one model that can be
-saved and inspected (for example with Netron).
+graph. :func:`add_backward` gives the whole network with its backward pass as
+one model that can be saved and inspected (for example with Netron). For
+running, :func:`build_forward_model` (trunk and FC layers: everything that
+does not depend on ``tau`` and ``g``) and :func:`build_backward_model` (one
+per layer, from the logits down to it) split the work so that the forward
+part runs once per image; :func:`build_head_model` and
+:func:`build_trunk_model` give the head and the trunk alone.
 
 Layer numbering follows the paper and Caffe: the last FC layer (the
 classifier) is number 8, the one below it 7, and so on, so a head of ``n`` FC
@@ -308,15 +309,14 @@ def find_fc_head(model):
         fc_input, name, weight, bias = fc
         found.append((name, weight, bias))
         below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
+        _check_flatten(index, fc_input, below)
         relu = index.producer.get(below)
         if relu is not None and relu.op_type == "Relu":
             lower = _skip(index, relu.input[0], _PASS_THROUGH | _FLATTEN)
             if _as_fc(index, lower) is not None:
-                _check_flatten(index, fc_input, below)
                 _check_flatten(index, relu.input[0], lower)
                 tensor = lower
                 continue
-        _check_flatten(index, fc_input, below)
         head_input = below
         break
 

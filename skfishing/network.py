@@ -112,7 +112,6 @@ class FisherNetwork:
         self._slices = {
             key: slice(a, b) for key, a, b in zip(_state_keys(self.head), offsets[:-1], offsets[1:])
         }
-        self.state_width = int(offsets[-1])
         if len(forward.graph.input) != 1:
             names = [i.name for i in forward.graph.input]
             raise ValueError(f"the network has {len(names)} inputs {names}; one input is supported")
@@ -145,7 +144,7 @@ class FisherNetwork:
 
         Parameters
         ----------
-        state : ndarray of shape (n_samples, state_width)
+        state : ndarray of shape (n_samples, n_state)
             As returned by :meth:`run_forward`.
         keys : list
             What to compute.

@@ -247,3 +247,57 @@ def torch_gradients(net, X, temperature=2.0):
             G = lin.weight.grad.detach().numpy().astype(np.float64).T  # (in, out)
             out.append(G / np.linalg.norm(G))
     return [np.stack(g) for g in grads]
+
+
+def tiny_cnn_model(seed=0, n_classes=10):
+    """A random AlexNet-shaped CNN taking (N, 3, 32, 32) input.
+
+    Trunk: conv 3x3 (8) -> ReLU -> max-pool 4 -> conv 3x3 (16) -> ReLU ->
+    max-pool 2, i.e. a "pool5" of 16 x 4 x 4 = 256 values; head: fc6 (64),
+    ReLU, fc7 (32), ReLU, fc8 (``n_classes`` logits).
+    """
+    rng = np.random.default_rng(seed)
+
+    def init(name, values):
+        return numpy_helper.from_array(np.asarray(values, dtype=np.float32), name)
+
+    inits = [
+        init("conv1_w", rng.normal(size=(8, 3, 3, 3)) / np.sqrt(27)),
+        init("conv1_b", rng.normal(scale=0.1, size=8)),
+        init("conv2_w", rng.normal(size=(16, 8, 3, 3)) / np.sqrt(72)),
+        init("conv2_b", rng.normal(scale=0.1, size=16)),
+    ]
+    pads = [1, 1, 1, 1]
+    nodes = [
+        helper.make_node("Conv", ["input", "conv1_w", "conv1_b"], ["c1"], kernel_shape=[3, 3], pads=pads),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[4, 4], strides=[4, 4]),
+        helper.make_node("Conv", ["p1", "conv2_w", "conv2_b"], ["c2"], kernel_shape=[3, 3], pads=pads),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["pool5"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["pool5"], ["flat"], axis=1),
+    ]
+    x = "flat"
+    widths = (256, 64, 32, n_classes)
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+        name = f"fc{6 + i}"
+        inits += [
+            init(f"{name}_w", rng.normal(size=(a, b)) / np.sqrt(a)),
+            init(f"{name}_b", rng.normal(scale=0.1, size=b)),
+        ]
+        nodes.append(helper.make_node("Gemm", [x, f"{name}_w", f"{name}_b"], [name], name=name))
+        x = name
+        if i < 2:
+            nodes.append(helper.make_node("Relu", [x], [f"{name}_relu"]))
+            x = f"{name}_relu"
+    graph = helper.make_graph(
+        nodes,
+        "tiny-cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", n_classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model

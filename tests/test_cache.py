@@ -12,27 +12,10 @@ from sklearn.base import clone
 
 from onnx_models import caffe_alexnet_model
 from skfishing.cache import ArrayCache, forward_cache
-from skfishing.network import FisherNetwork
 from skfishing.transformer import DeepFisherTransformer
 
 MODEL = caffe_alexnet_model(seed=21)[0]
 X = np.random.default_rng(0).normal(size=(10, 3, 8, 8)).astype(np.float32)
-
-
-@pytest.fixture
-def trunk_runs(monkeypatch):
-    """Count the samples that go through the network (trunk and forward head)."""
-    forward_cache.clear()
-    runs = []
-    original = FisherNetwork.run_forward
-
-    def counting(self, batch):
-        runs.append(len(batch))
-        return original(self, batch)
-
-    monkeypatch.setattr(FisherNetwork, "run_forward", counting)
-    yield runs
-    forward_cache.clear()
 
 
 def _assert_same(Z1, Z2):

@@ -14,7 +14,6 @@ from skfishing import DeepFisherTransformer, registry
 from skfishing.cli import collect_images, main
 from skfishing.datasets import load_digits_images
 
-from test_demo import tiny_cnn, tiny_cnn_file  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ path below a regular file (``mkdir`` fails whatever the permissions).
 import errno
 import hashlib
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -35,7 +34,6 @@ import skfishing.cache as cache_module
 import skfishing.registry as registry
 from onnx_models import caffe_alexnet_model
 from skfishing.cache import ArrayCache, forward_cache
-from skfishing.network import FisherNetwork
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
 from test_registry import _Server
@@ -65,19 +63,6 @@ def server():
     served = _Server()
     yield served
     served.close()
-
-
-@pytest.fixture
-def trunk_runs(monkeypatch):
-    runs = []
-    original = FisherNetwork.run_forward
-
-    def counting(self, batch):
-        runs.append(len(batch))
-        return original(self, batch)
-
-    monkeypatch.setattr(FisherNetwork, "run_forward", counting)
-    return runs
 
 
 def _python(script, *args, **kwargs):

@@ -1,0 +1,43 @@
+"""Fixtures shared by several test modules."""
+
+import onnx
+import pytest
+
+from onnx_models import tiny_cnn_model
+from skfishing import registry
+from skfishing.cache import forward_cache
+from skfishing.images import ImagePreprocessing
+from skfishing.network import FisherNetwork
+
+TINY_CNN = "tinycnn"
+
+
+@pytest.fixture
+def trunk_runs(monkeypatch):
+    """Count the samples that go through the network (trunk and forward head)."""
+    forward_cache.clear()
+    runs = []
+    original = FisherNetwork.run_forward
+
+    def counting(self, batch):
+        runs.append(len(batch))
+        return original(self, batch)
+
+    monkeypatch.setattr(FisherNetwork, "run_forward", counting)
+    yield runs
+    forward_cache.clear()
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tinycnn.onnx"
+    onnx.save(tiny_cnn_model(), str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_cnn(tiny_cnn_file, monkeypatch):
+    """Register the tiny CNN as "tinycnn" for one test."""
+    monkeypatch.setattr(registry, "_USER_MODELS", {})
+    registry.register_model(TINY_CNN, tiny_cnn_file, preprocessing=ImagePreprocessing(size=32))
+    return TINY_CNN
