@@ -18,11 +18,16 @@ Entries live in a process-wide, size-bounded in-memory store
 that directory as ``.npy`` files written atomically (a reader never sees a
 partly written file), so parallel workers share them. The cache never changes
 a result: a sample's state does not depend on the batch it ran in.
+
+The backward rows ``delta_layer`` of each sample, which depend on the layer,
+the temperature and the label vector as well, are kept in a second, smaller
+in-memory store (:data:`backward_cache`) under keys derived from the state
+keys (:func:`derived_keys`): a cross-validation computes each of them once
+instead of once per fold.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 import threading
@@ -31,8 +36,9 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+from blake3 import blake3
 
-__all__ = ["ArrayCache", "forward_cache", "sample_keys"]
+__all__ = ["ArrayCache", "backward_cache", "clear_caches", "derived_keys", "forward_cache", "sample_keys"]
 
 _DEFAULT_MAX_BYTES = 1 << 30
 
@@ -116,8 +122,15 @@ def _atomic_save(directory, key, value):
         raise
 
 
-#: The process-wide store used by :class:`~skfishing.DeepFisherTransformer`.
+#: The process-wide store of forward states used by
+#: :class:`~skfishing.DeepFisherTransformer` (1 GiB).
 forward_cache = ArrayCache()
+
+#: The process-wide store of backward rows (``delta_layer`` of one sample for
+#: one layer, temperature and label vector; 256 MiB, in memory only). They
+#: are cheap to recompute but a cross-validation asks for each one once per
+#: fold; being separate, they never push forward states out.
+backward_cache = ArrayCache(256 << 20)
 
 
 def _sample_token(sample):
@@ -134,13 +147,41 @@ def _sample_token(sample):
             pixels = sample.tobytes()
         except Exception:  # e.g. a closed image: the image loader reports it with its index
             return None
-        digest = hashlib.blake2b(pixels, digest_size=16).hexdigest()
+        digest = blake3(pixels).hexdigest()
         return f"pil:{sample.mode}:{sample.size}:{digest}".encode()
     array = np.ascontiguousarray(sample)
     if array.dtype == object:
         return None
-    digest = hashlib.sha256(array.view(np.uint8).reshape(-1)).hexdigest()
+    digest = blake3(array.view(np.uint8).reshape(-1)).hexdigest()
     return f"array:{array.dtype.str}:{array.shape}:{digest}".encode()
+
+
+def clear_caches():
+    """Forget every in-memory entry of :data:`forward_cache` and :data:`backward_cache`.
+
+    Files written to ``memory=`` folders stay.
+    """
+    forward_cache.clear()
+    backward_cache.clear()
+
+
+def derived_keys(keys, context):
+    """Keys for what is computed from each keyed sample and ``context``.
+
+    Parameters
+    ----------
+    keys : list of str or None
+        As returned by :func:`sample_keys`.
+    context : str
+        Everything else the derived value depends on.
+
+    Returns
+    -------
+    keys : list of str or None
+        None where ``keys`` has None.
+    """
+    prefix = blake3(context.encode()).digest()
+    return [None if key is None else blake3(prefix + key.encode()).hexdigest(length=20) for key in keys]
 
 
 def sample_keys(X, context):
@@ -154,14 +195,17 @@ def sample_keys(X, context):
         Identifies everything besides the sample that the trunk output
         depends on: the model and the preprocessing.
     """
-    prefix = hashlib.blake2b(context.encode(), digest_size=16).digest()
+    prefix = blake3(context.encode()).digest()
 
     def key(sample):
         token = _sample_token(sample)
-        return None if token is None else hashlib.blake2b(prefix + token, digest_size=20).hexdigest()
+        return None if token is None else blake3(prefix + token).hexdigest(length=20)
 
-    if len(X) < 2:
+    n_threads = min(4, os.cpu_count() or 1)
+    if len(X) < 2 or n_threads == 1:
         return [key(sample) for sample in X]
-    # hashlib releases the GIL on large buffers: hash samples in parallel.
-    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        return list(pool.map(key, X))
+    # blake3 releases the GIL on large buffers: hash runs of samples in parallel.
+    step = -(-len(X) // (4 * n_threads))
+    with ThreadPoolExecutor(max_workers=n_threads) as pool:
+        runs = pool.map(lambda start: [key(sample) for sample in X[start : start + step]], range(0, len(X), step))
+        return [k for run in runs for k in run]

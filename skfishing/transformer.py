@@ -12,7 +12,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .cache import forward_cache, sample_keys
+from .cache import backward_cache, derived_keys, forward_cache, sample_keys
 from .images import iter_batches
 from .network import get_network
 from .registry import resolve_model
@@ -43,12 +43,22 @@ def gradient_dtype(forward_dim, backward_dim, source=None):
     return np.dtype(fields, metadata=source)
 
 
-def _l2_normalize(rows):
-    """Rows scaled to unit L2 norm, in float32; all-zero rows stay zero."""
-    rows = np.asarray(rows, dtype=np.float64)
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    np.divide(rows, norms, out=rows, where=norms > 0)
-    return rows.astype(np.float32)
+def _l2_normalize(rows, out=None):
+    """Rows scaled to unit L2 norm, in float32; all-zero rows stay zero.
+
+    The arithmetic is in float64, a block of rows at a time (no full-size
+    float64 temporary).
+    """
+    rows = np.asarray(rows)
+    if out is None:
+        out = np.empty(rows.shape, dtype=np.float32)
+    step = max(1, (1 << 20) // max(1, rows.shape[1]))  # blocks of about 8 MB in float64
+    for start in range(0, len(rows), step):
+        block = rows[start : start + step].astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
+        np.divide(block, norms, out=block, where=norms > 0)
+        out[start : start + step] = block
+    return out
 
 
 def _check_cache_folder(folder):
@@ -259,14 +269,41 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         -------
         self : DeepFisherTransformer
         """
+        X, network, preprocessing = self._fit(X)
+        iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
+        return self
+
+    def fit_transform(self, X, y=None):
+        """Fit, then compute the features of ``X``.
+
+        The same as ``fit(X).transform(X)``, but ``X`` is validated once:
+        samples whose forward pass is cached are not checked again (they
+        were checked when first computed), which matters in a grid search.
+
+        Parameters
+        ----------
+        X : array-like or sequence of images
+            As in :meth:`fit`.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        Z : ndarray
+            As in :meth:`transform`.
+        """
+        X, _, _ = self._fit(X)
+        return self.transform(X)
+
+    def _fit(self, X):
+        """Check the parameters and set the fitted attributes."""
         self._validate_params()
         network, preprocessing = self._network()
         self.layer_, _ = self._resolve_layer(network)
         self.model_sha256_ = network.sha256
         self._check_labels(network)
         X = self._check_tabular(X, network, preprocessing, reset=True)
-        iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
-        return self
+        return X, network, preprocessing
 
     def _check_tabular(self, X, network, preprocessing, *, reset):
         """Validate 2-D input of networks that take feature vectors.
@@ -326,8 +363,8 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         if self.labels is not None:
             source["labels"] = tuple(float(v) for v in np.ravel(self.labels))
         Z = np.empty(n_samples, dtype=gradient_dtype(forward.shape[1], backward.shape[1], source))
-        Z["forward"] = _l2_normalize(forward)
-        Z["backward"] = _l2_normalize(backward)
+        _l2_normalize(forward, out=Z["forward"])
+        _l2_normalize(backward, out=Z["backward"])
         return Z
 
     def _run(self, network, preprocessing, X, keys, labels):
@@ -351,9 +388,27 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             skip=hits if len(hits) else None,
         )
         blocks = [None] * len(keys)
+        # The backward pass of a sample is kept too, under its own key: the
+        # folds of a cross-validation see each sample several times.
+        b = next((j for j, key in enumerate(keys) if key[0] == "backward"), None)
+        if b is not None:
+            labels_id = None if labels is None else labels.tobytes().hex()
+            delta_keys = derived_keys(cache_keys, f"{keys[b]}|{float(self.temperature)!r}|{labels_id}")
+        rest = [key for j, key in enumerate(keys) if j != b]
 
         def head(rows, state):
-            outputs = network.features(state, keys, temperature=self.temperature, labels=labels)
+            outputs = network.features(state, rest, temperature=self.temperature, labels=labels)
+            if b is not None:
+                deltas = [None if delta_keys[i] is None else backward_cache.get(delta_keys[i]) for i in rows]
+                todo = [j for j, delta in enumerate(deltas) if delta is None]
+                if todo:
+                    part = state if len(todo) == len(rows) else state[todo]
+                    computed = network.features(part, [keys[b]], temperature=self.temperature, labels=labels)[0]
+                    for j, row in zip(todo, computed):
+                        deltas[j] = row
+                        if delta_keys[rows[j]] is not None:
+                            backward_cache.put(delta_keys[rows[j]], row)
+                outputs.insert(b, np.stack(deltas))
             for j, output in enumerate(outputs):
                 if blocks[j] is None:
                     blocks[j] = np.empty((n_samples, output.shape[1]), dtype=output.dtype)

@@ -5,7 +5,7 @@ import pytest
 
 from onnx_models import tiny_cnn_model
 from skfishing import registry
-from skfishing.cache import forward_cache
+from skfishing.cache import clear_caches
 from skfishing.images import ImagePreprocessing
 from skfishing.network import FisherNetwork
 
@@ -15,7 +15,7 @@ TINY_CNN = "tinycnn"
 @pytest.fixture
 def trunk_runs(monkeypatch):
     """Count the samples that go through the network (trunk and forward head)."""
-    forward_cache.clear()
+    clear_caches()
     runs = []
     original = FisherNetwork.run_forward
 
@@ -25,7 +25,7 @@ def trunk_runs(monkeypatch):
 
     monkeypatch.setattr(FisherNetwork, "run_forward", counting)
     yield runs
-    forward_cache.clear()
+    clear_caches()
 
 
 @pytest.fixture(scope="session")

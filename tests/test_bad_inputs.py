@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, UnidentifiedImageError  # noqa: F401  (used in the table)
 
 from skfishing import DeepFisherTransformer, TraceKernelSVC
-from skfishing.cache import forward_cache
+from skfishing.cache import clear_caches
 from skfishing.images import ImagePreprocessing
 from skfishing.registry import register_model
 
@@ -152,7 +152,7 @@ class Env:
         return str(path)
 
     def features(self, X, model=MODEL_NAME, **params):
-        forward_cache.clear()  # a cache hit must not hide a decoding difference
+        clear_caches()  # a cache hit must not hide a decoding difference
         return self.transformer(model, **params).fit(X).transform(X)
 
 
@@ -490,7 +490,7 @@ def run_case(case, env):
     """Run a case; return (result, exception) and the snapshots before/after."""
     func, args = case.build(env)
     before = snapshot(list(args))
-    forward_cache.clear()
+    clear_caches()
     result = error = None
     try:
         result = func(*args)
@@ -502,7 +502,7 @@ def run_case(case, env):
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     yield Env(tmp_path_factory.mktemp("bad_inputs"))
-    forward_cache.clear()
+    clear_caches()
 
 
 def _params():

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from skfishing import registry
-from skfishing.cache import forward_cache
+from skfishing.cache import clear_caches
 from skfishing.datasets import VOC2007_CLASSES, load_digits_images
 from skfishing.demo import PARAM_GRID, ROWS, run_demo
 
@@ -22,7 +22,7 @@ def _numbers(results):
 
 def test_quick_demo_on_digits(tiny_cnn):
     out = io.StringIO()
-    forward_cache.clear()
+    clear_caches()
     first = run_demo(model=tiny_cnn, quick=True, progress=False, out=out)
     assert out.getvalue() == first.text + "\n"
     assert first.metric == "accuracy"
@@ -45,7 +45,7 @@ def test_quick_demo_on_digits(tiny_cnn):
         ), row.feature
     assert f"test accuracy {grid.test_score:.4f}" in first.text
     # A second run, with the network rerun from scratch, gives the same numbers.
-    forward_cache.clear()
+    clear_caches()
     second = run_demo(model=tiny_cnn, quick=True, progress=False, out=io.StringIO())
     assert _numbers(second) == _numbers(first)
 

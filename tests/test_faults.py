@@ -33,7 +33,7 @@ import pytest
 import skfishing.cache as cache_module
 import skfishing.registry as registry
 from onnx_models import caffe_alexnet_model
-from skfishing.cache import ArrayCache, forward_cache
+from skfishing.cache import ArrayCache, clear_caches
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
 from test_registry import _Server
@@ -53,9 +53,9 @@ def isolated(tmp_path, monkeypatch):
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    forward_cache.clear()
+    clear_caches()
     yield
-    forward_cache.clear()
+    clear_caches()
 
 
 @pytest.fixture
@@ -266,7 +266,7 @@ def test_two_processes_fill_one_forward_cache_folder(tmp_path):
     for i in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"Z{i}.npy"), expected)
     assert len(list(folder.glob("*.npy"))) == len(X) and not list(folder.glob("*.tmp"))
-    forward_cache.clear()  # and what they left on disk reads back exactly
+    clear_caches()  # and what they left on disk reads back exactly
     again = DeepFisherTransformer(str(model), layer=7, memory=folder).fit_transform(X)
     np.testing.assert_array_equal(np.hstack([again["forward"], again["backward"]]), expected)
 
@@ -295,7 +295,7 @@ def test_unusable_forward_cache_folder_fails_early_and_says_memory(tmp_path, tru
 def test_full_disk_leaves_no_partial_cache_file(tmp_path, monkeypatch):
     folder = tmp_path / "forward"
     reference = DeepFisherTransformer(MODEL, layer=7).fit_transform(X)
-    forward_cache.clear()
+    clear_caches()
     real_save = np.save
     writes = []
 
@@ -311,7 +311,7 @@ def test_full_disk_leaves_no_partial_cache_file(tmp_path, monkeypatch):
         DeepFisherTransformer(MODEL, layer=7, memory=folder).fit_transform(X)
     monkeypatch.setattr(cache_module.np, "save", real_save)
     assert len(list(folder.glob("*.npy"))) == 5 and not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
-    forward_cache.clear()  # the 5 complete files and the recomputed rest are exact
+    clear_caches()  # the 5 complete files and the recomputed rest are exact
     Z = DeepFisherTransformer(MODEL, layer=7, memory=folder).fit_transform(X)
     for name in ("forward", "backward"):
         np.testing.assert_array_equal(Z[name], reference[name])

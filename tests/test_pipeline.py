@@ -14,7 +14,7 @@ from sklearn.pipeline import Pipeline
 
 from onnx_models import caffe_alexnet_model
 from skfishing import DeepFisherTransformer, TraceKernelSVC
-from skfishing.cache import forward_cache
+from skfishing.cache import clear_caches
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_joblib_round_trip_in_a_fresh_process_is_bit_identical(data, tmp_path):
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
-    forward_cache.clear()
+    clear_caches()
     np.testing.assert_array_equal(joblib.load(dump).decision_function(X), expected)
 
 

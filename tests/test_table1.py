@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skfishing.cache import forward_cache
+from skfishing.cache import clear_caches
 from skfishing.registry import list_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_forward_and_gradient_rows_are_sane_and_reproducible():
     train, val = table1.load(VOC, max_per_split=400)
     rows = ["x7", "dE/dW7"]
     first = table1.run_table1("tinyalexnet", train, val, rows)
-    forward_cache.clear()
+    clear_caches()
     second = table1.run_table1("tinyalexnet", train, val, rows)
     # chance: the AP of a random ranking is about the fraction of positives
     positives = (val.labels * (1 - val.difficult)).sum(0)
