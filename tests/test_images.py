@@ -479,6 +479,16 @@ def test_non_finite_sample_is_named(value, what):
         iter_batches(X, (3,))
 
 
+def test_finite_samples_whose_sum_overflows_are_accepted():
+    X = np.full((3, 4), 3e38, np.float32)  # each row sums past float32's range
+    X[1] = -3e38
+    n, batches = _collect(X, (4,), None)
+    np.testing.assert_array_equal(np.concatenate(batches), X)
+    X[2, 3] = np.nan
+    with pytest.raises(ValueError, match="X contains NaN in sample 2"):
+        iter_batches(X, (4,))
+
+
 # -- parallel decoding -----------------------------------------------------------
 
 
