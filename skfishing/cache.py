@@ -38,7 +38,16 @@ from pathlib import Path
 import numpy as np
 from blake3 import blake3
 
-__all__ = ["ArrayCache", "backward_cache", "clear_caches", "derived_keys", "forward_cache", "sample_keys"]
+__all__ = [
+    "ArrayCache",
+    "backward_cache",
+    "clear_caches",
+    "content_key",
+    "derived_keys",
+    "forward_cache",
+    "gram_cache",
+    "sample_keys",
+]
 
 _DEFAULT_MAX_BYTES = 1 << 30
 
@@ -75,10 +84,15 @@ class ArrayCache:
         return value
 
     def put(self, key, value, directory=None):
-        """Store a copy of ``value`` (and write it to ``directory``)."""
-        value = np.array(value, copy=True)
-        value.setflags(write=False)
-        self._remember(key, value)
+        """Store a copy of ``value`` (and write it to ``directory``).
+
+        A value larger than ``max_bytes`` is not kept in memory (nor copied).
+        """
+        value = np.asarray(value)
+        if value.nbytes <= self.max_bytes:
+            value = np.array(value, copy=True)
+            value.setflags(write=False)
+            self._remember(key, value)
         if directory is not None:
             _atomic_save(Path(directory), key, value)
 
@@ -126,6 +140,12 @@ def _atomic_save(directory, key, value):
 #: :class:`~skfishing.DeepFisherTransformer` (1 GiB).
 forward_cache = ArrayCache()
 
+#: The process-wide store of training Gram matrices of
+#: :class:`~skfishing.TraceKernelSVC` (256 MiB), keyed by the content of the
+#: features: candidates of a search that differ only in SVM parameters (``C``,
+#: ``class_weight``...) fit on one Gram matrix per fold.
+gram_cache = ArrayCache(256 << 20)
+
 #: The process-wide store of backward rows (``delta_layer`` of one sample for
 #: one layer, temperature and label vector; 256 MiB, in memory only). They
 #: are cheap to recompute but a cross-validation asks for each one once per
@@ -157,12 +177,22 @@ def _sample_token(sample):
 
 
 def clear_caches():
-    """Forget every in-memory entry of :data:`forward_cache` and :data:`backward_cache`.
+    """Forget every in-memory entry of :data:`forward_cache`,
+    :data:`backward_cache` and :data:`gram_cache`.
 
     Files written to ``memory=`` folders stay.
     """
     forward_cache.clear()
     backward_cache.clear()
+    gram_cache.clear()
+
+
+def content_key(array, context):
+    """Key of the whole content of ``array`` (values, dtype and shape) and ``context``."""
+    array = np.ascontiguousarray(array)
+    digest = blake3(f"{context}|{array.dtype.descr}|{array.shape}".encode(), max_threads=blake3.AUTO)
+    digest.update(array.reshape(-1).view(np.uint8))
+    return digest.hexdigest(length=20)
 
 
 def derived_keys(keys, context):

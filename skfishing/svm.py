@@ -18,6 +18,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
+from .cache import content_key, gram_cache
 from .kernel import _check_features, _is_structured, trace_kernel
 
 
@@ -179,7 +180,11 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         X = self._validate_features(X, reset=True)
         targets = self._validate_targets(y)
         check_consistent_length(X, targets[0])
-        gram = trace_kernel(X, chunk_size=self.chunk_size)
+        key = content_key(X, f"trace_kernel|{self.chunk_size}")
+        gram = gram_cache.get(key)
+        if gram is None:
+            gram = trace_kernel(X, chunk_size=self.chunk_size)
+            gram_cache.put(key, gram)
         svc = SVC(
             C=self.C,
             kernel="precomputed",

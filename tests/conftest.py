@@ -12,6 +12,12 @@ from skfishing.network import FisherNetwork
 TINY_CNN = "tinycnn"
 
 
+@pytest.fixture(autouse=True)
+def empty_caches():
+    """Each test starts with empty in-memory caches (states, backward rows, Gram matrices)."""
+    clear_caches()
+
+
 @pytest.fixture
 def trunk_runs(monkeypatch):
     """Count the samples that go through the network (trunk and forward head)."""
