@@ -68,7 +68,22 @@ class ArrayCache:
         self._lock = threading.Lock()
 
     def get(self, key, directory=None):
-        """The array stored under ``key``, or None."""
+        """The array stored under ``key``, or None.
+
+        Parameters
+        ----------
+        key : str
+            The entry's key.
+        directory : str or path-like, default=None
+            Folder to look in (``<key>.npy``) when the entry is not in memory;
+            what is found there is kept in memory too. An absent or partly
+            written file is a miss.
+
+        Returns
+        -------
+        value : ndarray or None
+            Read-only.
+        """
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
@@ -86,7 +101,15 @@ class ArrayCache:
     def put(self, key, value, directory=None):
         """Store a copy of ``value`` (and write it to ``directory``).
 
-        A value larger than ``max_bytes`` is not kept in memory (nor copied).
+        Parameters
+        ----------
+        key : str
+            The entry's key (also the file name in ``directory``).
+        value : array-like
+            What to store. A value larger than ``max_bytes`` is not kept in
+            memory (nor copied).
+        directory : str or path-like, default=None
+            Folder to write ``<key>.npy`` to, atomically.
         """
         value = np.asarray(value)
         if value.nbytes <= self.max_bytes:
@@ -188,7 +211,20 @@ def clear_caches():
 
 
 def content_key(array, context):
-    """Key of the whole content of ``array`` (values, dtype and shape) and ``context``."""
+    """Key of the whole content of ``array`` (values, dtype and shape) and ``context``.
+
+    Parameters
+    ----------
+    array : ndarray
+        Any array, structured ones included.
+    context : str
+        Everything else the keyed value depends on.
+
+    Returns
+    -------
+    key : str
+        40 hexadecimal digits of BLAKE3.
+    """
     array = np.ascontiguousarray(array)
     digest = blake3(f"{context}|{array.dtype.descr}|{array.shape}".encode(), max_threads=blake3.AUTO)
     digest.update(array.reshape(-1).view(np.uint8))
@@ -224,6 +260,11 @@ def sample_keys(X, context):
     context : str
         Identifies everything besides the sample that the trunk output
         depends on: the model and the preprocessing.
+
+    Returns
+    -------
+    keys : list of str or None
+        40 hexadecimal digits of BLAKE3 per sample.
     """
     prefix = blake3(context.encode()).digest()
 

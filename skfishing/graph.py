@@ -474,6 +474,20 @@ def build_forward_model(model, head):
     pre-activations ``y_k`` of every FC layer, do not depend on the
     temperature or the labels: together they are the *state* of a sample,
     which is what gets cached per image.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The classifier.
+    head : FCHead
+        Its head, as returned by :func:`find_fc_head`.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        One input (the network input, batch dimension dynamic); outputs the
+        flattened head input and every ``y_k``, named as in
+        :func:`output_names`.
     """
     parts = _Parts(head)
     _forward_parts(parts)
@@ -484,9 +498,23 @@ def build_forward_model(model, head):
 def build_backward_model(head, layer, *, temperature=2.0, labels=None):
     """The backward pass of Eq. (10) from the logits down to ``delta_layer``.
 
-    Inputs: the pre-activations ``fish_y{k}`` for ``k >= layer`` (the
-    logits and the ReLU masks), ``fish_temperature`` and ``fish_labels``
-    (both with defaults); output: ``fish_delta{layer}``.
+    Parameters
+    ----------
+    head : FCHead
+        As returned by :func:`find_fc_head`.
+    layer : int
+        Paper number of the FC layer whose ``delta`` is computed.
+    temperature : float, default=2.0
+        Default of the ``fish_temperature`` input.
+    labels : array-like of shape (n_classes,), default=None
+        Default of the ``fish_labels`` input; None means uniform ``1 / P``.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        Inputs: the pre-activations ``fish_y{k}`` for ``k >= layer`` (the
+        logits and the ReLU masks), ``fish_temperature`` and ``fish_labels``
+        (both overridable initializers); output: ``fish_delta{layer}``.
     """
     if layer not in head.numbers:
         raise ValueError(f"layer {layer} is not an FC layer of this head {head.numbers}")
@@ -578,8 +606,18 @@ def _dynamic_batch(value_info):
 def build_trunk_model(model, head):
     """The part of ``model`` that computes the head input, batch-dynamic.
 
-    Returns None when the head input is a graph input (a plain MLP): then
-    there is no trunk to run.
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The classifier.
+    head : FCHead
+        Its head, as returned by :func:`find_fc_head`.
+
+    Returns
+    -------
+    model : onnx.ModelProto or None
+        From the network input to the head input; None when the head input
+        is a graph input (a plain MLP): then there is no trunk to run.
     """
     index = _GraphIndex(model.graph)
     if head.input_name in index.graph_inputs:

@@ -124,7 +124,18 @@ class FisherNetwork:
         return sorted(key[1] for key in self._names if isinstance(key, tuple) and key[0] == kind)
 
     def run_forward(self, batch):
-        """States (flattened head input and all ``y_k``) of a batch of network inputs."""
+        """States (flattened head input and all ``y_k``) of a batch of network inputs.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (n_samples, *input_shape)
+            Network inputs.
+
+        Returns
+        -------
+        state : ndarray of shape (n_samples, n_state)
+            One row per sample.
+        """
         outputs = self._forward.run(self._state_names, {self.input_name: batch})
         return np.concatenate(outputs, axis=1)
 
@@ -185,7 +196,20 @@ class FisherNetwork:
         return results
 
     def run(self, batch, keys, *, temperature=2.0, labels=None):
-        """:meth:`features` of a batch of network inputs."""
+        """:meth:`features` of a batch of network inputs.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (n_samples, *input_shape)
+            Network inputs.
+        keys, temperature, labels
+            As in :meth:`features`.
+
+        Returns
+        -------
+        features : list of ndarray
+            In the order of ``keys``.
+        """
         return self.features(self.run_forward(batch), keys, temperature=temperature, labels=labels)
 
 

@@ -384,7 +384,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             dtype=network.dtype,
             n_jobs=self.n_jobs,
             progress=self.progress,
-            desc=f"{self.features} features",
+            desc="network forward pass",
             skip=hits if len(hits) else None,
         )
         blocks = [None] * len(keys)

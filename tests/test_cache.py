@@ -187,3 +187,12 @@ def test_fit_transform_checks_uncached_samples_once(trunk_runs):
         clone(fish).fit_transform(X[:, :2])
     with pytest.raises(ValueError, match="temperature"):
         clone(fish).set_params(temperature=-1.0).fit_transform(X)
+
+
+def test_progress_bar_counts_the_samples_that_run_the_network(capsys):
+    fish = DeepFisherTransformer(MODEL, layer=6, progress=True).fit(X)
+    fish.transform(X[[1, 4, 7]])
+    assert "network forward pass" in capsys.readouterr().err
+    fish.transform(X)
+    err = capsys.readouterr().err
+    assert "7/7" in err and "10/10" not in err
