@@ -128,8 +128,8 @@ class FisherNetwork:
 
         Parameters
         ----------
-        batch : ndarray of shape (n_samples, *input_shape)
-            Network inputs.
+        batch : ndarray of shape (n_samples, ...)
+            Network inputs, each of shape ``input_shape``.
 
         Returns
         -------
@@ -200,8 +200,8 @@ class FisherNetwork:
 
         Parameters
         ----------
-        batch : ndarray of shape (n_samples, *input_shape)
-            Network inputs.
+        batch : ndarray of shape (n_samples, ...)
+            Network inputs, each of shape ``input_shape``.
         keys, temperature, labels
             As in :meth:`features`.
 
