@@ -218,7 +218,7 @@ def make_inputs(m, rng, folder):
     tensors = np.stack([preprocess_image(a, PREPROCESSING) for a in arrays]).astype(np.float32)
     return {
         "JPEG files (paths)": paths,
-        "uint8 images (1000, 240, 320, 3)".replace("1000", str(m)): arrays,
+        f"uint8 images {arrays.shape}": arrays,
         "float32 tensors (preprocessed input)": tensors,
     }
 

@@ -23,7 +23,9 @@ The backward rows ``delta_layer`` of each sample, which depend on the layer,
 the temperature and the label vector as well, are kept in a second, smaller
 in-memory store (:data:`backward_cache`) under keys derived from the state
 keys (:func:`derived_keys`): a cross-validation computes each of them once
-instead of once per fold.
+instead of once per fold. A third store, :data:`gram_cache`, keeps the
+training Gram matrices of :class:`~skfishing.TraceKernelSVC` by the content
+of the features (:func:`content_key`). :func:`clear_caches` empties all three.
 """
 
 from __future__ import annotations

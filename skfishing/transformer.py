@@ -390,7 +390,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         blocks = [None] * len(keys)
         # The backward pass of a sample is kept too, under its own key: the
         # folds of a cross-validation see each sample several times.
-        b = next((j for j, key in enumerate(keys) if key[0] == "backward"), None)
+        b = next((j for j, key in enumerate(keys) if isinstance(key, tuple) and key[0] == "backward"), None)
         if b is not None:
             labels_id = None if labels is None else labels.tobytes().hex()
             delta_keys = derived_keys(cache_keys, f"{keys[b]}|{float(self.temperature)!r}|{labels_id}")
@@ -399,16 +399,8 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         def head(rows, state):
             outputs = network.features(state, rest, temperature=self.temperature, labels=labels)
             if b is not None:
-                deltas = [None if delta_keys[i] is None else backward_cache.get(delta_keys[i]) for i in rows]
-                todo = [j for j, delta in enumerate(deltas) if delta is None]
-                if todo:
-                    part = state if len(todo) == len(rows) else state[todo]
-                    computed = network.features(part, [keys[b]], temperature=self.temperature, labels=labels)[0]
-                    for j, row in zip(todo, computed):
-                        deltas[j] = row
-                        if delta_keys[rows[j]] is not None:
-                            backward_cache.put(delta_keys[rows[j]], row)
-                outputs.insert(b, np.stack(deltas))
+                row_keys = [delta_keys[i] for i in rows]
+                outputs.insert(b, self._backward_rows(network, state, row_keys, keys[b], labels))
             for j, output in enumerate(outputs):
                 if blocks[j] is None:
                     blocks[j] = np.empty((n_samples, output.shape[1]), dtype=output.dtype)
@@ -430,6 +422,20 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
                         forward_cache.put(cache_keys[i], row, self.memory)
                 head(rows, state)
         return n_samples, blocks
+
+    def _backward_rows(self, network, state, row_keys, key, labels):
+        """Backward rows of a batch: from :data:`backward_cache` where kept,
+        else computed from ``state`` and kept under ``row_keys``."""
+        deltas = [None if k is None else backward_cache.get(k) for k in row_keys]
+        todo = [j for j, delta in enumerate(deltas) if delta is None]
+        if todo:
+            part = state if len(todo) == len(deltas) else state[todo]
+            computed = network.features(part, [key], temperature=self.temperature, labels=labels)[0]
+            for j, row in zip(todo, computed):
+                deltas[j] = row
+                if row_keys[j] is not None:
+                    backward_cache.put(row_keys[j], row)
+        return np.stack(deltas)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
