@@ -18,13 +18,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .graph import (
-    _state_keys,
-    build_backward_model,
-    build_forward_model,
-    find_fc_head,
-    output_names,
-)
+from .graph import _state_keys, build_backward_model, build_forward_model, output_names
+from .head import find_fc_head
 
 __all__ = ["FisherNetwork", "get_network", "default_providers", "clear_network_cache"]
 

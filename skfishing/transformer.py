@@ -13,34 +13,12 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .cache import backward_cache, derived_keys, forward_cache, sample_keys
-from .images import iter_batches
+from .batches import iter_batches
+from .features import gradient_dtype
 from .network import get_network
 from .registry import resolve_model
 
-__all__ = ["DeepFisherTransformer", "gradient_dtype"]
-
-
-def gradient_dtype(forward_dim, backward_dim, source=None):
-    """Structured dtype of factorized gradient features.
-
-    Parameters
-    ----------
-    forward_dim, backward_dim : int
-        Widths of the ``"forward"`` (``x_{k-1}``) and ``"backward"``
-        (``delta_k``) fields.
-    source : dict, default=None
-        Where the features come from (model sha256, layer, temperature),
-        kept as the dtype's ``metadata``: it travels with the array through
-        indexing, concatenation and pickling, so that
-        :class:`~skfishing.TraceKernelSVC` can refuse features of another
-        model or layer at predict time.
-
-    Returns
-    -------
-    dtype : numpy.dtype
-    """
-    fields = [("forward", np.float32, (forward_dim,)), ("backward", np.float32, (backward_dim,))]
-    return np.dtype(fields, metadata=source)
+__all__ = ["DeepFisherTransformer"]
 
 
 def _l2_normalize(rows, out=None):

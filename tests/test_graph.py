@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from onnx_models import caffe_alexnet_model, mlp_model, numpy_fisher
-from skfishing.graph import HeadStructureError, add_backward, find_fc_head, output_names
+from skfishing.graph import add_backward, output_names
+from skfishing.head import HeadStructureError, find_fc_head
 from skfishing.network import get_network
 
 VARIANTS = {

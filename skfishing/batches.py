@@ -1,0 +1,318 @@
+"""Network input: validation and batches, decoded ahead of the network.
+
+:func:`iter_batches` takes what a user passes to ``transform`` (a float
+array of network inputs, or images: paths, PIL images, uint8 arrays), checks
+it and yields batches of network input. Images are decoded and preprocessed
+(:mod:`skfishing.images`) by a thread pool ahead of the consumer, so that the
+network never waits on JPEG decoding.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .images import _check_image_array, preprocess_image
+
+__all__ = ["iter_batches"]
+
+# Batches decoded ahead of the one the consumer is working on.
+_PREFETCH_BATCHES = 2
+
+
+def iter_batches(
+    X,
+    input_shape,
+    preprocessing=None,
+    *,
+    batch_size=32,
+    dtype=np.float32,
+    n_jobs=None,
+    progress=False,
+    desc=None,
+    skip=None,
+):
+    """Validate network input and iterate over it in batches.
+
+    Parameters
+    ----------
+    X : ndarray or sequence of images
+        Either a numeric array of shape ``(n_samples, *input_shape)``,
+        taken as already preprocessed network input, or (only when
+        ``preprocessing`` is given) images: a sequence whose elements are
+        file paths (``str`` or :class:`pathlib.Path`), PIL images or
+        ``uint8`` arrays of shape ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)``
+        (kinds may be mixed), or a ``uint8`` array of shape
+        ``(n_samples, H, W)``, ``(n_samples, H, W, 3)`` or
+        ``(n_samples, H, W, 4)``.
+    input_shape : tuple
+        Shape of one sample as the network takes it, e.g. ``(3, 224, 224)``
+        or ``(n_features,)``; ``None`` entries accept any length.
+    preprocessing : ImagePreprocessing, default=None
+        The network's image preprocessing; ``None`` for networks that do
+        not take images, which then only accept arrays.
+    batch_size : int, default=32
+        Number of samples per batch (the last batch may be smaller).
+    dtype : dtype, default=np.float32
+        Dtype of the batches.
+    n_jobs : int, default=None
+        Number of threads decoding images; ``None`` means
+        ``min(4, os.cpu_count())`` and ``-1`` all CPUs. Unused for arrays.
+    progress : bool, default=False
+        Whether to show a tqdm progress bar counting samples.
+    desc : str, default=None
+        Label of the progress bar.
+    skip : array-like of bool of shape (n_samples,), default=None
+        Samples not to yield (e.g. whose features are cached): their kind
+        and shape are validated, but they are neither decoded nor checked
+        for NaN (a cached sample was checked when it was first computed).
+        Batches hold the other samples, in order.
+
+    Returns
+    -------
+    n_samples : int
+        Number of samples in ``X``.
+    batches : iterator of ndarray
+        Batches of shape ``(n, *sample_shape)`` in the order of ``X``; array
+        input gives views of it unless cast or ``skip`` is used.
+        Images are decoded by a thread pool up to two batches ahead of the
+        consumer. An image that cannot be read raises, when its batch is
+        reached, an error naming its position and file.
+
+    Raises
+    ------
+    TypeError
+        If ``X`` or one of its elements has an unsupported type.
+    ValueError
+        If ``X`` is empty, has the wrong shape, contains NaN or infinity
+        (the message names the first bad sample), or the preprocessing does
+        not produce ``input_shape``.
+    """
+    input_shape = tuple(input_shape)
+    batch_size = _check_positive_int(batch_size, "batch_size")
+    n_jobs = _check_n_jobs(n_jobs)
+    images = _as_images(X, preprocessing)
+    if images is None:
+        X = _check_tensor(X, input_shape, dtype, preprocessing)
+        n_samples = len(X)
+    else:
+        _check_shape_compatible(preprocessing.input_shape, input_shape)
+        n_samples = len(images)
+    if n_samples == 0:
+        raise ValueError("Found 0 samples, while at least 1 is required.")
+    rows = range(n_samples)
+    if skip is not None:
+        skip = np.asarray(skip)
+        if skip.dtype != bool or skip.shape != (n_samples,):
+            raise ValueError(
+                f"skip must be a boolean array of shape ({n_samples},), got "
+                f"dtype {skip.dtype} and shape {skip.shape}."
+            )
+        if skip.any():
+            rows = np.flatnonzero(~skip)
+    if images is None:
+        _check_finite(X, rows)
+        batches = _array_batches(X, rows, batch_size)
+    else:
+        batches = _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs)
+    return n_samples, _with_progress(batches, len(rows), progress, desc)
+
+
+def _check_positive_int(value, name):
+    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)
+
+
+def _check_n_jobs(n_jobs):
+    cpus = os.cpu_count() or 1
+    if n_jobs is None:
+        return min(4, cpus)
+    if n_jobs == -1:
+        return cpus
+    return _check_positive_int(n_jobs, "n_jobs")
+
+
+def _as_images(X, preprocessing):
+    """Return ``X`` as a sequence of images, or None if it is a tensor."""
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if preprocessing is None or X.dtype != np.uint8:
+            return None
+        if X.ndim == 3 and X.shape[2] in (3, 4):
+            raise ValueError(
+                f"X is a uint8 array of shape {X.shape}, which looks like one image, not a stack "
+                "of greyscale images; pass [image] or image[None] for one image."
+            )
+        if not (X.ndim == 3 or (X.ndim == 4 and X.shape[3] in (3, 4))):
+            raise ValueError(
+                "A uint8 array is taken as images and must have shape "
+                "(n_samples, H, W), (n_samples, H, W, 3) or (n_samples, H, W, 4), "
+                f"got {X.shape}. Preprocessed network input must be a float array."
+            )
+        return X
+    if preprocessing is None:
+        return None
+    if isinstance(X, (str, os.PathLike, Image.Image)) or not hasattr(X, "__iter__"):
+        raise TypeError(
+            "X must be a sequence of images (file paths, PIL images or uint8 "
+            f"arrays) or an array, got {type(X).__name__}; wrap a single image "
+            "in a list."
+        )
+    images = list(X)
+    for index, image in enumerate(images):
+        _check_image_kind(image, index)
+    return images
+
+
+def _check_image_kind(image, index):
+    if isinstance(image, (str, os.PathLike, Image.Image)):
+        return
+    if isinstance(image, np.ndarray):
+        try:
+            _check_image_array(image)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"image {index}: {exc}") from None
+        return
+    raise TypeError(
+        f"image {index} has type {type(image).__name__}; images must be file paths "
+        "(str or pathlib.Path), PIL.Image.Image or uint8 arrays."
+    )
+
+
+def _check_tensor(X, input_shape, dtype, preprocessing):
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiu":
+        hint = (
+            " This model has no image preprocessing, so it does not take images."
+            if preprocessing is None
+            else ""
+        )
+        raise TypeError(f"X must be a numeric array, got dtype {X.dtype}.{hint}")
+    expected = ("n_samples",) + tuple("any" if d is None else d for d in input_shape)
+    if X.ndim != len(expected) or any(
+        d is not None and d != actual for d, actual in zip(input_shape, X.shape[1:])
+    ):
+        hint = ""
+        if preprocessing is not None:
+            hint = (
+                " Arrays of floats are taken as preprocessed network input; "
+                "pass uint8 images or a list of images to apply the model's "
+                "preprocessing."
+            )
+        raise ValueError(
+            f"X has shape {X.shape} but the network expects "
+            f"({', '.join(map(str, expected))}).{hint}"
+        )
+    with np.errstate(over="ignore"):  # reported below as infinity
+        X = X.astype(dtype, copy=False)
+    return X
+
+
+def _check_finite(X, rows):
+    """Check the samples ``rows`` of a float array, naming the first bad one."""
+    if X.dtype.kind != "f":
+        return
+    for start in range(0, len(rows), 1024):
+        chunk_rows = rows[start : start + 1024]
+        chunk = X[chunk_rows] if not isinstance(rows, range) else X[chunk_rows.start : chunk_rows.stop]
+        # A row sums to NaN or infinity iff it holds one, or its sum overflows:
+        # only such rows get the exact (slower) check.
+        finite = np.isfinite(np.einsum("ij->i", chunk.reshape(len(chunk), -1)))
+        for i in np.flatnonzero(~finite):
+            finite[i] = np.isfinite(chunk[i]).all()
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            what = "NaN" if np.isnan(chunk[bad]).any() else "infinity"
+            raise ValueError(
+                f"X contains {what} in sample {chunk_rows[bad]} (after casting to "
+                f"{X.dtype}); the network input must be finite."
+            )
+
+
+def _check_shape_compatible(produced, input_shape):
+    if len(produced) != len(input_shape) or any(
+        d is not None and d != p for d, p in zip(input_shape, produced)
+    ):
+        raise ValueError(
+            f"The image preprocessing produces samples of shape {produced} but "
+            f"the network expects {input_shape}."
+        )
+
+
+def _describe(image):
+    if isinstance(image, (str, os.PathLike)):
+        return repr(os.fspath(image))
+    if isinstance(image, Image.Image):
+        return f"PIL image, mode {image.mode}, size {image.size}"
+    return f"array of shape {image.shape}"
+
+
+def _load_one(image, index, preprocessing):
+    try:
+        return preprocess_image(image, preprocessing)
+    except Exception as exc:  # Pillow raises many kinds on corrupt files
+        raise _image_error(exc, image, index) from exc
+
+
+def _image_error(exc, image, index):
+    message = f"image {index} ({_describe(image)}): {exc}"
+    if isinstance(exc, Image.DecompressionBombError):
+        return ValueError(
+            f"{message}. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS."
+        )
+    if isinstance(image, (str, os.PathLike)) and os.path.isfile(image):
+        if os.path.getsize(image) == 0:
+            message += " (the file is empty)"
+    if isinstance(exc, (OSError, ValueError, TypeError)):
+        try:
+            return type(exc)(message)
+        except Exception:  # exception types with another signature
+            pass
+    return OSError(message)
+
+
+def _array_batches(X, rows, batch_size):
+    for start in range(0, len(rows), batch_size):
+        if isinstance(rows, range):
+            yield X[start : start + batch_size]
+        else:
+            yield X[rows[start : start + batch_size]]
+
+
+def _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs):
+    n_rows = len(rows)
+    in_flight = (_PREFETCH_BATCHES + 1) * batch_size
+    pool = ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="skfishing")
+    pending = deque()
+    submitted = 0
+    try:
+        for start in range(0, n_rows, batch_size):
+            while submitted < min(n_rows, start + in_flight):
+                index = int(rows[submitted])
+                pending.append(
+                    pool.submit(_load_one, images[index], index, preprocessing)
+                )
+                submitted += 1
+            stop = min(start + batch_size, n_rows)
+            batch = np.empty((stop - start,) + preprocessing.input_shape, dtype=dtype)
+            for row in batch:
+                row[...] = pending.popleft().result()
+            yield batch
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _with_progress(batches, n_samples, progress, desc):
+    with tqdm(total=n_samples, desc=desc, disable=not progress, unit="sample") as bar:
+        try:
+            for batch in batches:
+                yield batch
+                bar.update(len(batch))
+        finally:
+            batches.close()

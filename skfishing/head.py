@@ -1,0 +1,311 @@
+"""The fully connected head of an ONNX classifier, read from its graph.
+
+:func:`find_fc_head` walks the graph back from its output: an optional
+Softmax, then fully connected (FC) layers (``Gemm``, or ``MatMul`` with an
+optional ``Add``) joined by ``Relu``, with ``Dropout``, ``Identity``,
+``Flatten`` or 2-D ``Reshape`` nodes skipped, down to the tensor the first FC
+layer flattens: the trunk output (AlexNet's pool5). It returns an
+:class:`FCHead`: the layers with their weights (as ``(n_inputs,
+n_outputs)`` matrices, whatever the graph's ``transB``), numbered as in the
+paper, where the classifier is layer 8. Graph surgery
+(:mod:`skfishing.graph`) builds on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+__all__ = ["FCLayer", "FCHead", "HeadStructureError", "find_fc_head", "LAST_LAYER"]
+
+#: Number of the last FC layer (the classifier), as in the paper's AlexNet.
+LAST_LAYER = 8
+#: Operators that pass the FC input through unchanged at inference time.
+_PASS_THROUGH = {"Dropout", "Identity"}
+#: Operators that flatten the trunk output into FC input.
+_FLATTEN = {"Flatten", "Reshape"}
+_MIN_OPSET = 11
+
+
+class HeadStructureError(ValueError):
+    """The graph's head is not a stack of fully connected layers with ReLU."""
+
+
+@dataclass(frozen=True)
+class FCLayer:
+    """One fully connected layer ``y = x @ weight (+ bias)``.
+
+    Attributes
+    ----------
+    number : int
+        Layer number in the paper's numbering (the classifier is 8).
+    name : str
+        Name of the Gemm/MatMul node, or of its weight when the node has none.
+    weight : ndarray of shape (n_inputs, n_outputs)
+        The weight matrix, already transposed from the graph's ``transB`` and
+        scaled by Gemm's ``alpha``.
+    bias : ndarray of shape (n_outputs,) or None
+        The bias, scaled by Gemm's ``beta``.
+    """
+
+    number: int
+    name: str
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+    @property
+    def n_inputs(self):
+        """Width of the layer's input ``x_{k-1}``."""
+        return self.weight.shape[0]
+
+    @property
+    def n_outputs(self):
+        """Width of the layer's output ``y_k`` (and of ``delta_k``)."""
+        return self.weight.shape[1]
+
+
+@dataclass(frozen=True)
+class FCHead:
+    """The fully connected head of a classifier, as found in its graph.
+
+    Attributes
+    ----------
+    input_name : str
+        The tensor the head starts from (the trunk output, e.g. pool5).
+    layers : tuple of FCLayer
+        The FC layers from the lowest to the classifier.
+    opset : int
+        The default-domain opset of the source model.
+    dtype : numpy dtype
+        Element type of the weights (float32 or float64).
+    """
+
+    input_name: str
+    layers: tuple
+    opset: int
+    dtype: np.dtype
+
+    @property
+    def numbers(self):
+        """Layer numbers from the lowest FC layer to the classifier."""
+        return tuple(layer.number for layer in self.layers)
+
+    @property
+    def input_number(self):
+        """Activation number of the head input (5 for AlexNet's pool5)."""
+        return self.layers[0].number - 1
+
+    @property
+    def n_classes(self):
+        """Number of classes: the width of the logits."""
+        return self.layers[-1].n_outputs
+
+    def describe(self):
+        """One line per layer, for error messages."""
+        lines = [f"  activation {self.input_number}: head input '{self.input_name}'"]
+        for layer in self.layers:
+            lines.append(
+                f"  layer {layer.number}: '{layer.name}' "
+                f"({layer.n_inputs} -> {layer.n_outputs})"
+            )
+        return "\n".join(lines)
+
+
+def _default_opset(model):
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise HeadStructureError("the model imports no default-domain ONNX opset")
+
+
+class _GraphIndex:
+    """Producers, constants and attributes of a graph, for walking it."""
+
+    def __init__(self, graph):
+        self.graph = graph
+        self.producer = {}
+        for node in graph.node:
+            for out in node.output:
+                self.producer[out] = node
+        self.constants = {init.name: init for init in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.attribute:
+                attr = node.attribute[0]
+                if attr.name == "value":
+                    self.constants[node.output[0]] = attr.t
+        self.graph_inputs = {i.name for i in graph.input} - set(self.constants)
+
+    def constant(self, name):
+        tensor = self.constants.get(name)
+        return None if tensor is None else numpy_helper.to_array(tensor)
+
+    def describe(self, tensor):
+        node = self.producer.get(tensor)
+        if node is None:
+            return f"graph input '{tensor}'" if tensor in self.graph_inputs else f"'{tensor}'"
+        return f"{node.op_type} node '{node.name or node.output[0]}'"
+
+
+def _attr(node, name, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def _skip(index, tensor, ops):
+    """Walk down from ``tensor`` through nodes whose op_type is in ``ops``."""
+    while True:
+        node = index.producer.get(tensor)
+        if node is None or node.op_type not in ops:
+            return tensor
+        tensor = node.input[0]
+
+
+def _as_fc(index, tensor):
+    """The FC layer producing ``tensor`` as (input, name, W, b), or None."""
+    node = index.producer.get(tensor)
+    if node is None:
+        return None
+    if node.op_type == "Gemm":
+        weight = index.constant(node.input[1])
+        if weight is None:
+            raise HeadStructureError(
+                f"Gemm node '{node.name}' takes its weight '{node.input[1]}' from "
+                "a computed tensor; only constant weights are supported"
+            )
+        if _attr(node, "transA", 0):
+            raise HeadStructureError(f"Gemm node '{node.name}' has transA=1, which is not supported")
+        if _attr(node, "transB", 0):
+            weight = weight.T
+        weight = weight * _attr(node, "alpha", 1.0)
+        bias = None
+        if len(node.input) > 2 and node.input[2]:
+            bias = index.constant(node.input[2])
+            if bias is None:
+                raise HeadStructureError(f"Gemm node '{node.name}' has a computed bias")
+            bias = np.broadcast_to((bias * _attr(node, "beta", 1.0)).reshape(-1), weight.shape[1:])
+        return node.input[0], node.name or node.input[1], weight, bias
+    if node.op_type == "Add":
+        for i in (0, 1):
+            bias = index.constant(node.input[1 - i])
+            matmul = index.producer.get(node.input[i])
+            if bias is not None and matmul is not None and matmul.op_type == "MatMul":
+                weight = index.constant(matmul.input[1])
+                if weight is not None and weight.ndim == 2:
+                    bias = np.broadcast_to(bias.reshape(-1), weight.shape[1:])
+                    return matmul.input[0], matmul.name or matmul.input[1], weight, bias
+        return None
+    if node.op_type == "MatMul":
+        weight = index.constant(node.input[1])
+        if weight is not None and weight.ndim == 2:
+            return node.input[0], node.name or node.input[1], weight, None
+    return None
+
+
+def _check_flatten(index, top, bottom):
+    """Check that the nodes between ``bottom`` and ``top`` only flatten rows."""
+    tensor = top
+    while tensor != bottom:
+        node = index.producer[tensor]
+        if node.op_type == "Flatten" and _attr(node, "axis", 1) != 1:
+            raise HeadStructureError(
+                f"Flatten node '{node.name}' below the FC head has axis="
+                f"{_attr(node, 'axis', 1)}; only axis=1 (one row per sample) is supported"
+            )
+        if node.op_type == "Reshape":
+            shape = index.constant(node.input[1])
+            if shape is None or shape.shape != (2,):
+                raise HeadStructureError(
+                    f"Reshape node '{node.name}' below the FC head does not reshape "
+                    "to a constant 2-D shape; cannot tell that it flattens each sample"
+                )
+        tensor = node.input[0]
+
+
+def find_fc_head(model):
+    """Find the fully connected head of an ONNX classifier.
+
+    The head is read from the graph output backwards: an optional final
+    Softmax, then FC layers (``Gemm``, or ``MatMul`` with optional ``Add``)
+    joined by ``Relu`` with optional ``Dropout``, ``Identity``, ``Flatten`` or
+    ``Reshape`` between them, down to the tensor the first FC layer flattens
+    (the trunk output).
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A classifier whose (first) graph output is its logits or softmax.
+
+    Returns
+    -------
+    head : FCHead
+        The head input tensor and the FC layers, numbered so that the
+        classifier is layer 8.
+
+    Raises
+    ------
+    HeadStructureError
+        If the graph does not end in fully connected layers, with a message
+        naming the node that was found instead.
+    """
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__}")
+    graph = model.graph
+    if len(graph.output) == 0:
+        raise HeadStructureError("the ONNX graph has no output")
+    opset = _default_opset(model)
+    if opset < _MIN_OPSET:
+        raise HeadStructureError(
+            f"the model uses ONNX opset {opset}; opset {_MIN_OPSET} or newer is needed "
+            "(convert it with onnx.version_converter.convert_version)"
+        )
+    index = _GraphIndex(graph)
+    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH)
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+        tensor = _skip(index, node.input[0], _PASS_THROUGH)
+
+    found = []
+    while True:
+        fc = _as_fc(index, tensor)
+        if fc is None:
+            break
+        fc_input, name, weight, bias = fc
+        found.append((name, weight, bias))
+        below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
+        _check_flatten(index, fc_input, below)
+        relu = index.producer.get(below)
+        if relu is not None and relu.op_type == "Relu":
+            lower = _skip(index, relu.input[0], _PASS_THROUGH | _FLATTEN)
+            if _as_fc(index, lower) is not None:
+                _check_flatten(index, relu.input[0], lower)
+                tensor = lower
+                continue
+        head_input = below
+        break
+
+    if not found:
+        raise HeadStructureError(
+            f"the graph output '{graph.output[0].name}' is computed by "
+            f"{index.describe(tensor)}, not by a fully connected layer (Gemm or "
+            "MatMul with constant weights, optionally followed by Softmax); "
+            "skfishing needs a classifier whose head is a stack of FC layers"
+        )
+    found.reverse()
+    dtypes = {w.dtype for _, w, _ in found}
+    if len(dtypes) != 1 or not np.issubdtype(found[0][1].dtype, np.floating):
+        raise HeadStructureError(f"FC weights must share one float dtype, found {sorted(map(str, dtypes))}")
+    first = LAST_LAYER - len(found) + 1
+    layers = []
+    for i, (name, weight, bias) in enumerate(found):
+        if layers and layers[-1].n_outputs != weight.shape[0]:
+            raise HeadStructureError(
+                f"FC layer '{name}' takes {weight.shape[0]} inputs but the layer "
+                f"below it gives {layers[-1].n_outputs}"
+            )
+        layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias))
+    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype)
