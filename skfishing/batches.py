@@ -37,6 +37,7 @@ def iter_batches(
     progress=False,
     desc=None,
     skip=None,
+    check_finite=True,
 ):
     """Validate network input and iterate over it in batches.
 
@@ -63,9 +64,11 @@ def iter_batches(
         Dtype of the batches.
     n_jobs : int, default=None
         Number of threads decoding images; ``None`` means
-        ``min(4, os.cpu_count())`` and ``-1`` all CPUs. Unused for arrays.
+        ``min(4, os.cpu_count())``, ``-1`` all CPUs, ``-2`` all but one, and
+        so on, as in joblib. Unused for arrays.
     progress : bool, default=False
-        Whether to show a tqdm progress bar counting samples.
+        Whether to show a tqdm progress bar counting samples, when standard
+        error is a terminal (never in log files).
     desc : str, default=None
         Label of the progress bar.
     skip : array-like of bool of shape (n_samples,), default=None
@@ -73,6 +76,10 @@ def iter_batches(
         and shape are validated, but they are neither decoded nor checked
         for NaN (a cached sample was checked when it was first computed).
         Batches hold the other samples, in order.
+    check_finite : bool, default=True
+        Check that float array input holds no NaN or infinity (one pass over
+        the samples on the host). Pass False when the consumer checks, as
+        :class:`~skfishing.DeepFisherTransformer` does on the device.
 
     Returns
     -------
@@ -117,8 +124,9 @@ def iter_batches(
         if skip.any():
             rows = np.flatnonzero(~skip)
     if images is None:
-        _check_finite(X, rows)
-        batches = _array_batches(X, rows, batch_size)
+        if check_finite:
+            _check_finite(X, rows, dtype)
+        batches = _array_batches(X, rows, batch_size, dtype)
     else:
         batches = _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs)
     return n_samples, _with_progress(batches, len(rows), progress, desc)
@@ -134,9 +142,11 @@ def _check_n_jobs(n_jobs):
     cpus = os.cpu_count() or 1
     if n_jobs is None:
         return min(4, cpus)
-    if n_jobs == -1:
-        return cpus
-    return _check_positive_int(n_jobs, "n_jobs")
+    if isinstance(n_jobs, Integral) and not isinstance(n_jobs, bool) and n_jobs < 0:
+        return max(1, cpus + 1 + int(n_jobs))  # joblib's convention: -1 is all CPUs
+    if not isinstance(n_jobs, Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
+        raise ValueError(f"n_jobs must be a positive integer, -1 (all CPUs) or None, got {n_jobs!r}.")
+    return int(n_jobs)
 
 
 def _as_images(X, preprocessing):
@@ -209,18 +219,23 @@ def _check_tensor(X, input_shape, dtype, preprocessing):
             f"X has shape {X.shape} but the network expects "
             f"({', '.join(map(str, expected))}).{hint}"
         )
-    with np.errstate(over="ignore"):  # reported below as infinity
-        X = X.astype(dtype, copy=False)
     return X
 
 
-def _check_finite(X, rows):
-    """Check the samples ``rows`` of a float array, naming the first bad one."""
-    if X.dtype.kind != "f":
+def _cast(array, dtype):
+    """``array`` as a C-contiguous array of ``dtype`` (the same array when it is one)."""
+    with np.errstate(over="ignore", invalid="ignore"):  # overflows are reported as infinity
+        return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _check_finite(X, rows, dtype):
+    """Check the samples ``rows`` of an array cast to ``dtype``, naming the first bad one."""
+    if np.dtype(dtype).kind != "f":
         return
     for start in range(0, len(rows), 1024):
         chunk_rows = rows[start : start + 1024]
         chunk = X[chunk_rows] if not isinstance(rows, range) else X[chunk_rows.start : chunk_rows.stop]
+        chunk = _cast(chunk, dtype)
         # A row sums to NaN or infinity iff it holds one, or its sum overflows:
         # only such rows get the exact (slower) check.
         finite = np.isfinite(np.einsum("ij->i", chunk.reshape(len(chunk), -1)))
@@ -231,7 +246,7 @@ def _check_finite(X, rows):
             what = "NaN" if np.isnan(chunk[bad]).any() else "infinity"
             raise ValueError(
                 f"X contains {what} in sample {chunk_rows[bad]} (after casting to "
-                f"{X.dtype}); the network input must be finite."
+                f"{chunk.dtype}); the network input must be finite."
             )
 
 
@@ -277,12 +292,12 @@ def _image_error(exc, image, index):
     return OSError(message)
 
 
-def _array_batches(X, rows, batch_size):
+def _array_batches(X, rows, batch_size, dtype):
     for start in range(0, len(rows), batch_size):
         if isinstance(rows, range):
-            yield X[start : start + batch_size]
+            yield _cast(X[start : start + batch_size], dtype)
         else:
-            yield X[rows[start : start + batch_size]]
+            yield _cast(X[rows[start : start + batch_size]], dtype)
 
 
 def _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs):
@@ -309,7 +324,8 @@ def _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs):
 
 
 def _with_progress(batches, n_samples, progress, desc):
-    with tqdm(total=n_samples, desc=desc, disable=not progress, unit="sample") as bar:
+    # disable=None: tqdm stays quiet when standard error is not a terminal
+    with tqdm(total=n_samples, desc=desc, disable=None if progress else True, unit="sample") as bar:
         try:
             for batch in batches:
                 yield batch

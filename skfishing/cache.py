@@ -1,129 +1,108 @@
-"""Cache of each sample's forward pass, so that the network runs once per image.
+"""Caches that never change a result: feature caches and Gram stores owned by estimators.
 
 A grid search over ``layer`` and ``temperature`` with cross-validation would
-otherwise run the whole network for every candidate and fold. What does not
-depend on those parameters — the trunk output (e.g. pool5) and the
-pre-activations of every FC layer, together the *state* of a sample (see
-:class:`skfishing.network.FisherNetwork`) — is kept per sample; only the
-cheap backward pass of the FC head reruns. States are kept under a key made
-of
+run the whole network for every candidate and fold. What does not depend on
+those parameters — the head input (e.g. pool5) and the pre-activations of
+every FC layer, together the *state* of a sample
+(:meth:`~skfishing.head.FCHead.state`) — is kept per sample in a
+:class:`FeatureCache`; only the cheap head reruns, and its outputs are kept
+too (a cross-validation asks for each sample once per fold).
 
-* the model identity (file path, size and modification time, or the hash of
-  a ``ModelProto``'s content) and the image preprocessing, and
-* the sample: path, size and modification time for image files, the hash of
-  the pixels or values for PIL images and arrays.
+**Who owns a cache.** No cache is process-wide. A
+:class:`~skfishing.DeepFisherTransformer` (or
+:class:`~skfishing.TraceKernelSVC`) shares one cache with all its clones,
+which is what ``GridSearchCV``, ``cross_validate`` and friends make: the
+cache lives as long as the estimator that was cloned, and is garbage
+collected with it. A transformer that is used directly (a one-off
+extraction) caches nothing and hashes nothing: it runs straight from the
+input to the features. ``memory=`` asks for a cache explicitly: a folder
+(states are also written there, shared between processes and runs) or a
+:class:`FeatureCache` object that you create, size and clear yourself.
 
-Entries live in a process-wide, size-bounded in-memory store
-(:data:`forward_cache`, 1 GiB by default: set its ``max_bytes``) and, when a transformer has ``memory=<directory>``, in
-that directory as ``.npy`` files written atomically (a reader never sees a
-partly written file), so parallel workers share them. The cache never changes
-a result: a sample's state does not depend on the batch it ran in.
+**Keys are content.** A state is stored under a BLAKE3 key of the model's
+content (SHA-256 of the ONNX file and its external data), the image
+preprocessing and the sample's content: the bytes of an image file (hashed
+once per file identity: device, inode, size, modification and change
+times, so a file replaced by another of the same size and modification time
+is hashed again), the pixels, mode, palette, transparency and EXIF
+orientation of a PIL image, the values, dtype and shape of an array.
 
-The backward rows ``delta_layer`` of each sample, which depend on the layer,
-the temperature and the label vector as well, are kept in a second, smaller
-in-memory store (:data:`backward_cache`) under keys derived from the state
-keys (:func:`derived_keys`): a cross-validation computes each of them once
-instead of once per fold. A third store, :data:`gram_cache`, keeps the
-training Gram matrices of :class:`~skfishing.TraceKernelSVC` by the content
-of the features (:func:`content_key`). :func:`clear_caches` empties all three.
+**Disk entries are verified on read.** Each ``<key>.npy`` file in a
+``memory=`` folder ends with a BLAKE3 checksum of its key and content, and
+is written atomically (a reader never sees a partly written file). An entry
+whose checksum, dtype or shape is wrong is treated as missing, with a
+:class:`CorruptCacheWarning` naming the file, and is recomputed and
+replaced.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import uuid
+import warnings
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from blake3 import blake3
 
+from . import state
+
 __all__ = [
-    "ArrayCache",
-    "backward_cache",
+    "ArrayStore",
+    "CorruptCacheWarning",
+    "DiskStore",
+    "FeatureCache",
+    "SharedCacheMixin",
     "clear_caches",
     "content_key",
     "derived_keys",
-    "forward_cache",
-    "gram_cache",
-    "sample_keys",
 ]
 
-_DEFAULT_MAX_BYTES = 1 << 30
+_KEY_LENGTH = 20  # bytes of BLAKE3 digest in a key (40 hexadecimal digits)
+_CHECKSUM_LENGTH = 32
 
 
-class ArrayCache:
-    """Least-recently-used store of arrays, bounded by total bytes.
+class CorruptCacheWarning(RuntimeWarning):
+    """A cache entry on disk was unreadable or did not match its checksum; it is recomputed."""
+
+
+class ArrayStore:
+    """Least-recently-used in-memory store of arrays, bounded by total bytes.
 
     Parameters
     ----------
-    max_bytes : int
+    max_bytes : int, default=256 MiB
         Entries are evicted, oldest use first, beyond this many bytes.
     """
 
-    def __init__(self, max_bytes=_DEFAULT_MAX_BYTES):
+    def __init__(self, max_bytes=256 << 20):
         self.max_bytes = max_bytes
+        self.cache_id = uuid.uuid4().hex
         self._entries = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, key, directory=None):
-        """The array stored under ``key``, or None.
-
-        Parameters
-        ----------
-        key : str
-            The entry's key.
-        directory : str or path-like, default=None
-            Folder to look in (``<key>.npy``) when the entry is not in memory;
-            what is found there is kept in memory too. An absent or partly
-            written file is a miss.
-
-        Returns
-        -------
-        value : ndarray or None
-            Read-only.
-        """
+    def get(self, key):
+        """The array stored under ``key`` (read-only), or None."""
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
-                return value
-        if directory is None:
-            return None
-        try:
-            value = np.load(Path(directory) / f"{key}.npy", allow_pickle=False)
-        except (OSError, ValueError):  # absent, or not a complete .npy file
-            return None
-        self._remember(key, value)
-        return value
+            return value
 
-    def put(self, key, value, directory=None):
-        """Store a copy of ``value`` (and write it to ``directory``).
-
-        Parameters
-        ----------
-        key : str
-            The entry's key (also the file name in ``directory``).
-        value : array-like
-            What to store. A value larger than ``max_bytes`` is not kept in
-            memory (nor copied).
-        directory : str or path-like, default=None
-            Folder to write ``<key>.npy`` to, atomically.
-        """
+    def put(self, key, value):
+        """Store a read-only copy of ``value`` (nothing if larger than ``max_bytes``)."""
         value = np.asarray(value)
-        if value.nbytes <= self.max_bytes:
-            value = np.array(value, copy=True)
-            value.setflags(write=False)
-            self._remember(key, value)
-        if directory is not None:
-            _atomic_save(Path(directory), key, value)
-
-    def _remember(self, key, value):
         if value.nbytes > self.max_bytes:
             return
+        value = np.array(value, copy=True)
+        value.setflags(write=False)
         with self._lock:
             old = self._entries.pop(key, None)
             if old is not None:
@@ -135,7 +114,7 @@ class ArrayCache:
                 self._bytes -= evicted.nbytes
 
     def clear(self):
-        """Forget every in-memory entry (files on disk stay)."""
+        """Forget every entry."""
         with self._lock:
             self._entries.clear()
             self._bytes = 0
@@ -145,71 +124,324 @@ class ArrayCache:
 
     @property
     def nbytes(self):
-        """Bytes held in memory."""
+        """Bytes held."""
         return self._bytes
 
 
-def _atomic_save(directory, key, value):
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{key}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, value, allow_pickle=False)
-        os.replace(tmp, directory / f"{key}.npy")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class DiskStore:
+    """Arrays in a folder, one verified ``<key>.npy`` file each.
 
+    A file is a NumPy ``.npy`` file followed by the 32-byte BLAKE3 digest of
+    the key and the ``.npy`` bytes (``np.load`` still reads it). Files are
+    written to a temporary name and renamed into place.
 
-#: The process-wide store of forward states used by
-#: :class:`~skfishing.DeepFisherTransformer` (1 GiB).
-forward_cache = ArrayCache()
+    Parameters
+    ----------
+    directory : str or path-like
+        The folder (created when missing).
+    """
 
-#: The process-wide store of training Gram matrices of
-#: :class:`~skfishing.TraceKernelSVC` (256 MiB), keyed by the content of the
-#: features: candidates of a search that differ only in SVM parameters (``C``,
-#: ``class_weight``...) fit on one Gram matrix per fold.
-gram_cache = ArrayCache(256 << 20)
+    def __init__(self, directory):
+        self.directory = Path(directory)
 
-#: The process-wide store of backward rows (``delta_layer`` of one sample for
-#: one layer, temperature and label vector; 256 MiB, in memory only). They
-#: are cheap to recompute but a cross-validation asks for each one once per
-#: fold; being separate, they never push forward states out.
-backward_cache = ArrayCache(256 << 20)
+    def check_writable(self, what="memory"):
+        """Create the folder and check that files can be written there.
 
-
-def _sample_token(sample):
-    """Bytes that identify one input sample."""
-    if isinstance(sample, (str, os.PathLike)):
-        path = Path(sample)
+        Raises
+        ------
+        OSError
+            Naming the folder and ``what`` (the parameter that gave it).
+        """
         try:
-            stat = path.stat()
-        except OSError:
-            return None  # let the image loader report the missing file
-        return f"file:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()
-    if hasattr(sample, "tobytes") and hasattr(sample, "mode") and hasattr(sample, "size"):  # PIL
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".write-test.", suffix=".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise type(exc)(
+                exc.errno,
+                f"{what}={os.fsdecode(self.directory)!r}: cannot write cache files there "
+                f"({exc.strerror or exc}); pass a writable folder or {what}=None",
+            ) from exc
+
+    def _path(self, key):
+        return self.directory / f"{key}.npy"
+
+    def get(self, key, dtype, shape):
+        """The entry ``key`` if present, intact and of this dtype and shape, else None.
+
+        A present but bad entry gives a :class:`CorruptCacheWarning` naming the file.
+        """
+        path = self._path(key)
         try:
-            pixels = sample.tobytes()
-        except Exception:  # e.g. a closed image: the image loader reports it with its index
+            data = path.read_bytes()
+        except FileNotFoundError:
             return None
-        digest = blake3(pixels).hexdigest()
-        return f"pil:{sample.mode}:{sample.size}:{digest}".encode()
-    array = np.ascontiguousarray(sample)
-    if array.dtype == object:
-        return None
-    digest = blake3(array.view(np.uint8).reshape(-1)).hexdigest()
-    return f"array:{array.dtype.str}:{array.shape}:{digest}".encode()
+        except OSError as exc:
+            warnings.warn(f"cache entry {os.fsdecode(path)} cannot be read ({exc}); recomputing it",
+                          CorruptCacheWarning, stacklevel=3)
+            return None
+        body, checksum = data[:-_CHECKSUM_LENGTH], data[-_CHECKSUM_LENGTH:]
+        problem = None
+        if len(data) <= _CHECKSUM_LENGTH or blake3(key.encode() + body).digest() != checksum:
+            problem = "its checksum does not match its content"
+        else:
+            try:
+                value = _read_npy(body)
+            except ValueError as exc:
+                problem = f"it is not a valid .npy file ({exc})"
+            else:
+                if value.dtype != np.dtype(dtype) or value.shape != tuple(shape):
+                    problem = (f"it holds {value.dtype} values of shape {value.shape}, "
+                               f"not {np.dtype(dtype)} of shape {tuple(shape)}")
+        if problem is not None:
+            warnings.warn(f"cache entry {os.fsdecode(path)} is corrupt: {problem}; recomputing it",
+                          CorruptCacheWarning, stacklevel=3)
+            return None
+        return value
+
+    def put(self, key, value):
+        """Write ``value`` under ``key`` atomically.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be written; no partial file is left behind.
+        """
+        try:
+            buffer = io.BytesIO()
+            np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
+            body = buffer.getvalue()
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
+        except OSError as exc:
+            raise self._error(exc) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(body)
+                f.write(blake3(key.encode() + body).digest())
+            os.replace(tmp, self._path(key))
+        except BaseException as exc:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise self._error(exc) from exc
+            raise
+
+    def _error(self, exc):
+        return type(exc)(
+            exc.errno,
+            f"cannot write to the cache folder {os.fsdecode(self.directory)!r} "
+            f"({exc.strerror or exc}); free space there or pass another folder",
+        )
+
+
+def _read_npy(body):
+    """Parse ``.npy`` bytes without copying the data."""
+    f = io.BytesIO(body)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    count = int(np.prod(shape))
+    if fortran or dtype.hasobject or len(body) - f.tell() != count * dtype.itemsize:
+        raise ValueError("unexpected layout or length")
+    return np.frombuffer(body, dtype=dtype, count=count, offset=f.tell()).reshape(shape)
+
+
+class FeatureCache:
+    """Network states and head outputs of samples, by content.
+
+    Give one to :class:`~skfishing.DeepFisherTransformer` as ``memory=`` to
+    share it between transformers, size it or clear it yourself; otherwise a
+    transformer makes one for itself and its clones (see the module
+    documentation).
+
+    Parameters
+    ----------
+    directory : str or path-like, default=None
+        Folder where states are also written, shared between processes and
+        runs; None keeps them in memory only.
+    max_bytes : int, default=1 GiB
+        Memory for states (head outputs get a quarter more); least recently
+        used entries are evicted beyond it. An AlexNet state takes 74 KB.
+
+    Attributes
+    ----------
+    states : ArrayStore
+        States in memory.
+    outputs : ArrayStore
+        Head outputs (per sample, outputs, temperature and labels) in memory.
+    disk : DiskStore or None
+        The folder's store.
+    """
+
+    def __init__(self, directory=None, *, max_bytes=1 << 30):
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.cache_id = uuid.uuid4().hex
+        self.states = ArrayStore(max_bytes)
+        self.outputs = ArrayStore(max_bytes // 4)
+        self.disk = None if directory is None else DiskStore(directory)
+        self._digests = OrderedDict()  # file identity -> content digest
+        self._lock = threading.Lock()
+        state.attach_cache(self.cache_id, lambda: self)  # so that clear_caches() reaches it
+
+    def __repr__(self):
+        return f"FeatureCache(directory={self.directory!r}, max_bytes={self.max_bytes})"
+
+    def __reduce__(self):
+        return (_attach_feature_cache, (self.cache_id, self.directory, self.max_bytes))
+
+    def clear(self):
+        """Forget the in-memory entries (files on disk stay)."""
+        self.states.clear()
+        self.outputs.clear()
+        with self._lock:
+            self._digests.clear()
+
+    def sample_keys(self, X, context):
+        """One key per sample of ``X`` (None where a sample has none).
+
+        Parameters
+        ----------
+        X : ndarray or sequence
+            The input, as given to ``transform``.
+        context : str
+            Everything besides the sample that the state depends on: the
+            model's content and the preprocessing.
+
+        Returns
+        -------
+        keys : list of str or None
+            40 hexadecimal digits of BLAKE3 per sample; None for samples
+            that cannot be read (the image loader reports them).
+        """
+        prefix = blake3(context.encode()).digest()
+
+        def key(sample):
+            token = self._token(sample)
+            return None if token is None else blake3(prefix + token).hexdigest(length=_KEY_LENGTH)
+
+        n_threads = min(4, os.cpu_count() or 1)
+        if len(X) < 2 or n_threads == 1:
+            return [key(sample) for sample in X]
+        # blake3 and file reads release the GIL: hash runs of samples in parallel.
+        step = -(-len(X) // (4 * n_threads))
+        with ThreadPoolExecutor(max_workers=n_threads) as pool:
+            runs = pool.map(lambda start: [key(s) for s in X[start : start + step]], range(0, len(X), step))
+            return [k for run in runs for k in run]
+
+    def _token(self, sample):
+        """Bytes that identify one input sample by content."""
+        if isinstance(sample, (str, os.PathLike)):
+            digest = self._file_digest(sample)
+            return None if digest is None else b"file:" + digest
+        if hasattr(sample, "tobytes") and hasattr(sample, "mode") and hasattr(sample, "size"):  # PIL
+            try:
+                return b"pil:" + _pil_digest(sample)
+            except Exception:  # e.g. a closed image: the image loader reports it with its index
+                return None
+        array = np.ascontiguousarray(sample)
+        if array.dtype == object:
+            return None
+        digest = blake3(f"{array.dtype.str}:{array.shape}:".encode())
+        digest.update(array.reshape(-1).view(np.uint8))
+        return b"array:" + digest.digest()
+
+    def _file_digest(self, path):
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None  # the image loader reports the missing file
+        if not stat.S_ISREG(st.st_mode):
+            return None  # never open a FIFO or a device: the image loader refuses it
+        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        with self._lock:
+            digest = self._digests.get(identity)
+        if digest is None:
+            try:
+                with open(path, "rb") as f:
+                    digest = blake3(f.read(), max_threads=1).digest()
+            except OSError:
+                return None
+            with self._lock:
+                self._digests[identity] = digest
+                if len(self._digests) > 1_000_000:
+                    self._digests.popitem(last=False)
+        return digest
+
+
+def _pil_digest(image):
+    """Digest of everything of a PIL image that its decoded RGB pixels depend on."""
+    digest = blake3(f"{image.mode}:{image.size}:".encode())
+    palette = image.getpalette(None) if image.mode in ("P", "PA") else None
+    digest.update(repr((palette, image.info.get("transparency"), image.getexif().get(0x0112))).encode())
+    digest.update(image.tobytes())
+    return digest.digest()
+
+
+def _attach_feature_cache(cache_id, directory, max_bytes):
+    """The live FeatureCache ``cache_id`` of this process, or an empty one (unpickling)."""
+
+    def create():
+        cache = FeatureCache(directory, max_bytes=max_bytes)
+        cache.cache_id = cache_id
+        return cache
+
+    return state.attach_cache(cache_id, create, keep=True)
+
+
+class SharedCacheMixin:
+    """Estimators that share one cache with their clones.
+
+    ``clone(estimator)`` gives the clone the estimator's cache (made on first
+    use by ``_make_cache``), so the candidates and folds of a search share it.
+    Pickled, the cache travels as its id: in a joblib worker, the tasks of one
+    search attach to one cache (see :func:`skfishing.state.attach_cache`).
+    """
+
+    def __sklearn_clone__(self):
+        clone = super().__sklearn_clone__()
+        clone._shared_cache = self._own_cache()
+        return clone
+
+    def _own_cache(self):
+        cache = self.__dict__.get("_shared_cache")
+        if cache is None:
+            made = self._make_cache()
+            cache = self._shared_cache = state.attach_cache(made.cache_id, lambda: made)
+        return cache
+
+    def __getstate__(self):
+        state_ = dict(super().__getstate__())  # a copy: object.__getstate__ may return __dict__
+        cache = state_.get("_shared_cache")
+        if cache is not None:  # plain values: safe for skops.io too
+            state_["_shared_cache"] = ("skfishing-shared-cache", cache.cache_id, cache.max_bytes)
+        return state_
+
+    def __setstate__(self, state_):
+        handle = state_.get("_shared_cache")
+        if isinstance(handle, tuple):
+            _, cache_id, max_bytes = handle
+
+            def create():
+                cache = self._make_cache(max_bytes)
+                cache.cache_id = cache_id
+                return cache
+
+            state_["_shared_cache"] = state.attach_cache(cache_id, create, keep=True)
+        super().__setstate__(state_)
 
 
 def clear_caches():
-    """Forget every in-memory entry of :data:`forward_cache`,
-    :data:`backward_cache` and :data:`gram_cache`.
+    """Forget everything skfishing keeps in memory in this process.
 
-    Files written to ``memory=`` folders stay.
+    Empties every live feature cache and Gram store, the networks (onnxruntime
+    sessions) and the file hashes (see :func:`skfishing.state.clear`). Files
+    written to ``memory=`` folders stay.
     """
-    forward_cache.clear()
-    backward_cache.clear()
-    gram_cache.clear()
+    state.clear()
 
 
 def content_key(array, context):
@@ -230,7 +462,7 @@ def content_key(array, context):
     array = np.ascontiguousarray(array)
     digest = blake3(f"{context}|{array.dtype.descr}|{array.shape}".encode(), max_threads=blake3.AUTO)
     digest.update(array.reshape(-1).view(np.uint8))
-    return digest.hexdigest(length=20)
+    return digest.hexdigest(length=_KEY_LENGTH)
 
 
 def derived_keys(keys, context):
@@ -239,7 +471,7 @@ def derived_keys(keys, context):
     Parameters
     ----------
     keys : list of str or None
-        As returned by :func:`sample_keys`.
+        As returned by :meth:`FeatureCache.sample_keys`.
     context : str
         Everything else the derived value depends on.
 
@@ -249,36 +481,4 @@ def derived_keys(keys, context):
         None where ``keys`` has None.
     """
     prefix = blake3(context.encode()).digest()
-    return [None if key is None else blake3(prefix + key.encode()).hexdigest(length=20) for key in keys]
-
-
-def sample_keys(X, context):
-    """One cache key per sample of ``X`` (None where a sample has none).
-
-    Parameters
-    ----------
-    X : ndarray or sequence
-        The input, as given to ``transform``.
-    context : str
-        Identifies everything besides the sample that the trunk output
-        depends on: the model and the preprocessing.
-
-    Returns
-    -------
-    keys : list of str or None
-        40 hexadecimal digits of BLAKE3 per sample.
-    """
-    prefix = blake3(context.encode()).digest()
-
-    def key(sample):
-        token = _sample_token(sample)
-        return None if token is None else blake3(prefix + token).hexdigest(length=20)
-
-    n_threads = min(4, os.cpu_count() or 1)
-    if len(X) < 2 or n_threads == 1:
-        return [key(sample) for sample in X]
-    # blake3 releases the GIL on large buffers: hash runs of samples in parallel.
-    step = -(-len(X) // (4 * n_threads))
-    with ThreadPoolExecutor(max_workers=n_threads) as pool:
-        runs = pool.map(lambda start: [key(sample) for sample in X[start : start + step]], range(0, len(X), step))
-        return [k for run in runs for k in run]
+    return [None if key is None else blake3(prefix + key.encode()).hexdigest(length=_KEY_LENGTH) for key in keys]

@@ -11,8 +11,9 @@ training split alone and is scored on the test split.
 
 The default network is the embedded ``"tinyalexnet"`` and the default data
 scikit-learn's bundled handwritten digits (:func:`~skfishing.datasets.load_digits_images`),
-so the demo needs no download. The network runs once per image: every later
-fit reuses the cached forward pass (see :mod:`skfishing.cache`).
+so the demo needs no download. The network runs once per image: all the
+pipelines share one :class:`~skfishing.cache.FeatureCache` (``memory=``), so
+every later fit reuses the forward pass.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch
 from tqdm.auto import tqdm
 
+from .cache import FeatureCache
 from .datasets import load_digits_images, load_voc2007, load_voc2007_npz
 from .metrics import voc07_average_precision, voc07_scorer
 from .svm import TraceKernelSVC
@@ -123,7 +125,7 @@ def _load_voc(data, quick):
     )
 
 
-def _pipeline(model, features, layer, temperature, cache_dir):
+def _pipeline(model, features, layer, temperature, cache_dir, memory):
     fish = DeepFisherTransformer(
         model,
         layer=layer,
@@ -131,6 +133,7 @@ def _pipeline(model, features, layer, temperature, cache_dir):
         features=features,
         batch_size=64,
         cache_dir=cache_dir,
+        memory=memory,
     )
     return Pipeline([("fish", fish), ("svc", TraceKernelSVC(C=1.0))])
 
@@ -240,21 +243,23 @@ def run_demo(
     data = _load_digits(quick) if data is None else _load_voc(data, quick)
     multilabel = data.difficult_test is not None
     # Run the network once over every image, with a progress bar; every
-    # pipeline below then reads the forward pass from the cache.
+    # pipeline below then reads the forward pass from the cache they share.
+    cache = FeatureCache()
     network = DeepFisherTransformer(
         model,
         features="probabilities",
         batch_size=64,
         progress=progress,
         cache_dir=cache_dir,
+        memory=cache,
     )
     for images in (data.X_train, data.X_test):
         network.fit_transform(images)
     rows = []
-    with tqdm(total=len(ROWS) + 1, desc="demo", disable=not progress) as bar:
+    with tqdm(total=len(ROWS) + 1, desc="demo", disable=None if progress else True) as bar:
         for feature, kind, layer in ROWS:
             bar.set_postfix_str(feature)
-            pipe = _pipeline(model, kind, layer, TEMPERATURE, cache_dir)
+            pipe = _pipeline(model, kind, layer, TEMPERATURE, cache_dir, cache)
             pipe.fit(data.X_train, data.y_train)
             rows.append(
                 Bunch(
@@ -268,7 +273,7 @@ def run_demo(
             bar.update()
         bar.set_postfix_str("grid search")
         search = GridSearchCV(
-            _pipeline(model, "gradient", 7, TEMPERATURE, cache_dir),
+            _pipeline(model, "gradient", 7, TEMPERATURE, cache_dir, cache),
             PARAM_GRID,
             cv=CV_FOLDS,
             scoring=voc07_scorer if multilabel else None,

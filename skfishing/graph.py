@@ -1,26 +1,35 @@
-"""ONNX graph surgery: find the fully connected head and add its backward pass.
+r"""ONNX graph surgery: the FC head's forward and backward pass as ONNX graphs.
 
 The **trunk** of a classification network computes the input of its fully
 connected (FC) head (``pool5`` for AlexNet); it is the original graph pruned
-to that tensor, with a dynamic batch dimension. The FC layers are rebuilt
-after it, and the backward pass of the paper's Eq. (10) is added from
-standard ONNX operators only::
+to that tensor, with a dynamic batch dimension. The FC layers found by
+:func:`~skfishing.head.find_fc_head` are rebuilt after it, and the backward
+pass of the paper's Eq. (10) is added from standard ONNX operators only
+(``Div``, ``Softmax``, ``Sub``, ``Gemm``, ``Greater``, ``Where``):
 
-      delta_L = g - softmax(y_L / tau)
-      delta_k = (W_{k+1} delta_{k+1}) * [y_k > 0]
+.. math::
 
-for every FC layer ``k``. The temperature ``tau`` and the label vector ``g``
-are graph inputs with defaults (2.0 and the uniform ``1 / P``), so changing
-them needs no rebuild.
+    \delta_L = g - \operatorname{softmax}(y_L / \tau), \qquad
+    \delta_k = (W_{k+1} \delta_{k+1}) \odot [y_k > 0]
 
-:func:`find_fc_head` reads the head (names, weights, ``transB``) from the
-graph. :func:`add_backward` gives the whole network with its backward pass as
-one model that can be saved and inspected (for example with Netron). For
-running, :func:`build_forward_model` (trunk and FC layers: everything that
-does not depend on ``tau`` and ``g``) and :func:`build_backward_model` (one
-per layer, from the logits down to it) split the work so that the forward
-part runs once per image; :func:`build_head_model` and
-:func:`build_trunk_model` give the head and the trunk alone.
+for every FC layer :math:`k`. The temperature :math:`\tau` and the label
+vector :math:`g` are graph inputs with defaults (2 and the uniform
+:math:`1 / P`), so changing them needs no rebuild.
+
+Every graph here is a pure function of the ONNX model and the requested
+:class:`~skfishing.head.Tensor` outputs; :func:`build_model` makes them all:
+
+* from the network input straight to the requested features (the trunk and
+  only the part of the head they need): one run per batch, nothing else
+  leaves the device;
+* from the network input to the *state* of a sample
+  (:meth:`~skfishing.head.FCHead.state`: the head input and every
+  pre-activation), which is what a cache keeps per image;
+* from the state to the requested features (``from_state=True``): the cheap
+  part that a grid search over the layer and the temperature reruns.
+
+:func:`add_backward` gives the whole network with its backward pass as one
+model that can be saved and inspected (for example with Netron).
 
 Layer numbering follows the paper and Caffe: the last FC layer (the
 classifier) is number 8, the one below it 7, and so on, so a head of ``n`` FC
@@ -34,41 +43,31 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from .head import _GraphIndex, find_fc_head
+from .head import PREFIX, Tensor, _GraphIndex, find_fc_head
 
 __all__ = [
+    "add_backward",
+    "build_model",
+    "network_input",
+    "build_trunk_model",
     "build_head_model",
     "build_forward_model",
     "build_backward_model",
     "output_names",
-    "build_trunk_model",
-    "add_backward",
+    "INPUT_SUM",
+    "LABELS",
     "PREFIX",
+    "TEMPERATURE",
 ]
 
-#: Prefix of every tensor the head adds, so it never clashes with the network.
-PREFIX = "fish_"
-
-def output_names(head):
-    """Names of the head's tensors, keyed by what they hold.
-
-    Returns a dict with keys ``("forward", k)`` (``x_{k-1}``, the input of FC
-    layer ``k``), ``("backward", k)`` (``delta_k``), ``("activation", k)``
-    (``x_k`` for the head input and hidden layers, the logits ``y_L`` for the
-    classifier), ``("preactivation", k)`` (``y_k``) and ``"probabilities"``
-    (``softmax(y_L)``, no temperature).
-    """
-    names = {}
-    for layer in head.layers:
-        k = layer.number
-        names["forward", k] = f"{PREFIX}x{k - 1}"
-        names["activation", k - 1] = f"{PREFIX}x{k - 1}"
-        names["backward", k] = f"{PREFIX}delta{k}"
-        names["preactivation", k] = f"{PREFIX}y{k}"
-    last = head.layers[-1].number
-    names["activation", last] = f"{PREFIX}y{last}"
-    names["probabilities"] = f"{PREFIX}prob{last}"
-    return names
+#: Graph input holding the temperature :math:`\tau` (a scalar with a default).
+TEMPERATURE = f"{PREFIX}temperature"
+#: Graph input holding the label vector :math:`g` (with the uniform default).
+LABELS = f"{PREFIX}labels"
+#: Output of :func:`build_model` (``input_sum=True``): the sum of each
+#: sample's network input, finite exactly when the sample is (or its sum
+#: overflows), so that the input is checked on the device, not on the host.
+INPUT_SUM = f"{PREFIX}input_sum"
 
 
 class _Parts:
@@ -88,70 +87,66 @@ class _Parts:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
-    def info(self, name, width):
-        return helper.make_tensor_value_info(name, self.elem, ["N", width])
+    def info(self, tensor):
+        return helper.make_tensor_value_info(tensor.name, self.elem, ["N", self.head.width(tensor)])
 
 
-def _forward_parts(parts):
-    """Flatten the head input, then every FC layer up to the logits."""
-    head, p = parts.head, PREFIX
-    x = parts.node("Flatten", [head.input_name], f"{p}x{head.input_number}", axis=1)
+def _head_parts(head, temperature, labels):
+    """Every node of the head: forward to the softmax, backward to the lowest layer."""
+    parts = _Parts(head)
+    first, last = head.numbers[0], head.numbers[-1]
+    x = parts.node("Flatten", [head.input_name], Tensor("x", first - 1).name, axis=1)
     for layer in head.layers:
         k = layer.number
-        gemm_inputs = [x, parts.const(f"{p}W{k}", layer.weight)]
+        inputs = [x, parts.const(f"{PREFIX}W{k}", layer.weight)]
         if layer.bias is not None:
-            gemm_inputs.append(parts.const(f"{p}b{k}", layer.bias))
-        y = parts.node("Gemm", gemm_inputs, f"{p}y{k}")
-        if layer is not head.layers[-1]:
-            x = parts.node("Relu", [y], f"{p}x{k}")
-    parts.node("Softmax", [y], f"{p}prob{head.layers[-1].number}", axis=1)
+            inputs.append(parts.const(f"{PREFIX}b{k}", layer.bias))
+        y = parts.node("Gemm", inputs, Tensor("y", k).name)
+        if k != last:
+            x = parts.node("Relu", [y], Tensor("x", k).name)
+    parts.node("Softmax", [y], Tensor("prob", last).name, axis=1)
 
-
-def _backward_parts(parts, lowest, temperature, labels):
-    """Eq. (10) from the logits down to ``delta_lowest``; returns the extra inputs."""
-    head, p = parts.head, PREFIX
-    last = head.layers[-1].number
     n_classes = head.n_classes
     g = np.full(n_classes, 1.0 / n_classes) if labels is None else np.asarray(labels, dtype=np.float64)
     if g.shape != (n_classes,):
         raise ValueError(f"labels must have shape ({n_classes},), got {g.shape}")
-    parts.const(f"{p}temperature", temperature)
-    parts.const(f"{p}labels", g)
-    scaled = parts.node("Div", [f"{p}y{last}", f"{p}temperature"], f"{p}scaled{last}")
-    soft = parts.node("Softmax", [scaled], f"{p}soft{last}", axis=1)
-    delta = parts.node("Sub", [f"{p}labels", soft], f"{p}delta{last}")
-    zero = parts.const(f"{p}zero", 0)
-    for k in range(last - 1, lowest - 1, -1):
+    parts.const(TEMPERATURE, temperature)
+    parts.const(LABELS, g)
+    scaled = parts.node("Div", [y, TEMPERATURE], f"{PREFIX}scaled{last}")
+    soft = parts.node("Softmax", [scaled], f"{PREFIX}soft{last}", axis=1)
+    delta = parts.node("Sub", [LABELS, soft], Tensor("delta", last).name)
+    zero = parts.const(f"{PREFIX}zero", 0)
+    for k in range(last - 1, first - 1, -1):
         # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
-        weight = parts.const(f"{p}W{k + 1}", head.layers[k + 1 - head.layers[0].number].weight)
-        bp = parts.node("Gemm", [delta, weight], f"{p}bp{k}", transB=1)
-        mask = parts.node("Greater", [f"{p}y{k}", zero], f"{p}mask{k}")
-        delta = parts.node("Where", [mask, bp, zero], f"{p}delta{k}")
-    return [
-        helper.make_tensor_value_info(f"{p}temperature", parts.elem, []),
-        helper.make_tensor_value_info(f"{p}labels", parts.elem, [n_classes]),
-    ]
+        bp = parts.node("Gemm", [delta, f"{PREFIX}W{k + 1}"], f"{PREFIX}bp{k}", transB=1)
+        mask = parts.node("Greater", [Tensor("y", k).name, zero], f"{PREFIX}mask{k}")
+        delta = parts.node("Where", [mask, bp, zero], Tensor("delta", k).name)
+    return parts
 
 
-def _outputs(parts, keys):
-    names = output_names(parts.head)
-    infos, seen = [], set()
-    for key in keys:
-        if names[key] not in seen:
-            seen.add(names[key])
-            width = parts.head.n_classes if key == "probabilities" else _width(parts.head, key)
-            infos.append(parts.info(names[key], width))
-    return infos
+def _needed(nodes, targets, stop):
+    """The nodes that ``targets`` depend on, not looking past the ``stop`` tensors.
 
-
-def _width(head, key):
-    kind, k = key
-    by_number = {layer.number: layer for layer in head.layers}
-    if kind in ("backward", "preactivation"):
-        return by_number[k].n_outputs
-    if kind == "forward":
-        return by_number[k].n_inputs
-    return by_number[k + 1].n_inputs if k + 1 in by_number else by_number[k].n_outputs
+    Returns the nodes in their original (topological) order and the names of
+    every tensor they read.
+    """
+    producer = {out: node for node in nodes for out in node.output}
+    keep, read, stack = set(), set(), [t for t in targets if t not in stop]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in keep:
+            continue
+        keep.add(id(node))
+        names = list(node.input)
+        for attr in node.attribute:  # names used inside subgraphs (If/Loop)
+            for sub in [attr.g] + list(attr.graphs):
+                names += [name for sub_node in sub.node for name in sub_node.input]
+        for name in names:
+            if name and name not in read:
+                read.add(name)
+                if name not in stop:
+                    stack.append(name)
+    return [n for n in nodes if id(n) in keep], read
 
 
 def _finish(graph, opset, source=None):
@@ -167,138 +162,6 @@ def _finish(graph, opset, source=None):
     return model
 
 
-def _state_keys(head):
-    """What :func:`build_forward_model` outputs: the head input and every y_k."""
-    return [("activation", head.input_number)] + [("preactivation", k) for k in head.numbers]
-
-
-def build_forward_model(model, head):
-    """The network from its input to every FC pre-activation, batch-dynamic.
-
-    The trunk of ``model`` (pruned to the head input) followed by the FC
-    head's forward pass. Its outputs, the flattened head input and the
-    pre-activations ``y_k`` of every FC layer, do not depend on the
-    temperature or the labels: together they are the *state* of a sample,
-    which is what gets cached per image.
-
-    Parameters
-    ----------
-    model : onnx.ModelProto
-        The classifier.
-    head : FCHead
-        Its head, as returned by :func:`find_fc_head`.
-
-    Returns
-    -------
-    model : onnx.ModelProto
-        One input (the network input, batch dimension dynamic); outputs the
-        flattened head input and every ``y_k``, named as in
-        :func:`output_names`.
-    """
-    parts = _Parts(head)
-    _forward_parts(parts)
-    outputs = _outputs(parts, _state_keys(head))
-    return _with_trunk(model, head, parts, [], outputs, "skfishing_forward")
-
-
-def build_backward_model(head, layer, *, temperature=2.0, labels=None):
-    """The backward pass of Eq. (10) from the logits down to ``delta_layer``.
-
-    Parameters
-    ----------
-    head : FCHead
-        As returned by :func:`find_fc_head`.
-    layer : int
-        Paper number of the FC layer whose ``delta`` is computed.
-    temperature : float, default=2.0
-        Default of the ``fish_temperature`` input.
-    labels : array-like of shape (n_classes,), default=None
-        Default of the ``fish_labels`` input; None means uniform ``1 / P``.
-
-    Returns
-    -------
-    model : onnx.ModelProto
-        Inputs: the pre-activations ``fish_y{k}`` for ``k >= layer`` (the
-        logits and the ReLU masks), ``fish_temperature`` and ``fish_labels``
-        (both overridable initializers); output: ``fish_delta{layer}``.
-    """
-    if layer not in head.numbers:
-        raise ValueError(f"layer {layer} is not an FC layer of this head {head.numbers}")
-    parts = _Parts(head)
-    extra_inputs = _backward_parts(parts, layer, temperature, labels)
-    inputs = [parts.info(f"{PREFIX}y{k}", _width(head, ("preactivation", k))) for k in head.numbers if k >= layer]
-    graph = helper.make_graph(
-        parts.nodes,
-        "skfishing_backward",
-        inputs + extra_inputs,
-        _outputs(parts, [("backward", layer)]),
-        initializer=parts.inits,
-    )
-    return _finish(graph, head.opset)
-
-
-def _full_head_parts(head, temperature, labels):
-    parts = _Parts(head)
-    _forward_parts(parts)
-    extra_inputs = _backward_parts(parts, head.numbers[0], temperature, labels)
-    keys = [key for key in output_names(head) if key[0] != "preactivation"]
-    return parts, extra_inputs, _outputs(parts, keys)
-
-
-def build_head_model(head, *, temperature=2.0, labels=None):
-    """The FC head with its backward subgraph, as a standalone ONNX model.
-
-    Parameters
-    ----------
-    head : FCHead
-        As returned by :func:`find_fc_head`.
-    temperature : float, default=2.0
-        Default of the ``fish_temperature`` input.
-    labels : array-like of shape (n_classes,), default=None
-        Default of the ``fish_labels`` input; None means uniform ``1 / P``.
-
-    Returns
-    -------
-    model : onnx.ModelProto
-        Inputs: the head input tensor (any shape whose trailing dimensions
-        flatten to the first FC layer's width), ``fish_temperature`` and
-        ``fish_labels``; outputs as listed by :func:`output_names` (without
-        the pre-activations).
-    """
-    parts, extra_inputs, outputs = _full_head_parts(head, temperature, labels)
-    head_input = helper.make_tensor_value_info(head.input_name, parts.elem, None)
-    graph = helper.make_graph(
-        parts.nodes, "skfishing_head", [head_input] + extra_inputs, outputs, initializer=parts.inits
-    )
-    return _finish(graph, head.opset)
-
-
-def _pruned_graph_parts(model, target):
-    """Nodes and initializers of ``model`` needed to compute ``target``."""
-    index = _GraphIndex(model.graph)
-    needed, stack, keep = {target}, [target], set()
-    while stack:
-        node = index.producer.get(stack.pop())
-        if node is None or id(node) in keep:
-            continue
-        keep.add(id(node))
-        for name in node.input:
-            if name and name not in needed:
-                needed.add(name)
-                stack.append(name)
-        for attr in node.attribute:  # names used inside subgraphs (If/Loop)
-            for sub in [attr.g] + list(attr.graphs):
-                for sub_node in sub.node:
-                    for name in sub_node.input:
-                        if name and name not in needed:
-                            needed.add(name)
-                            stack.append(name)
-    nodes = [n for n in model.graph.node if id(n) in keep]
-    inits = [i for i in model.graph.initializer if i.name in needed]
-    inputs = [i for i in model.graph.input if i.name in needed and i.name not in index.constants]
-    return nodes, inits, inputs
-
-
 def _dynamic_batch(value_info):
     """Copy of a graph input with its first dimension made symbolic."""
     value_info = onnx.ValueInfoProto.FromString(value_info.SerializeToString())
@@ -309,6 +172,140 @@ def _dynamic_batch(value_info):
     return value_info
 
 
+def _trunk(model, head):
+    """Nodes, initializers and (batch-dynamic) inputs of ``model`` up to the head input."""
+    index = _GraphIndex(model.graph)
+    if head.input_name in index.graph_inputs:
+        inputs = [i for i in model.graph.input if i.name == head.input_name]
+        return [], [], [_dynamic_batch(i) for i in inputs]
+    nodes, read = _needed(list(model.graph.node), [head.input_name], set())
+    inits = [i for i in model.graph.initializer if i.name in read]
+    inputs = [i for i in model.graph.input if i.name in read and i.name not in index.constants]
+    return nodes, inits, [_dynamic_batch(i) for i in inputs]
+
+
+def network_input(model, head):
+    """The one input of ``model`` that its trunk reads, batch-dynamic.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The classifier.
+    head : FCHead
+        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+
+    Returns
+    -------
+    value_info : onnx.ValueInfoProto
+        Name, element type and shape (first dimension symbolic).
+
+    Raises
+    ------
+    ValueError
+        If the trunk reads several graph inputs.
+    """
+    inputs = _trunk(model, head)[2]
+    if len(inputs) != 1:
+        names = [i.name for i in inputs]
+        raise ValueError(f"the network has {len(names)} inputs {names}; one input is supported")
+    return inputs[0]
+
+
+def _input_sum(parts, value_info, opset):
+    """Nodes computing :data:`INPUT_SUM` from a float network input, or None."""
+    elem = value_info.type.tensor_type.elem_type
+    if elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16):
+        return None
+    flat = parts.node("Flatten", [value_info.name], f"{PREFIX}input_flat", axis=1)
+    if opset >= 13:
+        axes = numpy_helper.from_array(np.array([1], dtype=np.int64), f"{PREFIX}input_axes")
+        parts.inits.append(axes)
+        parts.node("ReduceSum", [flat, axes.name], INPUT_SUM, keepdims=0)
+    else:
+        parts.node("ReduceSum", [flat], INPUT_SUM, axes=[1], keepdims=0)
+    return helper.make_tensor_value_info(INPUT_SUM, elem, ["N"])
+
+
+def build_model(
+    model, head, outputs, *, from_state=False, temperature=2.0, labels=None, input_sum=False
+):
+    """A graph from the network input (or the state) to the requested tensors.
+
+    Only what the outputs need is kept: the trunk and the head up to them,
+    the backward pass down to the lowest requested :math:`\\delta_k`.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto or None
+        The classifier; unused (may be None) with ``from_state=True``.
+    head : FCHead
+        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+    outputs : sequence of Tensor
+        What to compute (see :meth:`~skfishing.head.FCHead.features` and
+        :meth:`~skfishing.head.FCHead.state`).
+    from_state : bool, default=False
+        Start from the state tensors instead of the network input. Requested
+        outputs that are themselves state tensors are not allowed: they need
+        no graph.
+    temperature : float, default=2.0
+        Default of the :data:`TEMPERATURE` input.
+    labels : array-like of shape (n_classes,), default=None
+        Default of the :data:`LABELS` input; None means uniform :math:`1 / P`.
+    input_sum : bool, default=False
+        Also output :data:`INPUT_SUM` (not with ``from_state``).
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        Batch-dynamic. Inputs: the network input (or the state tensors that
+        are needed), then :data:`TEMPERATURE` and :data:`LABELS` when the
+        outputs depend on them; outputs: ``[t.name for t in outputs]``, then
+        :data:`INPUT_SUM` if asked.
+    """
+    parts = _head_parts(head, temperature, labels)
+    state = head.state()
+    names = [t.name for t in outputs]
+    if from_state:
+        if input_sum:
+            raise ValueError("input_sum needs the network input, not the state")
+        inside = sorted(set(outputs) & set(state))
+        if inside:
+            raise ValueError(f"{inside} are state tensors: read them from the state")
+        stop = {t.name for t in state}
+    else:
+        stop = {head.input_name}
+    nodes, read = _needed(parts.nodes, names, stop)
+    inits = [i for i in parts.inits if i.name in read]
+    tensors = [i for i in inits if i.name in (TEMPERATURE, LABELS)]
+    extra_inputs = [
+        helper.make_tensor_value_info(i.name, parts.elem, list(i.dims)) for i in tensors
+    ]
+    output_infos = [parts.info(t) for t in outputs]
+    if from_state:
+        inputs = [parts.info(t) for t in state if t.name in read]
+        graph = helper.make_graph(
+            nodes, "skfishing_from_state", inputs + extra_inputs, output_infos, initializer=inits
+        )
+        return _finish(graph, head.opset)
+    trunk_nodes, trunk_inits, inputs = _trunk(model, head)
+    if len(inputs) != 1:
+        network_input(model, head)  # raises, naming the inputs
+    if input_sum:
+        sum_parts = _Parts(head)
+        info = _input_sum(sum_parts, inputs[0], head.opset)
+        if info is not None:
+            nodes, inits = nodes + sum_parts.nodes, inits + sum_parts.inits
+            output_infos.append(info)
+    graph = helper.make_graph(
+        trunk_nodes + nodes,
+        "skfishing_features",
+        inputs + extra_inputs,
+        output_infos,
+        initializer=trunk_inits + inits,
+    )
+    return _finish(graph, head.opset, source=model)
+
+
 def build_trunk_model(model, head):
     """The part of ``model`` that computes the head input, batch-dynamic.
 
@@ -317,7 +314,7 @@ def build_trunk_model(model, head):
     model : onnx.ModelProto
         The classifier.
     head : FCHead
-        Its head, as returned by :func:`find_fc_head`.
+        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
 
     Returns
     -------
@@ -325,59 +322,149 @@ def build_trunk_model(model, head):
         From the network input to the head input; None when the head input
         is a graph input (a plain MLP): then there is no trunk to run.
     """
-    index = _GraphIndex(model.graph)
-    if head.input_name in index.graph_inputs:
+    nodes, inits, inputs = _trunk(model, head)
+    if not nodes:
         return None
-    nodes, inits, inputs = _pruned_graph_parts(model, head.input_name)
     elem = helper.np_dtype_to_tensor_dtype(head.dtype)
     output = helper.make_tensor_value_info(head.input_name, elem, None)
-    graph = helper.make_graph(
-        nodes, "skfishing_trunk", [_dynamic_batch(i) for i in inputs], [output], initializer=inits
-    )
+    graph = helper.make_graph(nodes, "skfishing_trunk", inputs, [output], initializer=inits)
     return _finish(graph, head.opset, source=model)
+
+
+def build_forward_model(model, head):
+    """The network from its input to its state: the head input and every :math:`y_k`.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The classifier.
+    head : FCHead
+        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        One input (the network input, batch dimension dynamic); outputs the
+        flattened head input and every pre-activation :math:`y_k`, named as
+        in :func:`output_names`. They do not depend on the temperature or the
+        labels: together they are the *state* of a sample.
+    """
+    return build_model(model, head, head.state())
+
+
+def build_backward_model(head, layer, *, temperature=2.0, labels=None):
+    r"""The backward pass of Eq. (10) from the logits down to :math:`\delta_{layer}`.
+
+    Parameters
+    ----------
+    head : FCHead
+        As returned by :func:`~skfishing.head.find_fc_head`.
+    layer : int
+        Paper number of the FC layer whose :math:`\delta` is computed.
+    temperature : float, default=2.0
+        Default of the ``fish_temperature`` input.
+    labels : array-like of shape (n_classes,), default=None
+        Default of the ``fish_labels`` input; None means uniform :math:`1 / P`.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        Inputs: the pre-activations ``fish_y{k}`` for ``k >= layer`` (the
+        logits and the ReLU masks), ``fish_temperature`` and ``fish_labels``
+        (both overridable initializers); output: ``fish_delta{layer}``.
+    """
+    if layer not in head.numbers:
+        raise ValueError(f"layer {layer} is not an FC layer of this head {head.numbers}")
+    return build_model(
+        None, head, [Tensor("delta", layer)], from_state=True, temperature=temperature, labels=labels
+    )
+
+
+def _all_features(head):
+    """Every tensor :func:`add_backward` outputs, in the order of :func:`output_names`."""
+    return list(dict.fromkeys(t for key, t in _keyed_tensors(head) if key[0] != "preactivation"))
+
+
+def _keyed_tensors(head):
+    last = head.numbers[-1]
+    for layer in head.layers:
+        k = layer.number
+        yield ("forward", k), Tensor("x", k - 1)
+        yield ("activation", k - 1), Tensor("x", k - 1)
+        yield ("backward", k), Tensor("delta", k)
+        yield ("preactivation", k), Tensor("y", k)
+    yield ("activation", last), Tensor("y", last)
+    yield "probabilities", Tensor("prob", last)
+
+
+def output_names(head):
+    """Names of the head's tensors, keyed by what they hold.
+
+    Returns a dict with keys ``("forward", k)`` (:math:`x_{k-1}`, the input
+    of FC layer ``k``), ``("backward", k)`` (:math:`\\delta_k`),
+    ``("activation", k)`` (:math:`x_k` for the head input and hidden layers,
+    the logits :math:`y_L` for the classifier), ``("preactivation", k)``
+    (:math:`y_k`) and ``"probabilities"`` (softmax of :math:`y_L`, no
+    temperature). The same names are :attr:`~skfishing.head.Tensor.name`.
+    """
+    return {key: tensor.name for key, tensor in _keyed_tensors(head)}
+
+
+def build_head_model(head, *, temperature=2.0, labels=None):
+    """The FC head with its backward subgraph, as a standalone ONNX model.
+
+    Parameters
+    ----------
+    head : FCHead
+        As returned by :func:`~skfishing.head.find_fc_head`.
+    temperature : float, default=2.0
+        Default of the ``fish_temperature`` input.
+    labels : array-like of shape (n_classes,), default=None
+        Default of the ``fish_labels`` input; None means uniform :math:`1 / P`.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        Inputs: the head input tensor (any shape whose trailing dimensions
+        flatten to the first FC layer's width), ``fish_temperature`` and
+        ``fish_labels``; outputs as listed by :func:`output_names` (without
+        the pre-activations).
+    """
+    parts = _Parts(head)
+    head_input = helper.make_tensor_value_info(head.input_name, parts.elem, None)
+    graph_input = helper.make_model(
+        helper.make_graph([], "input", [head_input], []), opset_imports=[helper.make_opsetid("", head.opset)]
+    )
+    # A model whose "trunk" is its input: build_model keeps the head only.
+    model = build_model(graph_input, head, _all_features(head), temperature=temperature, labels=labels)
+    model.graph.name = "skfishing_head"
+    return model
 
 
 def add_backward(model, *, temperature=2.0, labels=None):
     """Append the backward subgraph of the FC head to an ONNX classifier.
 
     The result runs the trunk, then recomputes the FC head and its backward
-    pass; its outputs are those of :func:`output_names`, its extra inputs
-    ``fish_temperature`` and ``fish_labels`` have defaults, and its batch
-    dimension is dynamic. It passes ``onnx.checker`` and can be saved with
-    ``onnx.save`` and run by any ONNX runtime.
+    pass; its outputs are those of :func:`output_names` (without the
+    pre-activations), its extra inputs ``fish_temperature`` and
+    ``fish_labels`` have defaults, and its batch dimension is dynamic. It
+    passes ``onnx.checker`` and can be saved with ``onnx.save`` and run by
+    any ONNX runtime.
 
     Parameters
     ----------
     model : onnx.ModelProto
         A classifier without backward subgraph.
     temperature : float, default=2.0
-        Default temperature ``tau``.
+        Default temperature :math:`\\tau`.
     labels : array-like of shape (n_classes,), default=None
-        Default label vector ``g``; None means uniform.
+        Default label vector :math:`g`; None means uniform.
 
     Returns
     -------
     model : onnx.ModelProto
     """
     head = find_fc_head(model)
-    parts, extra_inputs, outputs = _full_head_parts(head, temperature, labels)
-    return _with_trunk(model, head, parts, extra_inputs, outputs, "skfishing_fisher")
-
-
-def _with_trunk(model, head, parts, extra_inputs, outputs, name):
-    """A model of the trunk of ``model`` followed by ``parts``."""
-    trunk = build_trunk_model(model, head)
-    if trunk is None:
-        graph_inputs = [_dynamic_batch(i) for i in model.graph.input if i.name == head.input_name]
-        trunk_nodes, trunk_inits = [], []
-    else:
-        graph_inputs = list(trunk.graph.input)
-        trunk_nodes, trunk_inits = list(trunk.graph.node), list(trunk.graph.initializer)
-    graph = helper.make_graph(
-        trunk_nodes + parts.nodes,
-        name,
-        graph_inputs + extra_inputs,
-        outputs,
-        initializer=trunk_inits + parts.inits,
-    )
-    return _finish(graph, head.opset, source=model)
+    result = build_model(model, head, _all_features(head), temperature=temperature, labels=labels)
+    result.graph.name = "skfishing_fisher"
+    return result

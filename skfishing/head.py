@@ -14,20 +14,42 @@ paper, where the classifier is layer 8. Graph surgery
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-__all__ = ["FCLayer", "FCHead", "HeadStructureError", "find_fc_head", "LAST_LAYER"]
+__all__ = ["FCLayer", "FCHead", "HeadStructureError", "Tensor", "find_fc_head", "LAST_LAYER", "PREFIX"]
 
 #: Number of the last FC layer (the classifier), as in the paper's AlexNet.
 LAST_LAYER = 8
+#: Prefix of every tensor the head adds, so it never clashes with the network.
+PREFIX = "fish_"
 #: Operators that pass the FC input through unchanged at inference time.
 _PASS_THROUGH = {"Dropout", "Identity"}
 #: Operators that flatten the trunk output into FC input.
 _FLATTEN = {"Flatten", "Reshape"}
 _MIN_OPSET = 11
+
+
+class Tensor(NamedTuple):
+    r"""A quantity of the FC head, by kind and layer number.
+
+    ``Tensor("x", k)`` is the activation :math:`x_k` (the head input for the
+    lowest ``k``, else a ReLU output), ``Tensor("y", k)`` the pre-activation
+    :math:`y_k`, ``Tensor("delta", k)`` the backward quantity
+    :math:`\delta_k` and ``Tensor("prob", L)`` the softmax of the logits.
+    Graph surgery names the tensor it adds :attr:`name`.
+    """
+
+    kind: str
+    layer: int
+
+    @property
+    def name(self):
+        """Name of the tensor in the graphs of :mod:`skfishing.graph`."""
+        return f"{PREFIX}{self.kind}{self.layer}"
 
 
 class HeadStructureError(ValueError):
@@ -102,6 +124,60 @@ class FCHead:
     def n_classes(self):
         """Number of classes: the width of the logits."""
         return self.layers[-1].n_outputs
+
+    def state(self):
+        """The tensors that everything else is computed from.
+
+        The head input and the pre-activation of every FC layer: they do not
+        depend on the temperature or the labels, so they are what is cached
+        per sample.
+
+        Returns
+        -------
+        tensors : tuple of Tensor
+        """
+        return (Tensor("x", self.input_number),) + tuple(Tensor("y", k) for k in self.numbers)
+
+    def features(self, kind, layer):
+        r"""The tensors holding one kind of features of a layer.
+
+        Parameters
+        ----------
+        kind : {"gradient", "activation", "probabilities"}
+            ``"gradient"``: :math:`x_{k-1}` and :math:`\delta_k`, the
+            factors of :math:`\partial E / \partial W_k`;
+            ``"activation"``: :math:`x_k` (the logits :math:`y_L` for the
+            classifier); ``"probabilities"``: the softmax output.
+        layer : int
+            Layer number ``k`` (ignored for probabilities).
+
+        Returns
+        -------
+        tensors : tuple of Tensor
+
+        Raises
+        ------
+        ValueError
+            If the head has no such layer for that kind, listing the layers.
+        """
+        last = self.numbers[-1]
+        if kind == "probabilities":
+            return (Tensor("prob", last),)
+        valid = self.numbers if kind == "gradient" else (self.input_number,) + self.numbers
+        if layer not in valid:
+            raise ValueError(
+                f"layer={layer!r} does not exist for features={kind!r} in this model "
+                f"(valid: {list(valid)}); its layers are:\n{self.describe()}"
+            )
+        if kind == "gradient":
+            return (Tensor("x", layer - 1), Tensor("delta", layer))
+        return (Tensor("y" if layer == last else "x", layer),)
+
+    def width(self, tensor):
+        """Number of values per sample of a :class:`Tensor`."""
+        if tensor.kind == "x":
+            return self.layers[tensor.layer - self.input_number].n_inputs
+        return self.layers[tensor.layer - self.numbers[0]].n_outputs
 
     def describe(self):
         """One line per layer, for error messages."""

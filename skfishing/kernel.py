@@ -135,7 +135,7 @@ def _check_features(X, name="X", *, reference=None, reference_name="X"):
     if isinstance(X, np.void) and X.dtype.names is not None:
         raise ValueError(f"{name} is one row of a structured array; pass Z[i:i + 1] for one sample.")
     if isinstance(X, (list, tuple)) and X and all(isinstance(x, np.void) for x in X):
-        X = np.asarray(X)
+        X = _stack_rows(X, name)
     if _is_structured(X):
         X = _check_structured(X, name)
     else:
@@ -143,6 +143,18 @@ def _check_features(X, name="X", *, reference=None, reference_name="X"):
     if reference is not None:
         _check_same_layout(X, name, reference, reference_name)
     return X
+
+
+def _stack_rows(rows, name):
+    """A structured array from a list of its rows, keeping their dtype and provenance."""
+    dtypes = {row.dtype for row in rows}
+    metadata = {repr(row.dtype.metadata) for row in rows}
+    if len(dtypes) != 1 or len(metadata) != 1:
+        raise ValueError(
+            f"{name} is a list of rows of structured arrays of different kinds (dtypes or provenance); "
+            "pass one structured array."
+        )
+    return np.array(rows, dtype=rows[0].dtype)
 
 
 def _check_structured(X, name):
@@ -166,9 +178,10 @@ def _check_structured(X, name):
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
     precision = np.result_type(*(X.dtype[f].base for f in _FIELDS), np.float32)
-    native = np.dtype(
-        [(f, precision, X.dtype[f].shape) for f in X.dtype.names]
-    )  # same field order: NumPy casts structured arrays field by position
+    # Same field order: NumPy casts structured arrays field by position. Provenance is kept.
+    fields = [(f, precision, X.dtype[f].shape) for f in X.dtype.names]
+    metadata = X.dtype.metadata
+    native = np.dtype(fields) if metadata is None else np.dtype(fields, metadata=dict(metadata))
     if X.dtype != native:
         X = X.astype(native)
     for field in _FIELDS:

@@ -1,37 +1,116 @@
-"""Run a classifier's trunk and its FC head with backward pass on onnxruntime.
+"""Run a classifier's trunk and its FC head's backward pass on onnxruntime.
 
-:func:`get_network` builds a :class:`FisherNetwork` once per model file (or
-model content) and execution providers, and keeps it in a small
-least-recently-used cache, so that cloning an estimator (``GridSearchCV``
-clones a lot) never rebuilds a graph or reloads weights.
+A :class:`FisherNetwork` holds the onnxruntime sessions of one classifier on
+one set of execution providers. It runs the graphs of
+:mod:`skfishing.graph` in three ways:
+
+* :meth:`FisherNetwork.run`: network input → the requested features, in one
+  session run per batch; nothing but the features (and one sum per sample,
+  to check the input) comes back to the host;
+* :meth:`FisherNetwork.run_state`: network input → the *state* of each
+  sample (the head input and every pre-activation), what a cache keeps;
+* :meth:`FisherNetwork.run_from_state`: state → the requested features.
+
+Sessions are built on first use. On the CUDA execution provider, TF32 math
+is off unless ``allow_tf32=True``: onnxruntime turns it on by default, and
+it changes unit-norm layer-6/7 features by up to 0.056 (measured on an H200;
+2e-6 with TF32 off).
+
+:func:`get_network` builds a network once per model content, providers and
+TF32 setting, and keeps a few in :mod:`skfishing.state`, so that cloning an
+estimator (``GridSearchCV`` clones a lot) never rebuilds a graph or reloads
+weights.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import threading
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+from onnx import helper
 
-from .graph import _state_keys, build_backward_model, build_forward_model, output_names
-from .head import find_fc_head
+from . import state
+from .graph import LABELS, TEMPERATURE, build_model, network_input
+from .head import HeadStructureError, find_fc_head
 
-__all__ = ["FisherNetwork", "get_network", "default_providers", "clear_network_cache"]
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "skfishing runs networks on onnxruntime, which is not installed. Install it with "
+        "pip install 'skfishing[cpu]' (CPU) or pip install 'skfishing[gpu]' (NVIDIA CUDA); "
+        "see the installation page of the documentation."
+    ) from exc
 
-_CACHE_SIZE = 4
-_cache: OrderedDict = OrderedDict()
-_lock = threading.Lock()
+__all__ = [
+    "FisherNetwork",
+    "default_providers",
+    "get_network",
+    "load_onnx",
+    "model_sha256",
+    "session_providers",
+]
+
+_CUDA = "CUDAExecutionProvider"
 
 
 def default_providers():
-    """CUDA execution provider when onnxruntime has it, then CPU."""
+    """CUDA execution provider when onnxruntime has it, then CPU.
+
+    Returns
+    -------
+    providers : list of str
+    """
     available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+    return [p for p in (_CUDA, "CPUExecutionProvider") if p in available]
+
+
+def session_providers(providers=None, *, allow_tf32=False):
+    """Execution providers as onnxruntime takes them, exact unless told otherwise.
+
+    Parameters
+    ----------
+    providers : sequence of str or (str, dict), default=None
+        Provider names, or (name, options) pairs, in order of preference;
+        None means :func:`default_providers`.
+    allow_tf32 : bool, default=False
+        Let the CUDA provider compute convolutions and matrix products in
+        TF32 (about 10 significant bits): faster on recent NVIDIA GPUs, but
+        unit-norm features then differ from fp32 by up to about 0.06. Without
+        it ``use_tf32=0`` is set, unless the options already say.
+
+    Returns
+    -------
+    providers : tuple of (str, dict)
+
+    Raises
+    ------
+    ValueError
+        If a provider is not available in the installed onnxruntime.
+    """
+    if providers is None:
+        providers = default_providers()
+    available = ort.get_available_providers()
+    result = []
+    for provider in providers:
+        name, options = (provider, {}) if isinstance(provider, str) else (provider[0], dict(provider[1]))
+        if name not in available:
+            hint = ""
+            if name == _CUDA:
+                hint = " (for CUDA, install onnxruntime-gpu: pip install 'skfishing[gpu]')"
+            raise ValueError(
+                f"execution provider {name!r} is not available in this onnxruntime "
+                f"{ort.__version__}; available: {available}{hint}"
+            )
+        if name == _CUDA:
+            options.setdefault("use_tf32", "1" if allow_tf32 else "0")
+        result.append((name, {key: str(value) for key, value in options.items()}))
+    return tuple(result)
 
 
 def _session(model, providers, *, spinning=True):
@@ -39,37 +118,27 @@ def _session(model, providers, *, spinning=True):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the overridable defaults of tau and g warn
     if not spinning:
-        # The small backward graphs run between forward batches: a thread pool
-        # that spin-waits would steal the cores from the forward pass.
+        # Small graphs that run between larger ones: a thread pool that
+        # spin-waits would steal the cores from the next large run.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)
-
-
-def _per_sample_shape(value_info):
-    dims = value_info.type.tensor_type.shape.dim
-    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+    names = [name for name, _ in providers]
+    opts = [options_ for _, options_ in providers]
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=names, provider_options=opts
+    )
 
 
 class FisherNetwork:
-    """Trunk, forward-head and backward sessions of one classifier.
-
-    The work is split in two so that each part runs as rarely as it can:
-
-    * :meth:`run_forward`: network input -> the *state* of each sample, the
-      concatenation of the flattened head input (e.g. pool5) and the
-      pre-activations ``y_k`` of all FC layers. It is the costly part and
-      does not depend on the layer, the temperature or the labels, so it is
-      what gets cached per image;
-    * :meth:`features`: state -> requested features; the backward pass of
-      Eq. (10) runs in a small ONNX graph per layer, built on first use,
-      that goes from the logits down to that layer only.
+    """Sessions of one classifier on one set of execution providers.
 
     Parameters
     ----------
     model : onnx.ModelProto
         A classifier without backward subgraph.
-    providers : sequence of str
-        onnxruntime execution providers, in order of preference.
+    sha256 : str
+        Identity of the model's content (see :func:`model_sha256`).
+    providers : tuple of (str, dict)
+        As returned by :func:`session_providers`.
 
     Attributes
     ----------
@@ -79,81 +148,65 @@ class FisherNetwork:
         Name of the network input.
     input_shape : tuple
         Per-sample input shape (None for dynamic dimensions).
+    input_dtype : numpy dtype
+        Element type of the network input.
     dtype : numpy dtype
-        Element type the network computes in.
-    key : str
-        Identity of the model (set by :func:`get_network`): file path, size
-        and modification time, or the hash of the ModelProto's content.
+        Element type the head computes in.
     sha256 : str
-        SHA-256 of the model file or of the serialized ModelProto (set by
-        :func:`get_network`).
+        As given.
+    providers : tuple of (str, dict)
+        As given.
     """
 
-    key = None
-    sha256 = None
-
-    def __init__(self, model, providers):
+    def __init__(self, model, sha256, providers):
         self.head = find_fc_head(model)
         self.dtype = self.head.dtype
+        self.sha256 = sha256
         self.providers = tuple(providers)
-        self._names = output_names(self.head)
-        forward = build_forward_model(model, self.head)
-        self._forward = _session(forward, providers)
-        self._backward = {}
-        self._backward_lock = threading.Lock()
-        self._state_names = [self._names[key] for key in _state_keys(self.head)]
-        widths = [self.head.layers[0].n_inputs] + [layer.n_outputs for layer in self.head.layers]
-        offsets = np.cumsum([0] + widths)
-        self._slices = {
-            key: slice(a, b) for key, a, b in zip(_state_keys(self.head), offsets[:-1], offsets[1:])
-        }
-        if len(forward.graph.input) != 1:
-            names = [i.name for i in forward.graph.input]
-            raise ValueError(f"the network has {len(names)} inputs {names}; one input is supported")
-        value_info = forward.graph.input[0]
+        self._model = model
+        self._sessions = {}
+        self._lock = threading.Lock()
+        value_info = network_input(model, self.head)
         self.input_name = value_info.name
-        self.input_shape = _per_sample_shape(value_info)
+        dims = value_info.type.tensor_type.shape.dim
+        self.input_shape = tuple(d.dim_value if d.HasField("dim_value") else None for d in dims[1:])
+        self.input_dtype = helper.tensor_dtype_to_np_dtype(value_info.type.tensor_type.elem_type)
+        widths = [self.head.width(t) for t in self.head.state()]
+        self._state_slices = dict(zip(self.head.state(), _slices(widths)))
 
-    def layer_numbers(self, kind):
-        """Layer numbers valid for a feature kind."""
-        return sorted(key[1] for key in self._names if isinstance(key, tuple) and key[0] == kind)
+    def _session_for(self, key):
+        """The session of ``key``: ("features", outputs), ("state",) or ("from_state", outputs)."""
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                if key[0] == "from_state":
+                    model = build_model(None, self.head, key[1], from_state=True)
+                else:
+                    outputs = self.head.state() if key[0] == "state" else key[1]
+                    model = build_model(self._model, self.head, outputs, input_sum=True)
+                session = _session(model, self.providers, spinning=key[0] != "from_state")
+                self._sessions[key] = session
+            return session
 
-    def run_forward(self, batch):
-        """States (flattened head input and all ``y_k``) of a batch of network inputs.
+    def _feeds(self, session, feeds, temperature, labels):
+        # tau and g are initializers that are also graph inputs: onnxruntime
+        # lists them as overridable initializers, not as inputs
+        names = {i.name for i in session.get_overridable_initializers()}
+        if TEMPERATURE in names:
+            feeds[TEMPERATURE] = np.asarray(temperature, dtype=self.dtype)
+        if LABELS in names and labels is not None:
+            feeds[LABELS] = np.asarray(labels, dtype=self.dtype)
+        return feeds
+
+    def run(self, batch, outputs, *, temperature=2.0, labels=None):
+        """The requested tensors of a batch of network inputs, in one run.
 
         Parameters
         ----------
         batch : ndarray of shape (n_samples, ...)
             Network inputs, each of shape ``input_shape``.
-
-        Returns
-        -------
-        state : ndarray of shape (n_samples, n_state)
-            One row per sample.
-        """
-        outputs = self._forward.run(self._state_names, {self.input_name: batch})
-        return np.concatenate(outputs, axis=1)
-
-    def _state_part(self, state, key):
-        return state[:, self._slices[key]]
-
-    def _backward_session(self, layer):
-        with self._backward_lock:
-            if layer not in self._backward:
-                self._backward[layer] = _session(
-                    build_backward_model(self.head, layer), self.providers, spinning=False
-                )
-            return self._backward[layer]
-
-    def features(self, state, keys, *, temperature=2.0, labels=None):
-        """Features for ``keys`` (see :func:`skfishing.graph.output_names`).
-
-        Parameters
-        ----------
-        state : ndarray of shape (n_samples, n_state)
-            As returned by :meth:`run_forward`.
-        keys : list
-            What to compute.
+        outputs : tuple of Tensor
+            What to compute (:meth:`~skfishing.head.FCHead.features`).
         temperature : float, default=2.0
             Softmax temperature of the loss.
         labels : array-like of shape (n_classes,), default=None
@@ -162,105 +215,183 @@ class FisherNetwork:
         Returns
         -------
         features : list of ndarray
-            In the order of ``keys``.
+            In the order of ``outputs``, each of shape (n_samples, width).
+        input_sum : ndarray of shape (n_samples,) or None
+            The sum of each sample's input (None for non-float inputs): not
+            finite exactly when the sample holds NaN or infinity, or its sum
+            overflows.
         """
-        first, last = self.head.numbers[0], self.head.numbers[-1]
-        y = {k: self._state_part(state, ("preactivation", k)) for k in self.head.numbers}
-        head_input = self._state_part(state, ("activation", first - 1))
-        results = []
-        for key in keys:
-            kind, k = key if isinstance(key, tuple) else (key, last)
-            if kind == "probabilities":
-                z = y[last] - y[last].max(axis=1, keepdims=True)
-                e = np.exp(z.astype(np.float64))
-                results.append((e / e.sum(axis=1, keepdims=True)).astype(self.dtype))
-            elif kind == "preactivation" or (kind == "activation" and k == last):
-                results.append(y[k])
-            elif (kind == "activation" and k == first - 1) or (kind == "forward" and k == first):
-                results.append(head_input)
-            elif kind in ("activation", "forward"):
-                results.append(np.maximum(y[k if kind == "activation" else k - 1], 0))
-            elif kind == "backward":
-                feeds = {self._names["preactivation", j]: y[j] for j in self.head.numbers if j >= k}
-                feeds["fish_temperature"] = np.asarray(temperature, dtype=self.dtype)
-                if labels is not None:
-                    feeds["fish_labels"] = np.asarray(labels, dtype=self.dtype)
-                results.append(self._backward_session(k).run(None, feeds)[0])
-            else:
-                raise KeyError(key)
-        return results
+        session = self._session_for(("features", tuple(outputs)))
+        feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
+        results = session.run(None, feeds)
+        return results[: len(outputs)], (results[len(outputs)] if len(results) > len(outputs) else None)
 
-    def run(self, batch, keys, *, temperature=2.0, labels=None):
-        """:meth:`features` of a batch of network inputs.
+    def run_state(self, batch):
+        """The states of a batch of network inputs.
 
         Parameters
         ----------
         batch : ndarray of shape (n_samples, ...)
             Network inputs, each of shape ``input_shape``.
-        keys, temperature, labels
-            As in :meth:`features`.
+
+        Returns
+        -------
+        state : ndarray of shape (n_samples, n_state)
+            One row per sample: the tensors of
+            :meth:`~skfishing.head.FCHead.state`, concatenated.
+        input_sum : ndarray of shape (n_samples,) or None
+            As in :meth:`run`.
+        """
+        results = self._session_for(("state",)).run(None, {self.input_name: batch})
+        n = len(self._state_slices)
+        return np.concatenate(results[:n], axis=1), (results[n] if len(results) > n else None)
+
+    @property
+    def state_width(self):
+        """Number of values in the state of one sample."""
+        return max(s.stop for s in self._state_slices.values())
+
+    def run_from_state(self, state_rows, outputs, *, temperature=2.0, labels=None):
+        """The requested tensors computed from states.
+
+        Parameters
+        ----------
+        state_rows : ndarray of shape (n_samples, n_state)
+            As returned by :meth:`run_state`.
+        outputs, temperature, labels
+            As in :meth:`run`.
 
         Returns
         -------
         features : list of ndarray
-            In the order of ``keys``.
+            In the order of ``outputs``.
         """
-        return self.features(self.run_forward(batch), keys, temperature=temperature, labels=labels)
+        parts = {t: state_rows[:, s] for t, s in self._state_slices.items()}
+        computed = tuple(t for t in outputs if t not in parts)
+        if computed:
+            session = self._session_for(("from_state", computed))
+            needed = {i.name for i in session.get_inputs()}
+            feeds = {t.name: np.ascontiguousarray(p) for t, p in parts.items() if t.name in needed}
+            parts.update(zip(computed, session.run(None, self._feeds(session, feeds, temperature, labels))))
+        return [parts[t] for t in outputs]
 
 
-def _model_key(model):
-    if isinstance(model, onnx.ModelProto):
-        return ("proto", hashlib.sha256(model.SerializeToString()).hexdigest())
-    path = Path(model)
-    stat = path.stat()
-    return ("file", str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+def _slices(widths):
+    offsets = np.cumsum([0] + list(widths))
+    return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def _check_regular_file(path):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"ONNX model file '{os.fsdecode(path)}' does not exist") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"'{os.fsdecode(path)}' is not a regular file, so not an ONNX model file")
+
+
+def _external_locations(model):
+    """Locations (relative file names) of a model's external data, sorted."""
+    locations = set()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            info = onnx.external_data_helper.ExternalDataInfo(tensor)
+            locations.add(info.location)
+    return sorted(locations)
+
+
+def model_sha256(path):
+    """Content identity of an ONNX file: SHA-256 of the file and of its external data.
+
+    For a model without external data it is the SHA-256 of the file, the
+    checksum the registry verifies; for one with external data, the SHA-256
+    of the file's SHA-256 followed by each data file's location and SHA-256,
+    so that a changed weights file changes it too. Hashes are computed once
+    per process for each file identity (see :func:`skfishing.state.file_sha256`).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ONNX file.
+
+    Returns
+    -------
+    sha256 : str
+        64 hexadecimal digits.
+    """
+    _check_regular_file(path)
+    digest = state.file_sha256(path)
+    locations = state.memo(("onnx-external", digest), lambda: _external_locations(_parse(path)))
+    if not locations:
+        return digest
+    combined = hashlib.sha256(digest.encode())
+    folder = Path(path).parent
+    for location in locations:
+        data = folder / location
+        if not data.is_file():
+            raise FileNotFoundError(
+                f"ONNX model '{os.fsdecode(path)}' keeps weights in '{location}', which is missing "
+                f"(expected {os.fsdecode(data)})"
+            )
+        combined.update(b"\0" + os.fsencode(location) + b"\0" + state.file_sha256(data).encode())
+    return combined.hexdigest()
+
+
+def _parse(path, load_external_data=False):
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"'{os.fsdecode(path)}' is empty (0 bytes), not an ONNX model")
+    try:
+        return onnx.load(os.fspath(path), load_external_data=load_external_data)
+    except Exception as exc:  # protobuf raises DecodeError and others
+        raise ValueError(f"'{os.fsdecode(path)}' is not a readable ONNX model: {exc}") from exc
 
 
 def load_onnx(path):
-    """Load an ONNX model file with a clear error when it is not one."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ONNX model file '{path}' does not exist")
-    try:
-        return onnx.load(os.fspath(path))
-    except Exception as exc:  # protobuf raises DecodeError and others
-        raise ValueError(f"'{path}' is not a readable ONNX model: {exc}") from exc
+    """Load an ONNX model file, with its external data, and clear errors.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ONNX file.
+
+    Returns
+    -------
+    model : onnx.ModelProto
+    """
+    _check_regular_file(path)
+    return _parse(path, load_external_data=True)
 
 
-def get_network(model, providers=None):
-    """The cached :class:`FisherNetwork` of a model file or ModelProto.
+def get_network(model, providers=None, *, allow_tf32=False):
+    """The :class:`FisherNetwork` of a model file or ModelProto, built once per process.
 
     Parameters
     ----------
     model : str, path-like or onnx.ModelProto
-        The classifier. Files are identified by path, size and modification
-        time, protos by the hash of their content.
-    providers : sequence of str, default=None
+        The classifier, identified by its content (:func:`model_sha256`, or
+        the SHA-256 of a ModelProto's serialization).
+    providers : sequence of str or (str, dict), default=None
         Execution providers; None means :func:`default_providers`.
+    allow_tf32 : bool, default=False
+        See :func:`session_providers`.
+
+    Returns
+    -------
+    network : FisherNetwork
     """
-    providers = tuple(default_providers() if providers is None else providers)
-    key = (_model_key(model), providers)
-    with _lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+    providers = session_providers(providers, allow_tf32=allow_tf32)
     if isinstance(model, onnx.ModelProto):
-        proto, sha256 = model, key[0][1]
+        sha256 = hashlib.sha256(model.SerializeToString()).hexdigest()
     else:
-        proto = load_onnx(model)
-        with open(model, "rb") as f:
-            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    network = FisherNetwork(proto, providers)
-    network.key = repr(key[0])
-    network.sha256 = sha256
-    with _lock:
-        _cache[key] = network
-        while len(_cache) > _CACHE_SIZE:
-            _cache.popitem(last=False)
-    return network
+        sha256 = model_sha256(model)
 
+    def build():
+        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+        try:
+            return FisherNetwork(proto, sha256, providers)
+        except HeadStructureError as exc:
+            if isinstance(model, onnx.ModelProto):
+                raise
+            raise HeadStructureError(f"ONNX model '{os.fsdecode(model)}': {exc}") from exc
 
-def clear_network_cache():
-    """Drop every cached network (and its sessions)."""
-    with _lock:
-        _cache.clear()
+    return state.network((sha256, repr(providers)), build)

@@ -18,11 +18,11 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .cache import content_key, gram_cache
+from .cache import ArrayStore, SharedCacheMixin, content_key
 from .kernel import _check_features, _is_structured, trace_kernel
 
 
-class TraceKernelSVC(ClassifierMixin, BaseEstimator):
+class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
     """C-support vector classification on the trace kernel.
 
     Takes factorized gradient features (a structured array with fields
@@ -180,11 +180,7 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         X = self._validate_features(X, reset=True)
         targets = self._validate_targets(y)
         check_consistent_length(X, targets[0])
-        key = content_key(X, f"trace_kernel|{self.chunk_size}")
-        gram = gram_cache.get(key)
-        if gram is None:
-            gram = trace_kernel(X, chunk_size=self.chunk_size)
-            gram_cache.put(key, gram)
+        gram = self._gram(X)
         svc = SVC(
             C=self.C,
             kernel="precomputed",
@@ -205,6 +201,27 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
         self._dual_coef = np.hstack([coef for coef, _ in coefs])
         self._intercept = np.concatenate([intercept for _, intercept in coefs])
         return self
+
+    def _gram(self, X):
+        """The training Gram matrix, shared by clones that fit the same features.
+
+        A search over ``C`` or ``class_weight`` fits clones of this estimator
+        on the same training folds: they share one store (see
+        :class:`~skfishing.cache.SharedCacheMixin`), keyed by the content of
+        the features, so each fold's Gram matrix is computed once.
+        """
+        store = self.__dict__.get("_shared_cache")
+        if store is None:
+            return trace_kernel(X, chunk_size=self.chunk_size)
+        key = content_key(X, f"trace_kernel|{self.chunk_size}")
+        gram = store.get(key)
+        if gram is None:
+            gram = trace_kernel(X, chunk_size=self.chunk_size)
+            store.put(key, gram)
+        return gram
+
+    def _make_cache(self, max_bytes=None):
+        return ArrayStore(max_bytes or 256 << 20)
 
     def decision_function(self, X):
         """Evaluate the decision function for the samples in X.
@@ -299,7 +316,7 @@ class TraceKernelSVC(ClassifierMixin, BaseEstimator):
                     reference=self.support_vectors_,
                     reference_name=f"the training data of {type(self).__name__}",
                 )
-                _check_same_source(X, self.support_vectors_)
+                _check_same_source(checked, self.support_vectors_)
                 return checked
         if not _is_structured(X):
             return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
@@ -337,12 +354,24 @@ def _check_same_source(X, reference):
     """Refuse gradient features of another model, layer or temperature.
 
     :class:`~skfishing.DeepFisherTransformer` records where gradient features
-    come from in their dtype's metadata; features without it are not checked.
+    come from in their dtype's metadata, which indexing, concatenation,
+    pickling and :func:`skfishing.features.load_features` keep. When the
+    training features have it, ``X`` must have the same; training features
+    without it (built by hand) are not checked.
     """
-    source = getattr(getattr(X, "dtype", None), "metadata", None)
+    source = X.dtype.metadata
     expected = reference.dtype.metadata
-    if not source or not expected or dict(source) == dict(expected):
+    if not expected or (source and dict(source) == dict(expected)):
         return
+    if not source:
+        raise ValueError(
+            "X carries no record of where its features come from, but the training data of "
+            f"TraceKernelSVC does (model sha256 {str(expected.get('model_sha256'))[:12]}..., layer "
+            f"{expected.get('layer')}, temperature {expected.get('temperature')}). Features lose it "
+            "when rebuilt by hand or converted with astype to a new dtype: compute them with the same "
+            "DeepFisherTransformer (keep both in one Pipeline), or build their dtype with "
+            "skfishing.features.gradient_dtype(d, D, source=...)."
+        )
     differ = ", ".join(
         f"{key} {source.get(key)!r} (fit: {expected.get(key)!r})"
         for key in sorted(set(source) | set(expected))

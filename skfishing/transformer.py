@@ -3,67 +3,54 @@
 from __future__ import annotations
 
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
 
 import numpy as np
 import onnx
 from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
-from sklearn.utils.validation import check_is_fitted, validate_data
+from sklearn.utils.validation import _check_feature_names_in, validate_data
 
-from .cache import backward_cache, derived_keys, forward_cache, sample_keys
 from .batches import iter_batches
+from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys
 from .features import gradient_dtype
 from .network import get_network
 from .registry import resolve_model
 
 __all__ = ["DeepFisherTransformer"]
 
-
-def _l2_normalize(rows, out=None):
-    """Rows scaled to unit L2 norm, in float32; all-zero rows stay zero.
-
-    The arithmetic is in float64, a block of rows at a time (no full-size
-    float64 temporary).
-    """
-    rows = np.asarray(rows)
-    if out is None:
-        out = np.empty(rows.shape, dtype=np.float32)
-    step = max(1, (1 << 20) // max(1, rows.shape[1]))  # blocks of about 8 MB in float64
-    for start in range(0, len(rows), step):
-        block = rows[start : start + step].astype(np.float64)
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))[:, None]
-        np.divide(block, norms, out=block, where=norms > 0)
-        out[start : start + step] = block
-    return out
+_F32 = np.finfo(np.float32)
 
 
-def _check_cache_folder(folder):
-    """Create the ``memory=`` folder before the network runs, or say why not."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise type(exc)(
-            f"DeepFisherTransformer(memory={os.fspath(folder)!r}): cannot create the forward-cache "
-            f"folder: {exc.strerror or exc}; pass a writable folder or memory=None"
-        ) from exc
+def _not_gradient(transformer):
+    return transformer.features != "gradient"
 
 
-class DeepFisherTransformer(TransformerMixin, BaseEstimator):
-    """Deep Fishing gradient features of a pretrained classification network.
+class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
+    r"""Deep Fishing gradient features of a pretrained classification network.
 
     For every sample, the network is run forward; the gradient of the
     cross-entropy between its tempered softmax output and a label vector
-    ``g`` (uniform by default) is back-propagated through the fully
+    :math:`g` (uniform by default) is back-propagated through the fully
     connected (FC) head. The gradient with respect to the weights of FC
-    layer ``k`` is the rank-1 matrix ``x_{k-1} delta_k^T`` (Gordo et al.,
-    BMVC 2015, Eq. 10); it is returned factorized, as its two L2-normalised
-    factors, and compared with :func:`skfishing.trace_kernel`.
+    layer :math:`k` is the rank-1 matrix :math:`x_{k-1} \delta_k^\top`
+    (Gordo et al., BMVC 2015, Eq. 10); it is returned factorized, as its two
+    L2-normalised factors, and compared with :func:`skfishing.trace_kernel`.
 
-    The transformer is stateless: :meth:`fit` only validates parameters and
-    input. Networks are built once per model and execution providers and
-    shared between clones.
+    Nothing is learned: :meth:`transform` works without :meth:`fit`, which
+    only checks the parameters and records the model's content, so that a
+    fitted pipeline refuses to run on a model file changed since.
+
+    Each batch goes through the network in one onnxruntime run, from the
+    input straight to the two factors; only they come back to the host. In
+    model selection the forward pass of each image runs once: a transformer
+    shares a cache with its clones (``GridSearchCV`` clones it for every
+    candidate and fold), and only the cheap backward pass of the head reruns
+    for another layer or temperature (see :mod:`skfishing.cache`).
 
     Parameters
     ----------
@@ -76,47 +63,61 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
 
     layer : int or str, default=7
         FC layer, in the paper's numbering: the classifier is layer 8, the
-        FC layer below it 7, and so on (a head of ``n`` FC layers has layers
-        ``9 - n`` to ``8``; its input, e.g. AlexNet's pool5, is activation
-        ``8 - n``). FC layer names from the graph are accepted too.
+        FC layer below it 7, and so on (a head of :math:`n` FC layers has
+        layers :math:`9 - n` to 8; its input, e.g. AlexNet's pool5, is
+        activation :math:`8 - n`). FC layer names from the graph are accepted
+        too.
 
     temperature : float, default=2.0
-        Softmax temperature ``tau`` of the loss (the paper uses 2).
+        Softmax temperature :math:`\tau` of the loss (the paper uses 2).
+        It must be a positive number that float32 represents with full
+        precision (at least 1.2e-38).
 
     features : {"gradient", "activation", "probabilities"}, default="gradient"
-        ``"gradient"``: factorized ``dE/dW_layer`` as a structured array.
-        ``"activation"``: the 2-D array ``x_layer`` (the head input for the
-        activation below the first FC layer, ReLU outputs for hidden FC
-        layers, logits for the classifier). ``"probabilities"``: the
-        network's softmax output (``layer`` and ``temperature`` are unused).
+        ``"gradient"``: factorized :math:`\partial E / \partial W_{layer}` as
+        a structured array. ``"activation"``: the 2-D array
+        :math:`x_{layer}` (the head input for the activation below the first
+        FC layer, ReLU outputs for hidden FC layers, logits for the
+        classifier). ``"probabilities"``: the network's softmax output
+        (``layer`` and ``temperature`` are unused).
 
     labels : array-like of shape (n_classes,), default=None
-        The label vector ``g`` of the loss; None means uniform ``1 / P``.
+        The label vector :math:`g` of the loss; None means uniform
+        :math:`1 / P`.
 
     batch_size : int, default=32
         Number of samples per network run. Results do not depend on it.
 
-    providers : list of str, default=None
+    providers : list of str or (str, dict), default=None
         onnxruntime execution providers; None means CUDA when available,
-        else CPU.
+        else CPU. A provider that is not available is an error.
+
+    allow_tf32 : bool, default=False
+        On the CUDA execution provider, let convolutions and matrix products
+        run in TF32. Faster on recent NVIDIA GPUs, but inexact: unit-norm
+        layer-6/7 features of AlexNet differ from fp32 by up to 0.056
+        (measured on an H200), against 2e-6 without it.
 
     n_jobs : int, default=None
-        Threads decoding images ahead of the network (image input only).
+        Threads decoding images ahead of the network (image input only);
+        None means up to 4, -1 all CPUs, -2 all but one.
 
     progress : bool, default=False
-        Show a progress bar while transforming.
+        Show a progress bar while transforming, when standard error is a
+        terminal.
 
     cache_dir : str or path-like, default=None
         Where registered models are downloaded to; None means the
         ``SKFISHING_CACHE_DIR`` environment variable, else the user cache.
 
-    memory : str or path-like, default=None
-        Directory where each sample's forward pass (the head input, e.g.
-        pool5, and the FC pre-activations: all that does not depend on
-        ``layer``, ``temperature`` or ``labels``) is cached on disk, so that
+    memory : str, path-like or FeatureCache, default=None
+        Cache each sample's forward pass (the head input, e.g. pool5, and
+        the FC pre-activations: all that does not depend on ``layer``,
+        ``temperature`` or ``labels``). A folder keeps it on disk too, where
         parallel workers (``GridSearchCV(n_jobs=...)``) and later runs share
-        it. It is always cached in memory too (see :mod:`skfishing.cache`);
-        the cache never changes a result.
+        it; a :class:`~skfishing.cache.FeatureCache` is used as it is. None
+        caches only in clones (model selection), in memory. The cache never
+        changes a result.
 
     Attributes
     ----------
@@ -124,10 +125,11 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         The resolved layer number.
 
     model_sha256_ : str
-        SHA-256 of the model file (or serialized ModelProto) seen by
-        :meth:`fit`. :meth:`transform` refuses to run if the model found at
-        that name or path has changed since, so a fitted pipeline never
-        silently computes features with other weights.
+        SHA-256 of the model file (and of its external data files, if any)
+        or of the serialized ModelProto, seen by :meth:`fit`.
+        :meth:`transform` refuses to run if the model found at that name or
+        path has changed since, so a fitted pipeline never silently computes
+        features with other weights.
 
     n_features_in_ : int
         Number of input features, when fitted on 2-D (tabular) input.
@@ -147,7 +149,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
     >>> import numpy as np
     >>> from skfishing import DeepFisherTransformer
     >>> images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
-    >>> Z = DeepFisherTransformer("tinyalexnet", layer=7).fit_transform(images)
+    >>> Z = DeepFisherTransformer("tinyalexnet", layer=7).transform(images)
     >>> Z.dtype.names
     ('forward', 'backward')
     """
@@ -155,15 +157,16 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "model": [str, os.PathLike, onnx.ModelProto],
         "layer": [Interval(Integral, None, None, closed="neither"), str],
-        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "temperature": [Interval(Real, float(_F32.tiny), float(_F32.max), closed="both")],
         "features": [StrOptions({"gradient", "activation", "probabilities"})],
         "labels": ["array-like", None],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "providers": [list, tuple, None],
-        "n_jobs": [Interval(Integral, 1, None, closed="left"), None],
+        "allow_tf32": ["boolean"],
+        "n_jobs": [Interval(Integral, None, -1, closed="right"), Interval(Integral, 1, None, closed="left"), None],
         "progress": ["boolean"],
         "cache_dir": [str, os.PathLike, None],
-        "memory": [str, os.PathLike, None],
+        "memory": [str, os.PathLike, FeatureCache, None],
     }
 
     def __init__(
@@ -176,6 +179,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         labels=None,
         batch_size=32,
         providers=None,
+        allow_tf32=False,
         n_jobs=None,
         progress=False,
         cache_dir=None,
@@ -188,51 +192,16 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         self.labels = labels
         self.batch_size = batch_size
         self.providers = providers
+        self.allow_tf32 = allow_tf32
         self.n_jobs = n_jobs
         self.progress = progress
         self.cache_dir = cache_dir
         self.memory = memory
 
-    def _network(self):
-        resolved = resolve_model(self.model, cache_dir=self.cache_dir)
-        return get_network(resolved.source, self.providers), resolved.preprocessing
-
-    def _resolve_layer(self, network):
-        """The layer number and the head outputs to read for it."""
-        head = network.head
-        if self.features == "probabilities":
-            return head.layers[-1].number, ["probabilities"]
-        layer = self.layer
-        if isinstance(layer, str):
-            names = {fc.name: fc.number for fc in head.layers}
-            if layer not in names:
-                raise ValueError(f"model has no FC layer named {layer!r}; its layers are:\n{head.describe()}")
-            layer = names[layer]
-        kind = "backward" if self.features == "gradient" else "activation"
-        if layer not in network.layer_numbers(kind):
-            raise ValueError(
-                f"layer={self.layer!r} does not exist for features={self.features!r} in this "
-                f"model (valid: {network.layer_numbers(kind)}); its layers are:\n{head.describe()}"
-            )
-        if kind == "backward":
-            return layer, [("forward", layer), ("backward", layer)]
-        return layer, [("activation", layer)]
-
-    def _check_labels(self, network):
-        if self.labels is None:
-            return None
-        labels = np.asarray(self.labels, dtype=np.float64)
-        if labels.shape != (network.head.n_classes,):
-            raise ValueError(
-                f"labels must have shape ({network.head.n_classes},), one value per "
-                f"class of the model, got shape {labels.shape}"
-            )
-        if not np.isfinite(labels).all():
-            raise ValueError("labels contains NaN or infinity")
-        return labels
+    # -- fit ----------------------------------------------------------------
 
     def fit(self, X, y=None):
-        """Check parameters and input; no learning happens.
+        """Check the parameters and the input, and record the model's content.
 
         Parameters
         ----------
@@ -254,9 +223,7 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
     def fit_transform(self, X, y=None):
         """Fit, then compute the features of ``X``.
 
-        The same as ``fit(X).transform(X)``, but ``X`` is validated once:
-        samples whose forward pass is cached are not checked again (they
-        were checked when first computed), which matters in a grid search.
+        The same as ``fit(X).transform(X)``, with ``X`` checked once.
 
         Parameters
         ----------
@@ -274,24 +241,17 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
         return self.transform(X)
 
     def _fit(self, X):
-        """Check the parameters and set the fitted attributes."""
         self._validate_params()
         network, preprocessing = self._network()
-        self.layer_, _ = self._resolve_layer(network)
+        self.layer_ = self._outputs(network)[-1].layer
         self.model_sha256_ = network.sha256
         self._check_labels(network)
+        if self.memory is not None:
+            self._cache()  # a memory= folder that cannot be written fails here
         X = self._check_tabular(X, network, preprocessing, reset=True)
         return X, network, preprocessing
 
-    def _check_tabular(self, X, network, preprocessing, *, reset):
-        """Validate 2-D input of networks that take feature vectors.
-
-        Such input gets scikit-learn's own checks (and ``n_features_in_``);
-        images and image tensors are checked by :func:`~skfishing.images.iter_batches`.
-        """
-        if preprocessing is not None or len(network.input_shape) != 1:
-            return X
-        return validate_data(self, X, reset=reset, dtype=[np.float32, np.float64])
+    # -- transform ----------------------------------------------------------
 
     def transform(self, X):
         """Compute the features of ``X``.
@@ -308,118 +268,318 @@ class DeepFisherTransformer(TransformerMixin, BaseEstimator):
             ``(n_samples,)`` with float32 fields ``"forward"`` and
             ``"backward"``, each row of unit L2 norm; row ``i`` stands for
             ``outer(Z["forward"][i], Z["backward"][i])``, the normalised
-            ``dE/dW_layer`` of sample ``i`` up to a global sign. Otherwise a
-            float32 array of shape ``(n_samples, n_features)`` with rows of
-            unit L2 norm (probabilities are returned as they are).
+            :math:`\\partial E / \\partial W_{layer}` of sample ``i`` up to a
+            global sign. Otherwise a float32 array of shape
+            ``(n_samples, n_features)`` with rows of unit L2 norm
+            (probabilities are returned as they are).
+
+        Raises
+        ------
+        ValueError
+            If the input or a sample is bad (the message names the sample),
+            a sample's features are not finite, or the model changed since
+            :meth:`fit`.
         """
-        check_is_fitted(self)
+        self._validate_params()
         network, preprocessing = self._network()
-        if network.sha256 != self.model_sha256_:
+        if hasattr(self, "model_sha256_") and network.sha256 != self.model_sha256_:
             raise ValueError(
                 f"the model {self.model!r} has changed since this transformer was fitted "
                 f"(sha256 {self.model_sha256_[:12]}... at fit, {network.sha256[:12]}... now); "
                 "restore the original model file or fit again"
             )
-        layer, keys = self._resolve_layer(network)
+        outputs = self._outputs(network)
         labels = self._check_labels(network)
+        X = self._check_input(X, network, preprocessing)
+        writer = _Writer(self, network, outputs)
+        cache, disk = self._cache()
+        if cache is None:
+            self._run(network, preprocessing, X, outputs, labels, writer)
+        else:
+            self._run_cached(cache, disk, network, preprocessing, X, outputs, labels, writer)
+        return writer.result
+
+    def _network(self):
+        resolved = resolve_model(self.model, cache_dir=self.cache_dir)
+        network = get_network(resolved.source, self.providers, allow_tf32=self.allow_tf32)
+        return network, resolved.preprocessing
+
+    def _outputs(self, network):
+        """The tensors (:class:`~skfishing.head.Tensor`) holding the requested features."""
+        head = network.head
+        layer = self.layer
+        if isinstance(layer, str) and self.features != "probabilities":
+            names = {fc.name: fc.number for fc in head.layers}
+            if layer not in names:
+                raise ValueError(f"model has no FC layer named {layer!r}; its layers are:\n{head.describe()}")
+            layer = names[layer]
+        return head.features(self.features, layer)
+
+    def _check_labels(self, network):
+        if self.labels is None:
+            return None
+        labels = np.asarray(self.labels, dtype=np.float64)
+        n_classes = network.head.n_classes
+        if labels.shape != (n_classes,):
+            raise ValueError(
+                f"labels must have shape ({n_classes},), one value per class of the model, got shape {labels.shape}"
+            )
+        largest = np.finfo(network.dtype).max
+        if not np.isfinite(labels).all() or np.abs(labels).max() > largest:
+            raise ValueError(
+                f"labels must be finite and at most {largest:.3g} in magnitude (the network computes "
+                f"in {np.dtype(network.dtype)}), got values up to {np.abs(labels).max():.3g}"
+            )
+        return labels
+
+    def _cache(self):
+        """The feature cache and disk store to use, or (None, None) for a one-off run."""
+        memory = self.memory
+        if isinstance(memory, FeatureCache):
+            if memory.disk is not None:
+                memory.disk.check_writable()
+            return memory, memory.disk
+        if memory is None and self.__dict__.get("_shared_cache") is None:
+            return None, None
+        disk = None
+        if memory is not None:
+            disk = DiskStore(memory)
+            disk.check_writable()
+        return self._own_cache(), disk
+
+    def _make_cache(self, max_bytes=None):
+        return FeatureCache(max_bytes=max_bytes or 1 << 30)
+
+    def _check_tabular(self, X, network, preprocessing, *, reset):
+        """Validate 2-D input of networks that take feature vectors.
+
+        Such input gets scikit-learn's own checks (and ``n_features_in_``);
+        images and image tensors are checked by :func:`~skfishing.batches.iter_batches`.
+        """
+        if preprocessing is not None or len(network.input_shape) != 1:
+            return X
+        return validate_data(self, X, reset=reset, dtype=[np.float32, np.float64])
+
+    def _check_input(self, X, network, preprocessing):
         X = self._check_tabular(X, network, preprocessing, reset=False)
         if isinstance(X, (list, tuple)) or (
             not isinstance(X, (np.ndarray, str, bytes, os.PathLike, Image.Image)) and hasattr(X, "__iter__")
         ):
             X = list(X)
-        if self.memory is not None:
-            _check_cache_folder(self.memory)
         if not isinstance(X, (np.ndarray, list)):  # a path, an image, None...: say what is wrong
             iter_batches(X, network.input_shape, preprocessing)
-        n_samples, blocks = self._run(network, preprocessing, X, keys, labels)
-        if self.features == "probabilities":
-            return blocks[0].astype(np.float32)
-        if self.features == "activation":
-            return _l2_normalize(blocks[0])
-        forward, backward = blocks
-        source = {"model_sha256": network.sha256, "layer": layer, "temperature": float(self.temperature)}
-        if self.labels is not None:
-            source["labels"] = tuple(float(v) for v in np.ravel(self.labels))
-        Z = np.empty(n_samples, dtype=gradient_dtype(forward.shape[1], backward.shape[1], source))
-        _l2_normalize(forward, out=Z["forward"])
-        _l2_normalize(backward, out=Z["backward"])
-        return Z
+        return X
 
-    def _run(self, network, preprocessing, X, keys, labels):
-        """Features of every sample; the network runs on cache misses only.
-
-        Returns the number of samples and one array per key.
-        """
-        context = f"{network.key}|{preprocessing!r}|{np.dtype(network.dtype).str}|{network.input_shape}"
-        cache_keys = sample_keys(X, context)
-        states = [None if key is None else forward_cache.get(key, self.memory) for key in cache_keys]
-        hits = np.array([state is not None for state in states], dtype=bool)
-        n_samples, batches = iter_batches(
+    def _batches(self, X, network, preprocessing, skip=None):
+        return iter_batches(
             X,
             network.input_shape,
             preprocessing,
             batch_size=self.batch_size,
-            dtype=network.dtype,
+            dtype=network.input_dtype,
             n_jobs=self.n_jobs,
             progress=self.progress,
             desc="network forward pass",
-            skip=hits if len(hits) else None,
+            skip=skip,
+            check_finite=False,  # the network checks: see _check_input_sums
         )
-        blocks = [None] * len(keys)
-        # The backward pass of a sample is kept too, under its own key: the
-        # folds of a cross-validation see each sample several times.
-        b = next((j for j, key in enumerate(keys) if isinstance(key, tuple) and key[0] == "backward"), None)
-        if b is not None:
-            labels_id = None if labels is None else labels.tobytes().hex()
-            delta_keys = derived_keys(cache_keys, f"{keys[b]}|{float(self.temperature)!r}|{labels_id}")
-        rest = [key for j, key in enumerate(keys) if j != b]
 
-        def head(rows, state):
-            outputs = network.features(state, rest, temperature=self.temperature, labels=labels)
-            if b is not None:
-                row_keys = [delta_keys[i] for i in rows]
-                outputs.insert(b, self._backward_rows(network, state, row_keys, keys[b], labels))
-            for j, output in enumerate(outputs):
-                if blocks[j] is None:
-                    blocks[j] = np.empty((n_samples, output.shape[1]), dtype=output.dtype)
-                blocks[j][rows] = output
+    def _run(self, network, preprocessing, X, outputs, labels, writer):
+        """One network run per batch, from the input to the features.
 
-        hit_rows = np.flatnonzero(hits)
-        for start in range(0, len(hit_rows), self.batch_size):
-            rows = hit_rows[start : start + self.batch_size]
-            head(rows, np.stack([states[i] for i in rows]))
-        miss_rows = np.flatnonzero(~hits)
-        if len(miss_rows):
-            done = 0
+        The next batch runs on the device while the host writes the last one.
+        """
+        n_samples, batches = self._batches(X, network, preprocessing)
+        writer.allocate(n_samples)
+        options = dict(temperature=self.temperature, labels=labels)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skfishing-run") as runner:
+            pending = deque()
+            start = 0
             for batch in batches:
-                rows = miss_rows[done : done + len(batch)]
-                done += len(batch)
-                state = network.run_forward(batch)
-                for i, row in zip(rows, state):
-                    if cache_keys[i] is not None:
-                        forward_cache.put(cache_keys[i], row, self.memory)
-                head(rows, state)
-        return n_samples, blocks
+                rows = np.arange(start, start + len(batch))
+                pending.append((rows, batch, runner.submit(network.run, batch, outputs, **options)))
+                start += len(batch)
+                if len(pending) > 1:
+                    self._write(writer, *pending.popleft())
+            while pending:
+                self._write(writer, *pending.popleft())
 
-    def _backward_rows(self, network, state, row_keys, key, labels):
-        """Backward rows of a batch: from :data:`backward_cache` where kept,
-        else computed from ``state`` and kept under ``row_keys``."""
-        deltas = [None if k is None else backward_cache.get(k) for k in row_keys]
-        todo = [j for j, delta in enumerate(deltas) if delta is None]
-        if todo:
-            part = state if len(todo) == len(deltas) else state[todo]
-            computed = network.features(part, [key], temperature=self.temperature, labels=labels)[0]
-            for j, row in zip(todo, computed):
-                deltas[j] = row
-                if row_keys[j] is not None:
-                    backward_cache.put(row_keys[j], row)
-        return np.stack(deltas)
+    def _write(self, writer, rows, batch, future):
+        values, input_sum = future.result()
+        _check_input_sums(input_sum, batch, rows)
+        writer.write(rows, values, batch)
+
+    def _run_cached(self, cache, disk, network, preprocessing, X, outputs, labels, writer):
+        """Features from cached states and head outputs; the network runs on misses only."""
+        context = f"{network.sha256}|{preprocessing!r}|{np.dtype(network.input_dtype).str}|{network.input_shape}"
+        keys = cache.sample_keys(X, context)
+        labels_id = None if labels is None else labels.tobytes().hex()
+        output_keys = derived_keys(keys, f"{[t.name for t in outputs]}|{float(self.temperature)!r}|{labels_id}")
+        n_samples = len(keys)
+        writer.allocate(n_samples)
+        widths = [network.head.width(t) for t in outputs]
+        stored = [None if k is None else cache.outputs.get(k) for k in output_keys]
+        for rows in _chunks([i for i, row in enumerate(stored) if row is not None], self.batch_size):
+            rows = np.asarray(rows)
+            joined = np.stack([stored[i] for i in rows])
+            writer.write(rows, np.split(joined, np.cumsum(widths)[:-1], axis=1), None)
+
+        todo = [i for i, row in enumerate(stored) if row is None]
+        width = network.state_width
+        states = {}
+        for i in todo:
+            row = None if keys[i] is None else cache.states.get(keys[i])
+            if row is None and keys[i] is not None and disk is not None:
+                row = disk.get(keys[i], network.dtype, (width,))
+                if row is not None:
+                    cache.states.put(keys[i], row)
+            if row is not None:
+                states[i] = row
+        missing = [i for i in todo if i not in states]
+        skip = np.ones(n_samples, dtype=bool)
+        skip[missing] = False
+        _, batches = self._batches(X, network, preprocessing, skip=skip)
+        computed = _computed_states(network, batches, missing, keys, cache, disk)
+        options = dict(temperature=self.temperature, labels=labels)
+        for rows in _chunks(todo, self.batch_size):
+            rows = np.asarray(rows)
+            state_rows = np.stack([states[i] if i in states else next(computed) for i in rows])
+            values = network.run_from_state(state_rows, outputs, **options)
+            writer.write(rows, values, None)
+            joined = np.concatenate(values, axis=1)
+            for i, row in zip(rows, joined):
+                if output_keys[i] is not None:
+                    cache.outputs.put(output_keys[i], row)
+
+    # -- scikit-learn API ---------------------------------------------------
+
+    @available_if(_not_gradient)
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output columns, after the layer: ``x7_0``, ``x7_1``, ...
+
+        Activations are named ``x{k}_{i}`` (``y{k}_{i}`` for the logits),
+        probabilities ``prob{k}_{i}``. Gradient features have no columns: a
+        structured array has two fields, ``"forward"`` and ``"backward"``,
+        so this method does not exist for them and ``set_output`` leaves
+        them as they are.
+
+        Parameters
+        ----------
+        input_features : array-like of str, default=None
+            Checked against the input feature names seen in :meth:`fit`, if
+            any; unused otherwise.
+
+        Returns
+        -------
+        names : ndarray of str objects
+        """
+        if hasattr(self, "n_features_in_"):
+            _check_feature_names_in(self, input_features, generate_names=False)
+        network, _ = self._network()
+        (tensor,) = self._outputs(network)
+        prefix = f"{tensor.kind}{tensor.layer}"
+        return np.asarray([f"{prefix}_{i}" for i in range(network.head.width(tensor))], dtype=object)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.requires_fit = True
+        tags.requires_fit = False
         tags.non_deterministic = False
         tags.input_tags.two_d_array = True
         tags.input_tags.allow_nan = False
         tags.transformer_tags.preserves_dtype = ["float32"]
         return tags
+
+
+def _chunks(rows, size):
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _computed_states(network, batches, rows, keys, cache, disk):
+    """States of ``rows`` in order, from the network batch by batch, stored as they come."""
+    done = 0
+    for batch in batches:
+        batch_rows = np.asarray(rows[done : done + len(batch)])
+        done += len(batch)
+        state_rows, input_sum = network.run_state(batch)
+        _check_input_sums(input_sum, batch, batch_rows)
+        for i, row in zip(batch_rows, state_rows):
+            if keys[i] is not None:
+                cache.states.put(keys[i], row)
+                if disk is not None:
+                    disk.put(keys[i], row)
+        yield from state_rows
+
+
+def _check_input_sums(input_sum, batch, rows):
+    """Name the first sample whose network input is not finite.
+
+    ``input_sum`` (one value per sample, summed on the device) is finite
+    unless the sample holds NaN or infinity or its sum overflows; only
+    those samples are checked on the host.
+    """
+    if input_sum is None:
+        return
+    for i in np.flatnonzero(~np.isfinite(input_sum)):
+        if not np.isfinite(batch[i]).all():
+            what = "NaN" if np.isnan(batch[i]).any() else "infinity"
+            raise ValueError(
+                f"X contains {what} in sample {rows[i]} (after casting to {batch.dtype}); "
+                "the network input must be finite."
+            )
+
+
+class _Writer:
+    """Checks, normalises and writes batches of features into the result."""
+
+    def __init__(self, transformer, network, outputs):
+        self.kind = transformer.features
+        self.outputs = outputs
+        self.widths = [network.head.width(t) for t in outputs]
+        self.temperature = transformer.temperature
+        self.source = None
+        if self.kind == "gradient":
+            self.source = {
+                "model_sha256": network.sha256,
+                "layer": outputs[1].layer,
+                "temperature": float(transformer.temperature),
+            }
+            if transformer.labels is not None:
+                self.source["labels"] = tuple(float(v) for v in np.ravel(transformer.labels))
+        self.result = None
+
+    def allocate(self, n_samples):
+        if self.kind == "gradient":
+            self.result = np.empty(n_samples, dtype=gradient_dtype(*self.widths, self.source))
+            self._fields = [self.result["forward"], self.result["backward"]]
+        else:
+            self.result = np.empty((n_samples, self.widths[0]), dtype=np.float32)
+            self._fields = [self.result]
+
+    def write(self, rows, values, batch):
+        for tensor, field, value in zip(self.outputs, self._fields, values):
+            if self.kind == "probabilities":
+                self._check_finite(tensor, rows, value, np.isfinite(value).all(axis=1), batch)
+                field[rows] = value
+                continue
+            block = value.astype(np.float64)
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            # float32 values cannot overflow float64 squares: the norm is finite iff the row is
+            self._check_finite(tensor, rows, value, np.isfinite(norms), batch)
+            np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)
+            field[rows] = block
+
+    def _check_finite(self, tensor, rows, value, finite, batch):
+        if finite.all():
+            return
+        i = int(np.flatnonzero(~finite)[0])
+        hint = "the temperature or the labels, or the range of the input"
+        if batch is not None:
+            hint = (
+                f"the input values (largest magnitude in this sample: {np.abs(batch[i]).max():.3g}), "
+                f"the temperature ({self.temperature!r}) or the labels"
+            )
+        raise ValueError(
+            f"sample {rows[i]} gives non-finite features (NaN or infinity in {tensor.name}): the "
+            f"network overflowed. Check {hint}."
+        )

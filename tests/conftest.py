@@ -5,33 +5,33 @@ import pytest
 
 from onnx_models import tiny_cnn_model
 from skfishing import registry
-from skfishing.cache import clear_caches
 from skfishing.images import ImagePreprocessing
 from skfishing.network import FisherNetwork
 
 TINY_CNN = "tinycnn"
 
 
-@pytest.fixture(autouse=True)
-def empty_caches():
-    """Each test starts with empty in-memory caches (states, backward rows, Gram matrices)."""
-    clear_caches()
-
-
 @pytest.fixture
 def trunk_runs(monkeypatch):
-    """Count the samples that go through the network (trunk and forward head)."""
-    clear_caches()
+    """Count the samples that go through the network (trunk and FC head).
+
+    Both ways count: straight to the features (:meth:`FisherNetwork.run`) and
+    to the cached state (:meth:`FisherNetwork.run_state`).
+    """
     runs = []
-    original = FisherNetwork.run_forward
+    run, run_state = FisherNetwork.run, FisherNetwork.run_state
 
-    def counting(self, batch):
+    def counting_run(self, batch, *args, **kwargs):
         runs.append(len(batch))
-        return original(self, batch)
+        return run(self, batch, *args, **kwargs)
 
-    monkeypatch.setattr(FisherNetwork, "run_forward", counting)
-    yield runs
-    clear_caches()
+    def counting_run_state(self, batch):
+        runs.append(len(batch))
+        return run_state(self, batch)
+
+    monkeypatch.setattr(FisherNetwork, "run", counting_run)
+    monkeypatch.setattr(FisherNetwork, "run_state", counting_run_state)
+    return runs
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,6 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, UnidentifiedImageError  # noqa: F401  (used in the table)
 
 from skfishing import DeepFisherTransformer, TraceKernelSVC
-from skfishing.cache import clear_caches
 from skfishing.images import ImagePreprocessing
 from skfishing.registry import register_model
 
@@ -152,7 +151,6 @@ class Env:
         return str(path)
 
     def features(self, X, model=MODEL_NAME, **params):
-        clear_caches()  # a cache hit must not hide a decoding difference
         return self.transformer(model, **params).fit(X).transform(X)
 
 
@@ -318,7 +316,17 @@ CASES = [
          ValueError, r"X contains infinity in sample 1 \(after casting to float32\)"),
     Case("nan-labels", "NaN/inf", T, "DeepFisherTransformer(labels=[nan, ...]).fit(X)",
          lambda e: (e.transformer(labels=[np.nan, 0.5, 0.5, 0, 0]).fit, (e.images,)),
-         ValueError, r"labels contains NaN or infinity"),
+         ValueError, r"labels must be finite and at most 3.4e\+38 in magnitude"),
+    Case("huge-labels", "NaN/inf", T, "DeepFisherTransformer(labels=[1e39, ...]).fit(X)",
+         lambda e: (e.transformer(labels=[1e39, 0.5, 0.5, 0, 0]).fit, (e.images,)),
+         ValueError, r"labels must be finite and at most 3.4e\+38 in magnitude \(the network computes in float32\)"),
+    Case("tiny-temperature", "NaN/inf", T, "DeepFisherTransformer(temperature=1e-40).fit(X)",
+         lambda e: (e.transformer(temperature=1e-40).fit, (e.images,)),
+         ValueError, r"'temperature' parameter of DeepFisherTransformer must be a float in the range \[1.17"),
+    Case("input-overflows-network", "NaN/inf", T, "transform(X)  (float32 3e38 in sample 1)",
+         lambda e: (e.fish.transform, (np.where(np.arange(2)[:, None, None, None] == 1, 3e38, 0.0)
+                                        .astype(np.float32) * np.ones((2, 3, SIZE, SIZE), np.float32),)),
+         ValueError, r"sample 1 gives non-finite features .*network overflowed.*largest magnitude in this sample: 3e\+38"),
     Case("nan-structured-fit", "NaN/inf", S, "fit(Z, y)  (NaN in Z['backward'][4])",
          lambda e: (TraceKernelSVC().fit, (_with(e.Z, "backward", 4, np.nan), e.y)),
          ValueError, r"Input X\['backward'\] contains NaN"),
@@ -339,10 +347,17 @@ CASES = [
     Case("swapped-widths", "structured: widths", S, "predict(Z with widths 12 and 20 for 20 and 12)",
          lambda e: (e.svc.predict, (np.zeros(3, [("forward", "f4", (12,)), ("backward", "f4", (20,))]),)),
          ValueError, r"X has field 'forward' of width 12 but the training data of TraceKernelSVC has 20"),
-    Case("float64-fields", "structured: widths", S, "decision_function(Z.astype(float64 fields))",
-         lambda e: (e.svc.decision_function, (e.Z.astype([("forward", "f8", (20,)), ("backward", "f8", (12,))]),)),
+    Case("float64-fields", "structured: widths", S, "decision_function(Z cast to float64 fields, provenance kept)",
+         lambda e: (e.svc.decision_function, (e.Z.astype(np.dtype([("forward", "f8", (20,)), ("backward", "f8", (12,))],
+                                                                  metadata=dict(e.Z.dtype.metadata))),)),
          check=lambda e, d: np.testing.assert_allclose(d, e.svc.decision_function(e.Z), rtol=1e-5, atol=1e-6),
          note="accepted: float64 fields are computed in float64"),
+    Case("astype-drops-provenance", "mismatched features", S, "predict(Z.astype(float64 fields))  (provenance lost)",
+         lambda e: (e.svc.predict, (e.Z.astype([("forward", "f8", (20,)), ("backward", "f8", (12,))]),)),
+         ValueError, r"X carries no record of where its features come from.*gradient_dtype"),
+    Case("list-of-other-temperature-rows", "mismatched features", S, "predict(list(Z of temperature 4))",
+         lambda e: (e.svc.predict, (list(e.transformer(temperature=4.0).fit_transform(e.images[:3])),)),
+         ValueError, r"X comes from another model or setting .*temperature 4.0 \(fit: 2.0\)"),
     # -- mixed lists --------------------------------------------------------------------
     Case("mixed-paths-pil-arrays", "mixed list", T, "transform([path, PIL image, uint8 array, Path])",
          lambda e: (e.fish.transform, ([e.paths[0], Image.fromarray(e.images[1]), e.images[2],
@@ -490,7 +505,6 @@ def run_case(case, env):
     """Run a case; return (result, exception) and the snapshots before/after."""
     func, args = case.build(env)
     before = snapshot(list(args))
-    clear_caches()
     result = error = None
     try:
         result = func(*args)
@@ -501,8 +515,7 @@ def run_case(case, env):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    yield Env(tmp_path_factory.mktemp("bad_inputs"))
-    clear_caches()
+    return Env(tmp_path_factory.mktemp("bad_inputs"))
 
 
 def _params():

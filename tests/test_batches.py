@@ -1,6 +1,8 @@
 """Tests of input validation and batching (skfishing.batches)."""
 
 import contextlib
+import io
+import sys
 import pathlib
 import threading
 import time
@@ -209,11 +211,30 @@ def test_preprocessing_must_match_network_input():
 
 
 @pytest.mark.parametrize("value", [0, 1.5, -2])
-def test_invalid_batch_size_and_n_jobs(value):
+def test_invalid_batch_size(value):
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
         iter_batches(np.zeros((2, 3)), (3,), batch_size=value)
-    with pytest.raises(ValueError, match="n_jobs must be a positive integer"):
+
+
+@pytest.mark.parametrize("value", [0, 1.5, True])
+def test_invalid_n_jobs(value):
+    with pytest.raises(ValueError, match="n_jobs must be a positive integer, -1"):
         iter_batches([_rgb(8, 8)], SHAPE, PREP, n_jobs=value)
+
+
+@pytest.mark.parametrize("value, threads", [(-1, 2), (-2, 1), (-5, 1), (1, 1), (3, 3)])
+def test_negative_n_jobs_count_from_all_cpus_as_in_joblib(value, threads, monkeypatch):
+    monkeypatch.setattr(batches_module.os, "cpu_count", lambda: 2)
+    names = set()
+
+    def record(image, preprocessing):
+        names.add(threading.current_thread().name)
+        time.sleep(0.01)
+        return preprocess_image(image, preprocessing)
+
+    monkeypatch.setattr(batches_module, "preprocess_image", record)
+    _collect([_rgb(8, 8)] * 12, SHAPE, PREP, batch_size=12, n_jobs=value)
+    assert len(names) == threads
 
 
 # -- preprocessed arrays ------------------------------------------------------
@@ -305,11 +326,31 @@ def test_decoding_runs_ahead_of_consumer_bounded(monkeypatch):
     assert not [t for t in threading.enumerate() if t.name.startswith("skfishing")]
 
 
-def test_progress_bar(capsys):
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _terminal(monkeypatch):
+    """Make standard error say it is a terminal (in the test body: pytest's capture
+    sets sys.stderr again after fixtures run)."""
+    stream = _Terminal()
+    monkeypatch.setattr(sys, "stderr", stream)
+    return stream
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    terminal = _terminal(monkeypatch)
     _collect(np.zeros((5, 3)), (3,), None, batch_size=2, progress=True, desc="feats")
-    err = capsys.readouterr().err
-    assert "feats" in err and "5/5" in err
+    assert "feats" in terminal.getvalue() and "5/5" in terminal.getvalue()
+    terminal.truncate(0)
     _collect(np.zeros((5, 3)), (3,), None, batch_size=2)
+    assert terminal.getvalue() == ""
+
+
+def test_progress_bar_is_quiet_in_log_files(capsys):
+    """No carriage-return noise when standard error is a file or a pipe."""
+    _collect(np.zeros((5, 3)), (3,), None, batch_size=2, progress=True, desc="feats")
     assert capsys.readouterr().err == ""
 
 
@@ -327,7 +368,8 @@ def test_skip_arrays():
         iter_batches(X, (2,), skip=[0, 1])
 
 
-def test_skip_images_are_not_decoded(tmp_path, capsys):
+def test_skip_images_are_not_decoded(tmp_path, monkeypatch):
+    terminal = _terminal(monkeypatch)
     paths = _good_paths(tmp_path, 4)
     X = [paths[0], str(tmp_path / "missing.png"), paths[2], paths[3], str(tmp_path)]
     skip = np.array([False, True, False, False, True])
@@ -335,7 +377,7 @@ def test_skip_images_are_not_decoded(tmp_path, capsys):
     assert n == 5 and [len(b) for b in batches] == [2, 1]
     expected = np.stack([preprocess_image(paths[i], PREP) for i in (0, 2, 3)])
     np.testing.assert_array_equal(np.concatenate(batches), expected)
-    assert "3/3" in capsys.readouterr().err
+    assert "3/3" in terminal.getvalue()
     # positions in errors are those of X, not of the remaining samples
     n, batches = iter_batches(X, SHAPE, PREP, skip=np.array([1, 0, 0, 0, 0], bool))
     with pytest.raises(FileNotFoundError, match="^image 1 "):

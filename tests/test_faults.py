@@ -33,7 +33,7 @@ import pytest
 import skfishing.cache as cache_module
 import skfishing.registry as registry
 from onnx_models import caffe_alexnet_model
-from skfishing.cache import ArrayCache, clear_caches
+from skfishing.cache import CorruptCacheWarning, DiskStore, clear_caches
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
 from test_registry import _Server
@@ -165,13 +165,13 @@ WRITER = """
     import sys, time
     from pathlib import Path
     import numpy as np
-    from skfishing.cache import ArrayCache
+    from skfishing.cache import DiskStore
     folder, seconds = Path(sys.argv[1]), float(sys.argv[2])
-    store = ArrayCache(max_bytes=0)  # nothing kept in memory
+    store = DiskStore(folder)
     version, stop = 0, time.monotonic() + seconds
     while True:
         for k in range(6):
-            store.put(f"key{k}", np.full(100_000, version * 10 + k, np.float32), folder)
+            store.put(f"key{k}", np.full(100_000, version * 10 + k, np.float32))
         if version == 0:
             (folder / "READY").touch()
         version += 1
@@ -185,16 +185,16 @@ READER = """
     import json, sys, time
     from pathlib import Path
     import numpy as np
-    from skfishing.cache import ArrayCache
+    from skfishing.cache import DiskStore
     folder = Path(sys.argv[1])
-    store = ArrayCache(max_bytes=0)  # every get reads the file
+    store = DiskStore(folder)  # every get reads the file
     while not (folder / "READY").exists():
         time.sleep(0.001)
     reads = misses = bad = 0
     examples = []
     while not (folder / "DONE").exists():
         for k in range(6):
-            value = store.get(f"key{k}", folder)
+            value = store.get(f"key{k}", np.float32, (100_000,))
             reads += 1
             if value is None:
                 misses += 1
@@ -224,12 +224,13 @@ def test_in_place_writes_would_be_caught(tmp_path, monkeypatch):
     """The reader's checks can fail: with a non-atomic save, reads miss."""
     folder = tmp_path / "forward"
     folder.mkdir()
-    store = ArrayCache(max_bytes=0)
-    store.put("key0", np.full(10, 3, np.float32), folder)
+    store = DiskStore(folder)
+    store.put("key0", np.full(10, 3, np.float32))
     path = folder / "key0.npy"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 8])  # what a reader of an in-place write can see
-    assert store.get("key0", folder) is None
+    with pytest.warns(CorruptCacheWarning):
+        assert store.get("key0", np.float32, (10,)) is None
 
 
 TRANSFORM = """
@@ -266,7 +267,7 @@ def test_two_processes_fill_one_forward_cache_folder(tmp_path):
     for i in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"Z{i}.npy"), expected)
     assert len(list(folder.glob("*.npy"))) == len(X) and not list(folder.glob("*.tmp"))
-    clear_caches()  # and what they left on disk reads back exactly
+    # and what they left on disk reads back exactly
     again = DeepFisherTransformer(str(model), layer=7, memory=folder).fit_transform(X)
     np.testing.assert_array_equal(np.hstack([again["forward"], again["backward"]]), expected)
 

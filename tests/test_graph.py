@@ -10,8 +10,32 @@ from onnx import helper, numpy_helper
 
 from onnx_models import caffe_alexnet_model, mlp_model, numpy_fisher
 from skfishing.graph import add_backward, output_names
-from skfishing.head import HeadStructureError, find_fc_head
+from skfishing.head import HeadStructureError, Tensor, find_fc_head
 from skfishing.network import get_network
+
+CPU = ["CPUExecutionProvider"]  # exactness tests pin the provider; see test_cuda.py for CUDA
+
+
+def _tensor(head, key):
+    """The Tensor of an output_names key."""
+    if key == "probabilities":
+        return Tensor("prob", head.numbers[-1])
+    kind, k = key
+    if kind == "activation":
+        return Tensor("y" if k == head.numbers[-1] else "x", k)
+    return {"forward": Tensor("x", k - 1), "backward": Tensor("delta", k), "preactivation": Tensor("y", k)}[kind]
+
+
+def _run(net, X, keys, *, via_state=False, **options):
+    """Outputs for output_names keys: straight from the input, or through the state."""
+    tensors = tuple(dict.fromkeys(_tensor(net.head, key) for key in keys))
+    if via_state:
+        state, _ = net.run_state(X)
+        values = net.run_from_state(state, tensors, **options)
+    else:
+        values, _ = net.run(X, tensors, **options)
+    by_tensor = dict(zip(tensors, values))
+    return [by_tensor[_tensor(net.head, key)] for key in keys]
 
 VARIANTS = {
     "gemm": {},
@@ -31,18 +55,19 @@ def _all_keys(head):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
-def test_head_outputs_match_numpy(variant, temperature):
+@pytest.mark.parametrize("via_state", [False, True], ids=["direct", "via-state"])
+def test_head_outputs_match_numpy(variant, temperature, via_state):
     kw = VARIANTS[variant]
     model, weights, biases = mlp_model(**kw)
     dtype = kw.get("dtype", np.float32)
-    net = get_network(model)
+    net = get_network(model, CPU)
     X = np.random.default_rng(1).normal(size=(7, weights[0].shape[0])).astype(dtype)
     xs, deltas, acts = numpy_fisher(X, weights, biases, temperature)
     numbers = net.head.numbers
     assert numbers[-1] == 8 and len(numbers) == len(weights)
     tol = 1e-12 if dtype == np.float64 else 1e-5
     keys = _all_keys(net.head)
-    outputs = dict(zip(keys, net.run(X, keys, temperature=temperature)))
+    outputs = dict(zip(keys, _run(net, X, keys, temperature=temperature, via_state=via_state)))
     for j, k in enumerate(numbers):
         np.testing.assert_allclose(outputs["forward", k], xs[j], atol=tol, rtol=0)
         np.testing.assert_allclose(outputs["backward", k], deltas[j], atol=tol, rtol=0)
@@ -56,13 +81,13 @@ def test_head_outputs_match_numpy(variant, temperature):
 
 def test_labels_input_overrides_uniform_default():
     model, weights, biases = mlp_model()
-    net = get_network(model)
+    net = get_network(model, CPU)
     X = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
     g = np.array([1.0, 0.0, 0.0])
-    (delta,) = net.run(X, [("backward", 7)], temperature=2.0, labels=g)
+    (delta,) = _run(net, X, [("backward", 7)], temperature=2.0, labels=g)
     _, deltas, _ = numpy_fisher(X, weights, biases, 2.0, labels=g)
     np.testing.assert_allclose(delta, deltas[1], atol=1e-6)
-    (uniform,) = net.run(X, [("backward", 7)], temperature=2.0)
+    (uniform,) = _run(net, X, [("backward", 7)], temperature=2.0)
     assert np.abs(uniform - delta).max() > 1e-3
 
 
@@ -82,10 +107,10 @@ def _cross_entropy(X, weights, biases, temperature):
 def test_gradient_matches_central_finite_differences(temperature):
     """dE/dW_k = -outer(x_{k-1}, delta_k) / tau for each sample (float64)."""
     model, weights, biases = mlp_model(widths=(5, 6, 4, 3), dtype=np.float64, seed=4)
-    net = get_network(model)
+    net = get_network(model, CPU)
     X = np.random.default_rng(5).normal(size=(3, 5))
     keys = [(kind, k) for k in (6, 7, 8) for kind in ("forward", "backward")]
-    out = dict(zip(keys, net.run(X, keys, temperature=temperature)))
+    out = dict(zip(keys, _run(net, X, keys, temperature=temperature)))
     eps = 1e-6
     for j, k in enumerate((6, 7, 8)):
         analytic = -np.einsum("ni,nj->nij", out["forward", k], out["backward", k]) / temperature
@@ -105,19 +130,19 @@ def test_gradient_matches_central_finite_differences(temperature):
 def test_caffe_style_graph_runs_batched():
     """bvlcalexnet shape: batch-1 input, constant Reshape, Dropout, Softmax."""
     model, _, _, weights, biases = caffe_alexnet_model()
-    net = get_network(model)
+    net = get_network(model, CPU)
     assert net.head.input_name == "pool5_1"
     assert [layer.name for layer in net.head.layers] == ["fc6", "fc7", "fc8"]
     assert net.input_shape == (3, 8, 8)
     X = np.random.default_rng(2).normal(size=(5, 3, 8, 8)).astype(np.float32)
-    (probs, pool5) = net.run(X, ["probabilities", ("activation", 5)])
+    (probs, pool5) = _run(net, X, ["probabilities", ("activation", 5)])
     assert pool5.shape == (5, 36)
     one_by_one = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     expected = np.concatenate([one_by_one.run(None, {"data_0": x[None]})[0] for x in X])
     np.testing.assert_allclose(probs, expected, atol=1e-6)
     xs, deltas, _ = numpy_fisher(pool5, weights, biases, 2.0)
     keys = [("backward", 6), ("forward", 6)]
-    delta6, x5 = net.run(X, keys)
+    delta6, x5 = _run(net, X, keys)
     np.testing.assert_allclose(delta6, deltas[0], atol=1e-6)
     np.testing.assert_allclose(x5, xs[0], atol=1e-6)
 
@@ -133,11 +158,11 @@ def test_add_backward_gives_a_valid_saveable_model(tmp_path):
     assert {i.name for i in session.get_overridable_initializers()} == {"fish_temperature", "fish_labels"}
     X = np.random.default_rng(0).normal(size=(3, 3, 8, 8)).astype(np.float32)
     default_tau = session.run(["fish_delta7"], {"data_0": X})[0]
-    net = get_network(model)
-    (expected,) = net.run(X, [("backward", 7)], temperature=1.5)
+    net = get_network(model, CPU)
+    (expected,) = _run(net, X, [("backward", 7)], temperature=1.5)
     np.testing.assert_allclose(default_tau, expected, atol=1e-6)
     tau4 = session.run(["fish_delta7"], {"data_0": X, "fish_temperature": np.array(4.0, np.float32)})[0]
-    (expected4,) = net.run(X, [("backward", 7)], temperature=4.0)
+    (expected4,) = _run(net, X, [("backward", 7)], temperature=4.0)
     np.testing.assert_allclose(tau4, expected4, atol=1e-6)
 
 
@@ -223,12 +248,12 @@ def test_random_fc_heads_match_numpy(widths, trans_b, matmul, dropout, softmax, 
         tuple(widths), seed=seed, dtype=np.float64, trans_b=trans_b, matmul=matmul,
         dropout=dropout, softmax=softmax, flatten=flatten,
     )
-    net = get_network(model)
+    net = get_network(model, CPU)
     assert net.head.numbers == tuple(range(9 - len(weights), 9))
     X = np.random.default_rng(seed).normal(size=(4, widths[0]))
     xs, deltas, _ = numpy_fisher(X, weights, biases, temperature)
     keys = [(kind, k) for k in net.head.numbers for kind in ("forward", "backward")]
-    out = net.run(X, keys, temperature=temperature)
+    out = _run(net, X, keys, temperature=temperature)
     for (kind, k), value in zip(keys, out):
         expected = (xs if kind == "forward" else deltas)[k - net.head.numbers[0]]
         np.testing.assert_allclose(value, expected, atol=1e-12, rtol=1e-10)

@@ -2,6 +2,7 @@ import pickle
 
 import joblib
 import numpy as np
+from sklearn.base import clone
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn.model_selection import (
@@ -124,21 +125,28 @@ def test_keeps_only_support_vectors_and_uses_them_alone(monkeypatch):
     assert calls == [(len(Zt), len(union))]
 
 
-def test_gram_matrix_is_shared_by_fits_that_differ_in_svm_parameters(monkeypatch):
+def test_gram_matrix_is_shared_by_clones_that_differ_in_svm_parameters(monkeypatch):
     Z, Zt = factorized(60, seed=3), factorized(20, seed=4)
     y = labels(Z, 3)
     calls = count_kernel_calls(monkeypatch)
-    fits = {C: TraceKernelSVC(C=C).fit(Z, y) for C in (0.1, 1.0, 10.0)}
+    base = TraceKernelSVC()
+    fits = {C: clone(base).set_params(C=C).fit(Z, y) for C in (0.1, 1.0, 10.0)}
     assert [call for call in calls if call[1] is None] == [(60, None)]
     for C, clf in fits.items():
-        clear_caches()
         assert_array_equal(clf.decision_function(Zt), TraceKernelSVC(C=C).fit(Z, y).decision_function(Zt))
     # features that differ in one value get their own Gram matrix
     Z2 = Z.copy()
     Z2["backward"][7, 2] += 1e-6
     before = len(calls)
-    TraceKernelSVC().fit(Z2, y)
+    clone(base).fit(Z2, y)
     assert calls[before:] == [(60, None)]
+    # an estimator used directly keeps no Gram matrix: nothing to hold memory
+    before = len(calls)
+    direct = TraceKernelSVC()
+    direct.fit(Z, y)
+    direct.fit(Z, y)
+    assert calls[before:] == [(60, None), (60, None)]
+    assert "_shared_cache" not in direct.__dict__
 
 
 def test_multilabel_shares_one_gram_and_matches_per_label_svcs(monkeypatch):

@@ -43,7 +43,10 @@ def test_caffe_style_head_matches_torch_autograd():
     pool5 = DeepFisherTransformer(model, layer=5, features="activation").fit(X)
     from skfishing.network import get_network
 
-    flat = get_network(model).run(X, [("activation", 5)])[0].astype(np.float64)
+    from skfishing.head import Tensor
+
+    (flat,), _ = get_network(model, ["CPUExecutionProvider"]).run(X, (Tensor("x", 5),))
+    flat = flat.astype(np.float64)
     for temperature in (1.0, 2.0):
         Ws = [torch.tensor(w, requires_grad=True) for w in weights]
         bs = [torch.tensor(b) for b in biases]
