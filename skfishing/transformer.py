@@ -411,7 +411,12 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     def _run_cached(self, cache, disk, network, preprocessing, X, outputs, labels, writer):
         """Features from cached states and head outputs; the network runs on misses only."""
-        context = f"{network.sha256}|{preprocessing!r}|{np.dtype(network.input_dtype).str}|{network.input_shape}"
+        # The providers and their options (TF32 or not) are part of the key:
+        # entries computed on one provider are never returned for another.
+        context = (
+            f"{network.sha256}|{network.providers!r}|{preprocessing!r}|"
+            f"{np.dtype(network.input_dtype).str}|{network.input_shape}"
+        )
         keys = cache.sample_keys(X, context)
         labels_id = None if labels is None else labels.tobytes().hex()
         output_keys = derived_keys(keys, f"{[t.name for t in outputs]}|{float(self.temperature)!r}|{labels_id}")

@@ -1,7 +1,15 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules.
+
+Tests run on the CPU execution provider, whose results are exact and
+reproducible to the last bit, unless marked ``cuda`` (tests/test_cuda.py
+compares the CUDA provider with the CPU one where CUDA is available). Tests
+that start another Python process pass ``providers=CPU`` explicitly.
+"""
 
 import onnx
 import pytest
+
+import skfishing.network
 
 from onnx_models import tiny_cnn_model
 from skfishing import registry
@@ -9,6 +17,14 @@ from skfishing.images import ImagePreprocessing
 from skfishing.network import FisherNetwork
 
 TINY_CNN = "tinycnn"
+CPU = ["CPUExecutionProvider"]
+
+
+@pytest.fixture(autouse=True)
+def cpu_by_default(request, monkeypatch):
+    """``providers=None`` means the CPU provider, except in tests marked ``cuda``."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setattr(skfishing.network, "default_providers", lambda: list(CPU))
 
 
 @pytest.fixture

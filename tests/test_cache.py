@@ -255,7 +255,8 @@ def test_disk_cache_shared_across_processes(trunk_runs, tmp_path):
         import numpy as np
         from skfishing.transformer import DeepFisherTransformer
         X = np.load({str(tmp_path / "X.npy")!r})
-        DeepFisherTransformer({str(model_path)!r}, layer=7, memory={str(cache_dir)!r}).fit_transform(X)
+        DeepFisherTransformer({str(model_path)!r}, layer=7, memory={str(cache_dir)!r},
+                              providers=["CPUExecutionProvider"]).fit_transform(X)
         """
     )
     subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent)

@@ -20,6 +20,7 @@ path below a regular file (``mkdir`` fails whatever the permissions).
 import errno
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -34,6 +35,7 @@ import skfishing.cache as cache_module
 import skfishing.registry as registry
 from onnx_models import caffe_alexnet_model
 from skfishing.cache import CorruptCacheWarning, DiskStore, clear_caches
+from skfishing.images import ImagePreprocessing
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
 from test_registry import _Server
@@ -239,7 +241,8 @@ TRANSFORM = """
     import numpy as np
     from skfishing.transformer import DeepFisherTransformer
     model, X, folder, ready, go, out = sys.argv[1:7]
-    fish = DeepFisherTransformer(model, layer=7, batch_size=2, memory=folder).fit(np.load(X)[:1])
+    fish = DeepFisherTransformer(model, layer=7, batch_size=2, memory=folder,
+                                 providers=["CPUExecutionProvider"]).fit(np.load(X)[:1])
     Path(ready).touch()
     while not Path(go).exists():
         time.sleep(0.005)
@@ -316,3 +319,97 @@ def test_full_disk_leaves_no_partial_cache_file(tmp_path, monkeypatch):
     Z = DeepFisherTransformer(MODEL, layer=7, memory=folder).fit_transform(X)
     for name in ("forward", "backward"):
         np.testing.assert_array_equal(Z[name], reference[name])
+
+
+# -- files replaced by others of the same size and modification time --------------------
+
+SWAP_FIT = """
+    import sys
+    import joblib
+    import numpy as np
+    from sklearn.pipeline import Pipeline
+    from skfishing import DeepFisherTransformer, TraceKernelSVC, register_model
+    from skfishing.images import ImagePreprocessing
+    model, folder, memory, dump, out = sys.argv[1:6]
+    register_model("swap-cnn", model, preprocessing=ImagePreprocessing(size=32))
+    paths = [f"{folder}/{i}.bmp" for i in range(6)]
+    fish = DeepFisherTransformer("swap-cnn", layer=7, memory=memory, providers=["CPUExecutionProvider"])
+    pipe = Pipeline([("fish", fish), ("svc", TraceKernelSVC())]).fit(paths, [0, 1] * 3)
+    joblib.dump(pipe, dump)
+    Z = fish.transform(paths)
+    np.save(out, np.hstack([Z["forward"], Z["backward"]]))
+"""
+
+SWAP_USE = """
+    import sys
+    import joblib
+    import numpy as np
+    from skfishing import DeepFisherTransformer, register_model
+    from skfishing.images import ImagePreprocessing
+    model, folder, memory, dump, out = sys.argv[1:6]
+    register_model("swap-cnn", model, preprocessing=ImagePreprocessing(size=32))
+    paths = [f"{folder}/{i}.bmp" for i in range(6)]
+    try:
+        joblib.load(dump).decision_function(paths)
+        refused = ""
+    except ValueError as exc:
+        refused = str(exc)
+    fish = DeepFisherTransformer("swap-cnn", layer=7, memory=memory, providers=["CPUExecutionProvider"])
+    Z = fish.transform(paths)
+    np.save(out, np.hstack([Z["forward"], Z["backward"]]))
+    print(refused)
+"""
+
+
+def _swap_keeping_size_and_mtime(path, data):
+    st = path.stat()
+    assert len(data) == st.st_size
+    path.write_bytes(data)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_same_size_same_mtime_swaps_give_fresh_features_or_a_refusal(tmp_path):
+    """cp -p, rsync -a and tar keep size and mtime: neither the model nor an image may go stale."""
+    from onnx_models import tiny_cnn_model
+    from PIL import Image
+
+    model = tmp_path / "model.onnx"
+    onnx.save(tiny_cnn_model(seed=1), model)
+    other_model = tiny_cnn_model(seed=2).SerializeToString()
+    assert len(other_model) == model.stat().st_size  # same shapes: same size
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(8)
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(7)]
+    for i in range(6):
+        Image.fromarray(pixels[i]).save(folder / f"{i}.bmp")
+    memory, dump = tmp_path / "memory", tmp_path / "pipe.joblib"
+    args = (model, folder, memory, dump)
+    _finish(_python(SWAP_FIT, *args, tmp_path / "before.npy"))
+    before = np.load(tmp_path / "before.npy")
+
+    # an image replaced: the other process computes it afresh, the rest comes from memory=
+    replacement = folder / "replacement.bmp"
+    Image.fromarray(pixels[6]).save(replacement)
+    _swap_keeping_size_and_mtime(folder / "3.bmp", replacement.read_bytes())
+    refused = _finish(_python(SWAP_USE, *args, tmp_path / "after.npy"))
+    after = np.load(tmp_path / "after.npy")
+    assert refused.strip() == ""
+    np.testing.assert_array_equal(np.delete(after, 3, axis=0), np.delete(before, 3, axis=0))
+    register_model("swap-fresh", model, preprocessing=ImagePreprocessing(size=32))
+    fresh = DeepFisherTransformer("swap-fresh", layer=7).transform([pixels[6]])
+    np.testing.assert_array_equal(after[3], np.hstack([fresh["forward"], fresh["backward"]])[0])
+
+    # the model replaced: the fitted pipeline refuses, and new features are those of the new model
+    _swap_keeping_size_and_mtime(model, other_model)
+    refused = _finish(_python(SWAP_USE, *args, tmp_path / "new_model.npy"))
+    assert "has changed since this transformer was fitted" in refused
+    new = np.load(tmp_path / "new_model.npy")
+    second = tmp_path / "second.onnx"
+    second.write_bytes(other_model)
+    register_model("swap-second", second, preprocessing=ImagePreprocessing(size=32))
+    expected = DeepFisherTransformer("swap-second", layer=7).transform(
+        [np.asarray(Image.open(folder / f"{i}.bmp")) for i in range(6)]
+    )
+    np.testing.assert_array_equal(new, np.hstack([expected["forward"], expected["backward"]]))

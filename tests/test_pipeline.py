@@ -31,7 +31,9 @@ def data(tmp_path_factory):
 
 
 def _pipe(path, **fish):
-    return Pipeline([("fish", DeepFisherTransformer(str(path), **fish)), ("svc", TraceKernelSVC())])
+    # CPU: a fresh process must give the same bits (see tests/test_cuda.py for CUDA)
+    fish = DeepFisherTransformer(str(path), providers=["CPUExecutionProvider"], **fish)
+    return Pipeline([("fish", fish), ("svc", TraceKernelSVC())])
 
 
 @pytest.mark.parametrize("n_jobs", [1, 2])
@@ -97,4 +99,40 @@ def test_fitted_pipeline_refuses_a_changed_or_missing_model(data, tmp_path):
         joblib.load(dump).decision_function(X)
     copy.unlink()
     with pytest.raises(FileNotFoundError, match="cnn.onnx"):
+        joblib.load(dump).decision_function(X)
+
+
+def test_changed_external_weights_are_refused_in_a_fresh_process(data, tmp_path):
+    """An ONNX model's external data file is part of its identity (model_sha256_)."""
+    _, X, y = data
+    folder = tmp_path / "model"
+    folder.mkdir()
+    path = folder / "cnn.onnx"
+    onnx.save(caffe_alexnet_model(seed=5)[0], path, save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    pipe = _pipe(path, layer=7).fit(X, y)
+    dump = tmp_path / "pipe.joblib"
+    joblib.dump(pipe, dump)
+    onnx_bytes = path.read_bytes()
+    other = tmp_path / "other"
+    other.mkdir()
+    onnx.save(caffe_alexnet_model(seed=6)[0], other / "cnn.onnx", save_as_external_data=True,
+              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    assert (other / "cnn.onnx").read_bytes() == onnx_bytes  # only the weights differ
+    (folder / "weights.bin").write_bytes((other / "weights.bin").read_bytes())
+    script = textwrap.dedent(
+        f"""
+        import joblib, numpy as np
+        try:
+            joblib.load({str(dump)!r}).decision_function(np.load({str(tmp_path / "X.npy")!r}))
+        except ValueError as exc:
+            print(exc)
+        """
+    )
+    np.save(tmp_path / "X.npy", X)
+    out = subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent,
+                         capture_output=True, text=True).stdout
+    assert "has changed since this transformer was fitted" in out
+    (folder / "weights.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="keeps weights in 'weights.bin', which is missing"):
         joblib.load(dump).decision_function(X)
