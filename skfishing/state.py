@@ -30,12 +30,29 @@ def models():
     Returns
     -------
     registry : skfishing.registry.ModelRegistry
+        Built from the package data on the first call (the built-in table
+        and the embedded model's metadata are read then, and only then);
+        the same object afterwards, until :func:`clear`.
     """
-    raise NotImplementedError("to be written with the registry object (issue 13)")
+    global _models
+    with _lock:
+        if _models is None:
+            from .registry import ModelRegistry
+
+            _models = ModelRegistry()
+        return _models
 
 
 # -- clear -------------------------------------------------------------------
 
 
 def clear():
-    """Forget everything kept for this process (files on disk stay)."""
+    """Forget everything kept for this process (files on disk stay).
+
+    The model registry goes back to the built-in models: models registered
+    with :func:`~skfishing.registry.register_model` are forgotten, and model
+    files are hashed again on their next use.
+    """
+    global _models
+    with _lock:
+        _models = None

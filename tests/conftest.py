@@ -4,10 +4,10 @@ import onnx
 import pytest
 
 from onnx_models import tiny_cnn_model
-from skfishing import registry
 from skfishing.cache import clear_caches
 from skfishing.images import ImagePreprocessing
 from skfishing.network import FisherNetwork
+from skfishing.registry import list_models, register_model, unregister_model
 
 TINY_CNN = "tinycnn"
 
@@ -42,8 +42,9 @@ def tiny_cnn_file(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_cnn(tiny_cnn_file, monkeypatch):
+def tiny_cnn(tiny_cnn_file):
     """Register the tiny CNN as "tinycnn" for one test."""
-    monkeypatch.setattr(registry, "_USER_MODELS", {})
-    registry.register_model(TINY_CNN, tiny_cnn_file, preprocessing=ImagePreprocessing(size=32))
-    return TINY_CNN
+    register_model(TINY_CNN, tiny_cnn_file, preprocessing=ImagePreprocessing(size=32))
+    yield TINY_CNN
+    if TINY_CNN in {spec.name for spec in list_models()}:  # unless the test cleared skfishing.state
+        unregister_model(TINY_CNN)

@@ -31,8 +31,8 @@ import onnx
 import pytest
 
 import skfishing.cache as cache_module
-import skfishing.registry as registry
 from onnx_models import caffe_alexnet_model
+from skfishing import state
 from skfishing.cache import ArrayCache, clear_caches
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
@@ -47,8 +47,7 @@ BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_USER_MODELS", {})
-    monkeypatch.setattr(registry, "_HASHES", {})
+    state.clear()  # no user models, no remembered checksums
     monkeypatch.setenv("SKFISHING_CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -56,6 +55,7 @@ def isolated(tmp_path, monkeypatch):
     clear_caches()
     yield
     clear_caches()
+    state.clear()
 
 
 @pytest.fixture
