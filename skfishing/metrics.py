@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import average_precision_score, make_scorer
 from sklearn.utils import Bunch, check_array
+from sklearn.utils._param_validation import StrOptions, validate_params
 
 __all__ = [
     "average_precision_report",
@@ -133,6 +134,15 @@ def _macro(values):
     return float(values[defined].mean()) if defined.any() else np.nan
 
 
+@validate_params(
+    {
+        "y_true": ["array-like"],
+        "y_score": ["array-like"],
+        "difficult": ["array-like", None],
+        "average": [StrOptions({"macro"}), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def voc07_average_precision(y_true, y_score, *, difficult=None, average="macro"):
     """PASCAL VOC2007 11-point interpolated average precision.
 
@@ -219,8 +229,6 @@ def voc07_average_precision(y_true, y_score, *, difficult=None, average="macro")
     >>> voc07_average_precision(Y, S, average=None)
     array([1.        , 0.77272727])
     """
-    if average not in ("macro", None):
-        raise ValueError(f"average must be 'macro' or None; got {average!r}.")
     positive, difficult, y_score, is_1d = _check_targets(y_true, y_score, difficult)
     ap = np.empty(positive.shape[1])
     for c in range(positive.shape[1]):
@@ -271,6 +279,15 @@ combine with other metrics in multi-metric evaluation.
 voc07_scoring = {"voc07_map": voc07_scorer}
 
 
+@validate_params(
+    {
+        "y_true": ["array-like"],
+        "y_score": ["array-like"],
+        "difficult": ["array-like", None],
+        "classes": ["array-like", None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def average_precision_report(y_true, y_score, *, difficult=None, classes=None):
     """Per-class VOC2007 11-point AP and scikit-learn's AP side by side.
 

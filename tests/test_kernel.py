@@ -184,3 +184,21 @@ def with_value(Z, field, value):
 def test_bad_input_raises_clear_error(X, Y, message):
     with pytest.raises(ValueError, match=message):
         trace_kernel(X, Y)
+
+
+@pytest.mark.parametrize("chunk_size", [-1, 0, -(2**40), 2.5, "3", [4]])
+@pytest.mark.parametrize("Y", [None, "other"])
+def test_invalid_chunk_size_is_an_error(chunk_size, Y):
+    """Defect 1 (issue 13): chunk_size=-1 returned uninitialised memory."""
+    X = factorized(6, 4, 3, seed=4)
+    Y = None if Y is None else factorized(3, 4, 3, seed=5)
+    message = r"'chunk_size' parameter of trace_kernel must be an int in the range \[1, inf\) or None"
+    with pytest.raises(ValueError, match=message):
+        trace_kernel(X, Y, chunk_size=chunk_size)
+
+
+def test_smallest_and_largest_chunk_sizes_are_exact():
+    X = factorized(6, 4, 3, seed=4)
+    reference = explicit(X) @ explicit(X).T
+    for chunk_size in (1, np.int64(2), 6, 2**40):
+        assert_allclose(trace_kernel(X, chunk_size=chunk_size), reference, atol=1e-6)

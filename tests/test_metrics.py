@@ -236,7 +236,7 @@ def test_only_positives_is_one():
         (dict(y_true=["a", "b", "a"], y_score=[0.1, 0.2, 0.3]), "must hold numbers"),
         (
             dict(y_true=[0, 0, 1], y_score=[0.1, 0.2, 0.3], average="micro"),
-            "average must be",
+            r"'average' parameter of voc07_average_precision must be a str among \{'macro'\} or None",
         ),
     ],
 )
