@@ -16,7 +16,6 @@ from pathlib import Path
 
 import skfishing
 
-
 # -- Project information ------------------------------------------------------
 
 project = "skfishing"

@@ -58,9 +58,7 @@ class ModelSpec:
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(
-                f"A model name must be a non-empty string, got {self.name!r}."
-            )
+            raise ValueError(f"A model name must be a non-empty string, got {self.name!r}.")
         if (
             not isinstance(self.filename, str)
             or not self.filename
@@ -68,37 +66,29 @@ class ModelSpec:
             or "\\" in self.filename
         ):
             raise ValueError(
-                f"Model {self.name!r}: filename must be a bare file name, "
-                f"got {self.filename!r}."
+                f"Model {self.name!r}: filename must be a bare file name, got {self.filename!r}."
             )
         if self.sha256 is not None:
             digest = str(self.sha256).lower()
             if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
                 raise ValueError(
-                    f"Model {self.name!r}: sha256 must be 64 hexadecimal digits, "
-                    f"got {self.sha256!r}."
+                    f"Model {self.name!r}: sha256 must be 64 hexadecimal digits, got {self.sha256!r}."
                 )
             object.__setattr__(self, "sha256", digest)
         if (self.url is None) == (self.path is None):
             raise ValueError(
-                f"Model {self.name!r}: give exactly one of url (downloaded) and "
-                "path (local file)."
+                f"Model {self.name!r}: give exactly one of url (downloaded) and path (local file)."
             )
         if self.url is not None and self.sha256 is None:
             raise ValueError(
                 f"Model {self.name!r}: a downloaded model needs its sha256 so that "
                 "the download can be verified."
             )
-        if self.size_bytes is not None and (
-            not isinstance(self.size_bytes, Integral) or self.size_bytes < 1
-        ):
+        if self.size_bytes is not None and (not isinstance(self.size_bytes, Integral) or self.size_bytes < 1):
             raise ValueError(
-                f"Model {self.name!r}: size_bytes must be a positive integer, "
-                f"got {self.size_bytes!r}."
+                f"Model {self.name!r}: size_bytes must be a positive integer, got {self.size_bytes!r}."
             )
-        if self.preprocessing is not None and not isinstance(
-            self.preprocessing, ImagePreprocessing
-        ):
+        if self.preprocessing is not None and not isinstance(self.preprocessing, ImagePreprocessing):
             raise TypeError(
                 f"Model {self.name!r}: preprocessing must be an ImagePreprocessing "
                 f"or None, got {type(self.preprocessing).__name__}."

@@ -186,7 +186,9 @@ class ModelRegistry:
             if name in self._user:
                 return self._user.pop(name)
             if name in self._builtin:
-                raise ValueError(f"Model {name!r} is built in; only models registered by the user can be removed.")
+                raise ValueError(
+                    f"Model {name!r} is built in; only models registered by the user can be removed."
+                )
         raise ValueError(f"No model named {name!r} was registered by the user.")
 
     @_validated({**_NAME, **_CACHE})

@@ -37,9 +37,7 @@ def test_equals_linear_kernel_on_explicit_features():
 
 def test_float64_fields_are_computed_in_float64():
     X = factorized(15, 5, 3, dtype="f8")
-    assert_allclose(
-        trace_kernel(X), explicit(X) @ explicit(X).T, rtol=1e-12, atol=1e-14
-    )
+    assert_allclose(trace_kernel(X), explicit(X) @ explicit(X).T, rtol=1e-12, atol=1e-14)
 
 
 def test_field_order_and_byte_order_do_not_matter():
@@ -94,9 +92,7 @@ def test_chunk_size_changes_only_rounding(chunk_size):
     assert_allclose(K, reference, atol=1e-6)
     assert_allclose(K, trace_kernel(X), atol=1e-6)
     assert_array_equal(K, K.T)
-    assert_allclose(
-        trace_kernel(X, Y, chunk_size=chunk_size), trace_kernel(X, Y), atol=1e-6
-    )
+    assert_allclose(trace_kernel(X, Y, chunk_size=chunk_size), trace_kernel(X, Y), atol=1e-6)
 
 
 def test_peak_memory_is_output_plus_one_chunk():

@@ -53,7 +53,9 @@ NETWORK_FREE = [
 
 
 def _onnxruntime_after_importing(*names):
-    result = subprocess.run([sys.executable, "-c", SCRIPT, *names], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, *names], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 

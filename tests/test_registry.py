@@ -105,9 +105,7 @@ class _Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.running = True
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        ).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def close(self):
         if self.running:
@@ -159,9 +157,7 @@ def test_builtin_models():
     specs = {spec.name: spec for spec in list_models()}
     alexnet, vgg16 = specs["alexnet"], specs["vgg16"]
     assert alexnet.url.startswith("https://huggingface.co/onnxmodelzoo/legacy_models/")
-    assert alexnet.url.endswith(
-        "validated/vision/classification/alexnet/model/bvlcalexnet-12.onnx"
-    )
+    assert alexnet.url.endswith("validated/vision/classification/alexnet/model/bvlcalexnet-12.onnx")
     assert alexnet.sha256.startswith("6b0da951") and alexnet.size_bytes == 243_863_787
     assert alexnet.preprocessing == ImagePreprocessing(
         224,
@@ -208,9 +204,7 @@ def test_cached_file_hashed_once_per_process(server, monkeypatch):
     _register_remote(server)
     calls = []
     file_hash = pooch.file_hash
-    monkeypatch.setattr(
-        pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k)
-    )
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k))
     path = fetch_model("remote")
     downloaded = len(calls)  # pooch checks the temporary file
     fetch_model("remote")
@@ -386,18 +380,14 @@ def test_register_spec_and_overwrite(local_model):
     with pytest.raises(ValueError, match="already registered"):
         register_model("alexnet", local_model)
     replaced = register_model("mine", local_model, preprocessing=PREP, overwrite=True)
-    assert (
-        resolve_model("mine").preprocessing == PREP and replaced.preprocessing == PREP
-    )
+    assert resolve_model("mine").preprocessing == PREP and replaced.preprocessing == PREP
     with pytest.raises(TypeError, match="either a ModelSpec or a name"):
         register_model(spec, preprocessing=PREP, overwrite=True)
 
 
 def test_register_by_url_downloads(server):
     server.routes["/files/net.onnx?download=1"] = (MODEL_BYTES, "ok")
-    spec = register_model(
-        "net", url=server.url + "/files/net.onnx?download=1", sha256=MODEL_SHA256
-    )
+    spec = register_model("net", url=server.url + "/files/net.onnx?download=1", sha256=MODEL_SHA256)
     assert spec.filename == "net.onnx"
     assert fetch_model("net").read_bytes() == MODEL_BYTES
 
@@ -446,9 +436,7 @@ def test_model_spec_validation(local_model):
     with pytest.raises(ValueError, match="non-empty string"):
         ModelSpec("", "x.onnx", None, path=str(local_model))
     with pytest.raises(ValueError, match="exactly one of url"):
-        ModelSpec(
-            "x", "x.onnx", MODEL_SHA256, url="http://h/x.onnx", path=str(local_model)
-        )
+        ModelSpec("x", "x.onnx", MODEL_SHA256, url="http://h/x.onnx", path=str(local_model))
     with pytest.raises(TypeError, match="'spec_or_name' parameter .*ModelSpec' or .*'str'"):
         register_model(3)
 
@@ -677,10 +665,16 @@ def test_cached_download_replaced_with_same_size_and_mtime_is_downloaded_again(s
         (lambda: model_path(None), "name"),
         (lambda: get_cache_dir(1.5), "cache_dir"),
         (lambda: resolve_model("alexnet", cache_dir=[]), "cache_dir"),
-        (lambda: register_model("x", url="http://h/x.onnx", sha256=MODEL_SHA256, size_bytes=-1), "size_bytes"),
+        (
+            lambda: register_model("x", url="http://h/x.onnx", sha256=MODEL_SHA256, size_bytes=-1),
+            "size_bytes",
+        ),
         (lambda: register_model("x", 3), "path"),
         (lambda: register_model("x", url=b"http://h/x.onnx"), "url"),
-        (lambda: register_model("x", url="http://h/x.onnx", sha256=MODEL_SHA256, overwrite="no"), "overwrite"),
+        (
+            lambda: register_model("x", url="http://h/x.onnx", sha256=MODEL_SHA256, overwrite="no"),
+            "overwrite",
+        ),
         (lambda: unregister_model(None), "name"),
         (lambda: ModelRegistry(3), "data_dir"),
     ],

@@ -69,7 +69,9 @@ def _images():
     X = rng.integers(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
     estimator = DeepFisherTransformer("tinyalexnet", layer=7, temperature=3.0, batch_size=4)
     Z = estimator.fit_transform(X[:1])
-    return Case("images", estimator, X, np.arange(20) % 2, (Z.dtype["forward"].shape[0], Z.dtype["backward"].shape[0]))
+    return Case(
+        "images", estimator, X, np.arange(20) % 2, (Z.dtype["forward"].shape[0], Z.dtype["backward"].shape[0])
+    )
 
 
 @pytest.fixture(params=["tabular", "images"])
@@ -94,8 +96,12 @@ def test_the_comparison_can_fail(case):
     changed = Z.copy()
     changed["backward"][2, 1] += 1e-4
     reordered = Z[[1, 0, *range(2, len(Z))]]
-    wider = np.zeros(len(Z), dtype=[("forward", "f4", (case.widths[0] + 1,)), ("backward", "f4", (case.widths[1],))])
-    wider_dtype = np.zeros(len(Z), dtype=[("forward", "f8", (case.widths[0],)), ("backward", "f8", (case.widths[1],))])
+    wider = np.zeros(
+        len(Z), dtype=[("forward", "f4", (case.widths[0] + 1,)), ("backward", "f4", (case.widths[1],))]
+    )
+    wider_dtype = np.zeros(
+        len(Z), dtype=[("forward", "f8", (case.widths[0],)), ("backward", "f8", (case.widths[1],))]
+    )
     for other in (changed, reordered, Z[:-1], wider, wider_dtype, np.hstack([Z["forward"], Z["backward"]])):
         with pytest.raises(AssertionError):
             assert_same_features(other, Z)
@@ -115,7 +121,9 @@ def test_pipeline_consistency(case):
     scores = svc_pipe.fit(case.X_train, case.y).decision_function(case.X_test)
     fish = clone(case.estimator).fit(case.X_train)
     svc = TraceKernelSVC(C=10.0).fit(fish.transform(case.X_train), case.y)
-    np.testing.assert_allclose(scores, svc.decision_function(fish.transform(case.X_test)), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(
+        scores, svc.decision_function(fish.transform(case.X_test)), rtol=1e-6, atol=1e-9
+    )
 
 
 # -- check_estimators_pickle ----------------------------------------------------------
@@ -133,10 +141,16 @@ def test_pickle_round_trip(case, readonly_memmap, tmp_path):
     """A fitted transformer, pickled and restored, gives the same features."""
     X_train, X_test = case.X_train, case.X_test
     if readonly_memmap:
-        X_train, X_test = _read_only_memmap(X_train, tmp_path / "train.npy"), _read_only_memmap(X_test, tmp_path / "test.npy")
+        X_train, X_test = (
+            _read_only_memmap(X_train, tmp_path / "train.npy"),
+            _read_only_memmap(X_test, tmp_path / "test.npy"),
+        )
     fish = clone(case.estimator).fit(X_train)
     expected = fish.transform(X_test)
-    for restored in (pickle.loads(pickle.dumps(fish)), joblib.load(joblib.dump(fish, tmp_path / "fish.joblib")[0])):
+    for restored in (
+        pickle.loads(pickle.dumps(fish)),
+        joblib.load(joblib.dump(fish, tmp_path / "fish.joblib")[0]),
+    ):
         assert restored.get_params().keys() == fish.get_params().keys()
         assert_same_features(restored.transform(X_test), expected)
     # and the features themselves, with their provenance
