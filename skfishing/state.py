@@ -49,10 +49,11 @@ def models():
 def clear():
     """Forget everything kept for this process (files on disk stay).
 
-    The model registry goes back to the built-in models: models registered
-    with :func:`~skfishing.registry.register_model` are forgotten, and model
-    files are hashed again on their next use.
+    Model files are hashed again on their next use. Models registered with
+    :func:`~skfishing.registry.register_model` stay registered: they are
+    settings, not caches (:func:`~skfishing.registry.unregister_model`
+    removes one).
     """
-    global _models
     with _lock:
-        _models = None
+        if _models is not None:
+            _models.hashes.clear()

@@ -32,7 +32,6 @@ import pytest
 
 import skfishing.cache as cache_module
 from onnx_models import caffe_alexnet_model
-from skfishing import state
 from skfishing.cache import ArrayCache, clear_caches
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
@@ -46,8 +45,7 @@ BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    state.clear()  # no user models, no remembered checksums
+def isolated(restore_models, tmp_path, monkeypatch):
     monkeypatch.setenv("SKFISHING_CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
@@ -55,7 +53,6 @@ def isolated(tmp_path, monkeypatch):
     clear_caches()
     yield
     clear_caches()
-    state.clear()
 
 
 @pytest.fixture

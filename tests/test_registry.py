@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 import pooch
 import pytest
+from conftest import models_restored
 from onnx import TensorProto, helper, numpy_helper
 
 import skfishing.registry as registry
@@ -56,15 +57,12 @@ MODEL_SHA256 = hashlib.sha256(MODEL_BYTES).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def isolated_registry(tmp_path, monkeypatch):
-    """A fresh process registry (no user models, no checksums); the cache in a temporary folder."""
-    state.clear()
+def isolated_registry(restore_models, tmp_path, monkeypatch):
+    """Models registered by a test are removed after it; the cache in a temporary folder."""
     monkeypatch.setenv("SKFISHING_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    yield
-    state.clear()
 
 
 class _Server:
@@ -555,18 +553,18 @@ def test_model_table_and_metadata_are_read_once(tmp_path):
 
 def test_process_registry_reads_package_data_once(monkeypatch):
     """Defect 5, through the module's functions: resolve_model runs on every fit and transform."""
+    list_models()  # the process's registry exists from here on
     reads = []
     loads = json.loads
     monkeypatch.setattr(json, "loads", lambda *args, **kwargs: reads.append(1) or loads(*args, **kwargs))
-    list_models()  # the autouse fixture cleared the state: the registry is built here
-    assert reads  # the check below can fail
-    first = len(reads)
     for _ in range(5):
         resolve_model("tinyalexnet")
         list_models()
         model_path("alexnet")
-    assert len(reads) == first
+    assert reads == []
     assert state.models() is state.models()
+    ModelRegistry()  # building a registry reads the table and the metadata: the count can fail
+    assert len(reads) == 2
 
 
 def test_shipped_embedded_model():
@@ -584,14 +582,34 @@ def test_shipped_embedded_model():
 # -- one registry per process, in skfishing.state -------------------------------------
 
 
-def test_state_holds_the_process_registry(local_model):
+def test_state_holds_the_process_registry(local_model, monkeypatch):
     models = state.models()
     assert isinstance(models, ModelRegistry) and state.models() is models
-    register_model("mine", local_model)
+    register_model("mine", local_model, sha256=MODEL_SHA256)
     assert "mine" in models and models.get("mine").path == str(local_model)
-    state.clear()  # back to the built-in models
-    assert state.models() is not models
-    assert "mine" not in {spec.name for spec in list_models()}
+    calls = []
+    file_hash = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k))
+    fetch_model("mine")
+    fetch_model("mine")
+    assert len(calls) == 1
+    state.clear()  # checksums are forgotten, registrations stay
+    assert state.models() is models and "mine" in models
+    fetch_model("mine")
+    assert len(calls) == 2
+
+
+def test_restoring_the_registered_models(local_model):
+    """What the tests rely on for isolation (tests/conftest.py)."""
+    builtin = list_models()
+    register_model("kept", local_model)
+    with models_restored():
+        register_model("mine", local_model)
+        unregister_model("kept")
+        register_model("alexnet", local_model, overwrite=True)
+    names = {spec.name: spec for spec in list_models()}
+    assert list(names) == [spec.name for spec in builtin] + ["kept"]
+    assert names["alexnet"] is builtin[0]
 
 
 def test_registries_are_independent(local_model, tmp_path):
