@@ -22,7 +22,9 @@ import urllib.parse
 import pooch
 from sklearn.utils._param_validation import validate_params
 
-__all__ = ["CACHE_DIR_ENV", "FileHashes", "get_cache_dir", "retrieve", "check_local_file"]
+from .model_spec import ModelSpec
+
+__all__ = ["CACHE_DIR_ENV", "FileHashes", "check_local_file", "get_cache_dir", "retrieve"]
 
 #: Environment variable naming the model cache folder.
 CACHE_DIR_ENV = "SKFISHING_CACHE_DIR"
@@ -75,6 +77,7 @@ class FileHashes:
         stat = os.stat(path)
         return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
+    @validate_params({"path": [str, os.PathLike]}, prefer_skip_nested_validation=True)
     def sha256(self, path):
         """SHA-256 of the file at ``path``, as 64 lowercase hexadecimal digits.
 
@@ -97,8 +100,17 @@ class FileHashes:
                     self._digests[key] = digest
         return digest
 
+    @validate_params({"path": [str, os.PathLike], "sha256": [str]}, prefer_skip_nested_validation=True)
     def remember(self, path, sha256):
-        """Record the checksum of a file verified by other means (a download)."""
+        """Record the checksum of a file verified by other means (a download).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            An existing file.
+        sha256 : str
+            Its SHA-256, 64 lowercase hexadecimal digits.
+        """
         key = self._key(path)
         with self._lock:
             self._digests[key] = sha256
@@ -109,6 +121,10 @@ class FileHashes:
             self._digests.clear()
 
 
+@validate_params(
+    {"spec": [ModelSpec], "path": [os.PathLike], "hashes": [FileHashes]},
+    prefer_skip_nested_validation=True,
+)
 def check_local_file(spec, path, hashes):
     """Check that the local file of ``spec`` exists and matches its checksum.
 
@@ -116,7 +132,7 @@ def check_local_file(spec, path, hashes):
     ----------
     spec : ModelSpec
         A model registered with a path.
-    path : pathlib.Path
+    path : os.PathLike
         Its file.
     hashes : FileHashes
         The checksum memo.
@@ -126,6 +142,7 @@ def check_local_file(spec, path, hashes):
     path : pathlib.Path
         ``path``, verified.
     """
+    path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Model {spec.name!r}: no such file {str(path)!r}.")
     if spec.sha256 is not None:
@@ -135,6 +152,10 @@ def check_local_file(spec, path, hashes):
     return path
 
 
+@validate_params(
+    {"spec": [ModelSpec], "target": [os.PathLike], "hashes": [FileHashes], "progress": ["boolean"]},
+    prefer_skip_nested_validation=True,
+)
 def retrieve(spec, target, hashes, *, progress=False):
     """Return ``target``, downloading it from ``spec.url`` unless valid there.
 
@@ -142,7 +163,7 @@ def retrieve(spec, target, hashes, *, progress=False):
     ----------
     spec : ModelSpec
         A model registered with a URL and a checksum.
-    target : pathlib.Path
+    target : os.PathLike
         Where the file goes in the cache folder.
     hashes : FileHashes
         The checksum memo.
@@ -154,6 +175,9 @@ def retrieve(spec, target, hashes, *, progress=False):
     target : pathlib.Path
         The verified file.
     """
+    target = pathlib.Path(target)
+    if spec.url is None or spec.sha256 is None:
+        raise ValueError(f"Model {spec.name!r} has no URL and checksum to download it from.")
     if _is_valid(target, spec, hashes):
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
