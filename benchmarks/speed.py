@@ -75,9 +75,9 @@ def torch_features(net, X, batch_size, temperature=2.0, tuned=True):
     out = []
     for start in range(0, len(X), batch_size):
         captured = {}
-        hooks = [linears[1].register_forward_hook(lambda m, i, o: captured.update(x6=i[0], y7=o))]
+        hooks = [linears[1].register_forward_hook(lambda m, i, o: captured.update(x6=i[0], y7=o))]  # noqa: B023 (runs in this iteration)
         if not tuned:
-            hooks.append(linears[1].register_full_backward_hook(lambda m, gi, go: captured.update(d7=go[0])))
+            hooks.append(linears[1].register_full_backward_hook(lambda m, gi, go: captured.update(d7=go[0])))  # noqa: B023
         logits = net(torch.from_numpy(X[start : start + batch_size]))
         loss = -(torch.log_softmax(logits / temperature, dim=1) / logits.shape[1]).sum()
         if tuned:
@@ -158,7 +158,7 @@ def main():
         for tuned, name in [(False, "loss.backward(), hooks"), (True, "autograd.grad to y7 only")]:
             with torch.enable_grad():
                 torch_features(net, X[: args.batch_size], args.batch_size, tuned=tuned)
-                t_torch, feats = timed(lambda: torch_features(net, X, args.batch_size, tuned=tuned), 2)
+                t_torch, feats = timed(lambda: torch_features(net, X, args.batch_size, tuned=tuned), 2)  # noqa: B023
             fwd = np.concatenate([f for f, _ in feats])
             bwd = np.concatenate([b for _, b in feats])
             err = max(np.abs(fwd - Z["forward"]).max(), np.abs(bwd - Z["backward"]).max())

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import skfishing
 
-
 # -- Project information ------------------------------------------------------
 
 project = "skfishing"
@@ -162,7 +161,7 @@ _write_embedded_model_facts()
 
 _SUBMODULES = (
     "transformer", "kernel", "svm", "graph", "network", "cache", "images",
-    "registry", "datasets", "metrics",
+    "registry", "model_spec", "download", "state", "datasets", "metrics",
 )
 
 

@@ -222,7 +222,7 @@ def main(argv=None):
     steps_per_epoch = n // args.batch_size  # drop the last partial batch
     total_steps = steps_per_epoch * args.epochs
     decay, no_decay = [], []
-    for name, prm in model.named_parameters():
+    for _, prm in model.named_parameters():
         (no_decay if prm.ndim <= 1 else decay).append(prm)
     opt = torch.optim.SGD(
         [{"params": decay, "weight_decay": args.weight_decay},

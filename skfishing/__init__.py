@@ -12,7 +12,6 @@ from .images import ImagePreprocessing
 from .kernel import trace_kernel
 from .registry import fetch_model, list_models, register_model
 from .svm import TraceKernelSVC
-from .transformer import DeepFisherTransformer
 
 __version__ = "0.1.0.dev0"
 
@@ -29,3 +28,18 @@ __all__ = [
     "metrics",
     "__version__",
 ]
+
+
+def __getattr__(name):
+    # The network side (onnxruntime) loads on first use, so that the kernel
+    # and SVM side imports without it (see docs/developers.rst).
+    if name == "DeepFisherTransformer":
+        from .transformer import DeepFisherTransformer
+
+        globals()[name] = DeepFisherTransformer
+        return DeepFisherTransformer
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -8,11 +8,14 @@
   RGB images, an offline data set for examples and smoke tests.
 """
 
+import os
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.utils import Bunch
+from sklearn.utils._param_validation import Interval, StrOptions, validate_params
 
 __all__ = [
     "VOC2007_CLASSES",
@@ -122,6 +125,10 @@ def _read_class_labels(path, index):
     return labels
 
 
+@validate_params(
+    {"root": [str, os.PathLike], "split": [str]},
+    prefer_skip_nested_validation=True,
+)
 def load_voc2007(root, split="trainval"):
     """Load the image list and labels of a PASCAL VOC2007 devkit folder.
 
@@ -182,7 +189,7 @@ def load_voc2007(root, split="trainval"):
     >>> voc.labels.shape  # doctest: +SKIP
     (2510, 20)
     """
-    if not isinstance(split, str) or not split or any(c in split for c in "/\\"):
+    if not split or any(c in split for c in "/\\"):
         raise ValueError(
             f"split must be the name of an image set such as 'trainval'; got "
             f"{split!r}."
@@ -217,6 +224,10 @@ def load_voc2007(root, split="trainval"):
 _NPZ_KEYS = ("images", "labels", "difficult", "classes", "split", "ids")
 
 
+@validate_params(
+    {"path": [str, os.PathLike], "split": [StrOptions({"train", "val", "trainval"}), None]},
+    prefer_skip_nested_validation=True,
+)
 def load_voc2007_npz(path, split=None):
     """Load PASCAL VOC2007 images and labels from a ``.npz`` archive.
 
@@ -263,10 +274,6 @@ def load_voc2007_npz(path, split=None):
     >>> voc.images.shape  # doctest: +SKIP
     (2500, 64, 64, 3)
     """
-    if split not in (None, "train", "val", "trainval"):
-        raise ValueError(
-            f"split must be 'train', 'val', 'trainval' or None; got {split!r}."
-        )
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"VOC2007 archive {str(path)!r} does not exist.")
@@ -310,6 +317,10 @@ def load_voc2007_npz(path, split=None):
     return data
 
 
+@validate_params(
+    {"size": [Interval(Integral, 8, None, closed="left")]},
+    prefer_skip_nested_validation=True,
+)
 def load_digits_images(size=32):
     """Load scikit-learn's handwritten digits as small RGB images.
 
@@ -343,8 +354,6 @@ def load_digits_images(size=32):
     """
     from PIL import Image
 
-    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 8:
-        raise ValueError(f"size must be an integer >= 8; got {size!r}.")
     digits = load_digits()
     grey = np.rint(digits.images * (255 / 16)).astype(np.uint8)
     if size != 8:

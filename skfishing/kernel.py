@@ -1,12 +1,24 @@
 """Trace kernel between factorized (rank-1) gradient features."""
 
+from numbers import Integral
+
 import numpy as np
 from sklearn.utils import check_array
+from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import assert_all_finite
 
 _FIELDS = ("forward", "backward")
 
 
+@validate_params(
+    {
+        # X and Y are checked by _check_features, whose messages name the field at fault.
+        "X": "no_validation",
+        "Y": "no_validation",
+        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def trace_kernel(X, Y=None, *, chunk_size=None):
     """Gram matrix of the trace kernel between factorized features.
 
@@ -38,7 +50,7 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     Y : same kind and widths as X, default=None
         Second set of features. If None, ``Y = X``.
 
-    chunk_size : int, default=None
+    chunk_size : int >= 1, default=None
         Number of rows of ``X`` per block. If None, a quarter of the rows
         (half of them when ``Y`` is None, as only the upper triangle is
         computed): for float32 features a block then takes at most an eighth

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import average_precision_score, make_scorer
 from sklearn.utils import Bunch, check_array
+from sklearn.utils._param_validation import StrOptions, validate_params
 
 __all__ = [
     "average_precision_report",
@@ -34,9 +35,7 @@ def _check_targets(y_true, y_score, difficult):
 
     Also returns whether the input was 1-D.
     """
-    y_score = check_array(
-        y_score, ensure_2d=False, dtype=np.float64, input_name="y_score"
-    )
+    y_score = check_array(y_score, ensure_2d=False, dtype=np.float64, input_name="y_score")
     y_true = check_array(y_true, ensure_2d=False, dtype=None, input_name="y_true")
     if y_true.ndim not in (1, 2) or y_score.ndim not in (1, 2):
         raise ValueError(
@@ -46,14 +45,10 @@ def _check_targets(y_true, y_score, difficult):
         )
     if y_true.shape != y_score.shape:
         raise ValueError(
-            f"y_true and y_score must have the same shape; got {y_true.shape} "
-            f"and {y_score.shape}."
+            f"y_true and y_score must have the same shape; got {y_true.shape} and {y_score.shape}."
         )
     if y_true.dtype.kind not in "biuf":
-        raise ValueError(
-            f"y_true must hold numbers (0/1, or the devkit's 1/-1/0); got dtype "
-            f"{y_true.dtype}."
-        )
+        raise ValueError(f"y_true must hold numbers (0/1, or the devkit's 1/-1/0); got dtype {y_true.dtype}.")
     values = set(np.unique(y_true).tolist())
     if difficult is None and -1 in values:
         if not values <= {-1, 0, 1}:
@@ -67,26 +62,19 @@ def _check_targets(y_true, y_score, difficult):
     else:
         if not values <= {0, 1}:
             hint = (
-                " The devkit encoding with -1 is only accepted when difficult "
-                "is None."
+                " The devkit encoding with -1 is only accepted when difficult is None."
                 if difficult is not None
                 else ""
             )
-            raise ValueError(
-                f"y_true must be a 0/1 indicator; got values {sorted(values)}."
-                + hint
-            )
+            raise ValueError(f"y_true must be a 0/1 indicator; got values {sorted(values)}." + hint)
         positive = y_true == 1
         if difficult is None:
             difficult = np.zeros(y_true.shape, dtype=bool)
         else:
-            difficult = check_array(
-                difficult, ensure_2d=False, dtype=None, input_name="difficult"
-            )
+            difficult = check_array(difficult, ensure_2d=False, dtype=None, input_name="difficult")
             if difficult.shape != y_true.shape:
                 raise ValueError(
-                    f"difficult must have the shape of y_true {y_true.shape}; "
-                    f"got {difficult.shape}."
+                    f"difficult must have the shape of y_true {y_true.shape}; got {difficult.shape}."
                 )
             if not set(np.unique(difficult).tolist()) <= {0, 1}:
                 raise ValueError("difficult must be boolean (or 0/1).")
@@ -133,6 +121,15 @@ def _macro(values):
     return float(values[defined].mean()) if defined.any() else np.nan
 
 
+@validate_params(
+    {
+        "y_true": ["array-like"],
+        "y_score": ["array-like"],
+        "difficult": ["array-like", None],
+        "average": [StrOptions({"macro"}), None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def voc07_average_precision(y_true, y_score, *, difficult=None, average="macro"):
     """PASCAL VOC2007 11-point interpolated average precision.
 
@@ -219,8 +216,6 @@ def voc07_average_precision(y_true, y_score, *, difficult=None, average="macro")
     >>> voc07_average_precision(Y, S, average=None)
     array([1.        , 0.77272727])
     """
-    if average not in ("macro", None):
-        raise ValueError(f"average must be 'macro' or None; got {average!r}.")
     positive, difficult, y_score, is_1d = _check_targets(y_true, y_score, difficult)
     ap = np.empty(positive.shape[1])
     for c in range(positive.shape[1]):
@@ -271,6 +266,15 @@ combine with other metrics in multi-metric evaluation.
 voc07_scoring = {"voc07_map": voc07_scorer}
 
 
+@validate_params(
+    {
+        "y_true": ["array-like"],
+        "y_score": ["array-like"],
+        "difficult": ["array-like", None],
+        "classes": ["array-like", None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def average_precision_report(y_true, y_score, *, difficult=None, classes=None):
     """Per-class VOC2007 11-point AP and scikit-learn's AP side by side.
 
@@ -345,10 +349,7 @@ def average_precision_report(y_true, y_score, *, difficult=None, classes=None):
         classes = [str(c) for c in range(n_classes)]
     classes = np.asarray(classes, dtype=str)
     if classes.shape != (n_classes,):
-        raise ValueError(
-            f"classes must hold one name per class ({n_classes}); got "
-            f"{classes.size}."
-        )
+        raise ValueError(f"classes must hold one name per class ({n_classes}); got {classes.size}.")
     voc07_ap = np.empty(n_classes)
     sklearn_ap = np.empty(n_classes)
     for c in range(n_classes):
@@ -375,9 +376,7 @@ def average_precision_report(y_true, y_score, *, difficult=None, classes=None):
         f"{'class':<{width}}  VOC07 AP  sklearn AP  positives  difficult",
         *(
             f"{name:<{width}}  {a:8.4f}  {b:10.4f}  {p:9d}  {d:9d}"
-            for name, a, b, p, d in zip(
-                classes, voc07_ap, sklearn_ap, n_positive, n_difficult
-            )
+            for name, a, b, p, d in zip(classes, voc07_ap, sklearn_ap, n_positive, n_difficult)
         ),
         f"{'mean':<{width}}  {voc07_map:8.4f}  {sklearn_map:10.4f}",
     ]

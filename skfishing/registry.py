@@ -1,29 +1,39 @@
-"""Registry of pretrained networks, with checksummed downloads.
+"""Registry of pretrained networks: names, files and image preprocessing.
 
-Each :class:`ModelSpec` says where an ONNX classifier lives (a URL or a local
-file), its SHA-256 checksum and the image preprocessing it was trained with.
-Downloads go through :mod:`pooch` into a cache folder (argument, else the
-``SKFISHING_CACHE_DIR`` environment variable, else the user cache folder):
-the file is written to a temporary name, checked, then moved into place, so
-an interrupted or corrupt download never ends up in the cache.
+A :class:`ModelRegistry` holds the models one process knows about: the
+built-in table (``models.json`` in the package data: the networks downloaded
+from the ONNX Model Zoo mirror, and the metadata files of the networks shipped
+with the package), read once when the registry is created, and the models the
+user registers. Like pooch's ``Pooch``, it keeps everything on the object:
+the process's registry is created on first use by
+:func:`skfishing.state.models`, and the functions of this module
+(:func:`register_model`, :func:`list_models`, :func:`fetch_model`,
+:func:`resolve_model`, ...) act on it.
+
+What a model is lives in :mod:`skfishing.model_spec`; how its file is
+downloaded and checked, in :mod:`skfishing.download`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import pathlib
+import threading
 import urllib.parse
-from dataclasses import dataclass
 from numbers import Integral
 
 import onnx
-import pooch
+from sklearn.utils._param_validation import Interval, validate_params
 
+from . import state
+from .download import CACHE_DIR_ENV, FileHashes, check_local_file, get_cache_dir, retrieve
 from .images import ImagePreprocessing
+from .model_spec import ModelSpec, ResolvedModel
 
 __all__ = [
+    "CACHE_DIR_ENV",
+    "ModelRegistry",
     "ModelSpec",
     "ResolvedModel",
     "fetch_model",
@@ -32,166 +42,237 @@ __all__ = [
     "model_path",
     "register_model",
     "resolve_model",
+    "unregister_model",
 ]
 
-CACHE_DIR_ENV = "SKFISHING_CACHE_DIR"
-
 _DATA_DIR = pathlib.Path(__file__).parent / "data"
-_EMBEDDED_METADATA = "tinyalexnet.json"
-_ZOO_URL = (
-    "https://huggingface.co/onnxmodelzoo/legacy_models/resolve/main/"
-    "validated/vision/classification/"
-)
-_DOWNLOAD_CHUNK = 1 << 20
+_TABLE = "models.json"
+
+# Parameter constraints, shared by the methods and the module's functions.
+_PATH = [str, os.PathLike, None]
+_NAME = {"name": [str]}
+_CACHE = {"cache_dir": _PATH}
+_REGISTER = {
+    "spec_or_name": [ModelSpec, str],
+    "path": _PATH,
+    "url": [str, None],
+    "sha256": [str, None],
+    "size_bytes": [Interval(Integral, 1, None, closed="left"), None],
+    "preprocessing": [ImagePreprocessing, None],
+    "description": [str],
+    "overwrite": ["boolean"],
+}
+_FETCH = {**_NAME, **_CACHE, "progress": ["boolean"]}
+_RESOLVE = {"model": [str, os.PathLike, onnx.ModelProto], **_CACHE}
 
 
-@dataclass(frozen=True)
-class ModelSpec:
-    """Where a pretrained ONNX classifier lives and how to feed it images.
+def _validated(constraints):
+    return validate_params(constraints, prefer_skip_nested_validation=True)
+
+
+class ModelRegistry:
+    """The models known to a process: built-in, embedded and user-registered.
+
+    The table of built-in models is read from ``models.json`` in
+    ``data_dir`` when the registry is created, with the metadata files of
+    the embedded models it lists (those missing from the folder are left
+    out); nothing is read again afterwards. Models registered with
+    :meth:`register` live on the object. Checksums of model files are
+    remembered in :attr:`hashes`.
+
+    Most code uses the registry of the process, :func:`skfishing.state.models`,
+    through the functions of :mod:`skfishing.registry`; a registry of its own
+    is useful to test a data folder or to keep registrations apart.
 
     Parameters
     ----------
-    name : str
-        Name under which the model is registered.
-    filename : str
-        File name of the model in the cache folder (a bare name, no folder).
-    sha256 : str or None
-        SHA-256 checksum of the file (64 hexadecimal digits); required with
-        ``url``, optional for local files (checked when given).
-    url : str, default=None
-        Where to download the file from; ``None`` for local files.
-    size_bytes : int, default=None
-        Size of the file, for information and a cheap first check.
-    preprocessing : ImagePreprocessing, default=None
-        Image preprocessing of the network; ``None`` for networks that only
-        take preprocessed arrays.
-    description : str, default=""
-        One line for humans.
-    path : str, default=None
-        Absolute path of a local file (a user's file or package data);
-        exactly one of ``url`` and ``path`` is given.
-    """
-
-    name: str
-    filename: str
-    sha256: str | None
-    url: str | None = None
-    size_bytes: int | None = None
-    preprocessing: ImagePreprocessing | None = None
-    description: str = ""
-    path: str | None = None
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name.strip():
-            raise ValueError(
-                f"A model name must be a non-empty string, got {self.name!r}."
-            )
-        if (
-            not isinstance(self.filename, str)
-            or not self.filename
-            or pathlib.PurePath(self.filename).name != self.filename
-            or "\\" in self.filename
-        ):
-            raise ValueError(
-                f"Model {self.name!r}: filename must be a bare file name, "
-                f"got {self.filename!r}."
-            )
-        if self.sha256 is not None:
-            digest = str(self.sha256).lower()
-            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-                raise ValueError(
-                    f"Model {self.name!r}: sha256 must be 64 hexadecimal digits, "
-                    f"got {self.sha256!r}."
-                )
-            object.__setattr__(self, "sha256", digest)
-        if (self.url is None) == (self.path is None):
-            raise ValueError(
-                f"Model {self.name!r}: give exactly one of url (downloaded) and "
-                "path (local file)."
-            )
-        if self.url is not None and self.sha256 is None:
-            raise ValueError(
-                f"Model {self.name!r}: a downloaded model needs its sha256 so that "
-                "the download can be verified."
-            )
-        if self.size_bytes is not None and (
-            not isinstance(self.size_bytes, Integral) or self.size_bytes < 1
-        ):
-            raise ValueError(
-                f"Model {self.name!r}: size_bytes must be a positive integer, "
-                f"got {self.size_bytes!r}."
-            )
-        if self.preprocessing is not None and not isinstance(
-            self.preprocessing, ImagePreprocessing
-        ):
-            raise TypeError(
-                f"Model {self.name!r}: preprocessing must be an ImagePreprocessing "
-                f"or None, got {type(self.preprocessing).__name__}."
-            )
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    """A model ready to load: its ONNX source and image preprocessing.
+    data_dir : str or os.PathLike, default=None
+        Folder holding ``models.json`` and the embedded models; default: the
+        package data, ``skfishing/data``. A folder without ``models.json``
+        gives a registry without built-in models.
 
     Attributes
     ----------
-    source : pathlib.Path or onnx.ModelProto
-        The ONNX file (verified against its checksum when known) or model.
-    preprocessing : ImagePreprocessing or None
-        Image preprocessing of the network, ``None`` when unknown.
-    name : str or None
-        Registry name, ``None`` for unregistered files and models.
+    data_dir : pathlib.Path
+        The folder read.
+    hashes : skfishing.download.FileHashes
+        SHA-256 of the model files checked so far.
+
+    Examples
+    --------
+    >>> from skfishing.registry import ModelRegistry
+    >>> registry = ModelRegistry()
+    >>> [spec.name for spec in registry.list()]
+    ['alexnet', 'vgg16', 'tinyalexnet']
+    >>> registry.get("alexnet").preprocessing.channel_order
+    'BGR'
     """
 
-    source: pathlib.Path | onnx.ModelProto
-    preprocessing: ImagePreprocessing | None
-    name: str | None
+    @_validated({"data_dir": _PATH})
+    def __init__(self, data_dir=None):
+        self.data_dir = _DATA_DIR if data_dir is None else pathlib.Path(data_dir)
+        self._builtin = {spec.name: spec for spec in _read_table(self.data_dir)}
+        self._user = {}
+        self._lock = threading.Lock()
+        self.hashes = FileHashes()
+
+    def __repr__(self):
+        return f"ModelRegistry({str(self.data_dir)!r}, models={sorted(self._models())})"
+
+    def _models(self):
+        with self._lock:
+            return {**self._builtin, **self._user}
+
+    def __contains__(self, name):
+        return name in self._models()
+
+    def list(self):
+        """List the registered models.
+
+        Returns
+        -------
+        models : list of ModelSpec
+            The built-in models, the embedded models and the user's models.
+        """
+        return list(self._models().values())
+
+    @_validated(_NAME)
+    def get(self, name):
+        """The specification of a registered model.
+
+        Parameters
+        ----------
+        name : str
+            Registered name.
+
+        Returns
+        -------
+        spec : ModelSpec
+        """
+        models = self._models()
+        if name not in models:
+            raise ValueError(f"Unknown model {name!r}. Registered models: {', '.join(sorted(models))}.")
+        return models[name]
+
+    @_validated(_REGISTER)
+    def register(
+        self,
+        spec_or_name,
+        path=None,
+        *,
+        url=None,
+        sha256=None,
+        size_bytes=None,
+        preprocessing=None,
+        description="",
+        overwrite=False,
+    ):
+        """Register an ONNX classifier under a name; see :func:`register_model`."""
+        spec = _make_spec(spec_or_name, path, url, sha256, size_bytes, preprocessing, description)
+        if spec.path is not None and not os.path.isfile(spec.path):
+            raise FileNotFoundError(f"Model {spec.name!r}: no such file {spec.path!r}.")
+        with self._lock:
+            if not overwrite and (spec.name in self._builtin or spec.name in self._user):
+                raise ValueError(
+                    f"A model named {spec.name!r} is already registered; pass overwrite=True to replace it."
+                )
+            self._user[spec.name] = spec
+        return spec
+
+    @_validated(_NAME)
+    def unregister(self, name):
+        """Remove a model registered by the user; see :func:`unregister_model`."""
+        with self._lock:
+            if name in self._user:
+                return self._user.pop(name)
+            if name in self._builtin:
+                raise ValueError(
+                    f"Model {name!r} is built in; only models registered by the user can be removed."
+                )
+        raise ValueError(f"No model named {name!r} was registered by the user.")
+
+    @_validated({**_NAME, **_CACHE})
+    def path(self, name, *, cache_dir=None):
+        """Where the file of a model is; see :func:`model_path`."""
+        spec = self.get(name)
+        if spec.path is not None:
+            return pathlib.Path(spec.path)
+        return get_cache_dir(cache_dir) / spec.filename
+
+    @_validated(_FETCH)
+    def fetch(self, name, *, cache_dir=None, progress=False):
+        """The verified local file of a model; see :func:`fetch_model`."""
+        spec = self.get(name)
+        target = self.path(name, cache_dir=cache_dir)
+        if spec.path is not None:
+            return check_local_file(spec, target, self.hashes)
+        return retrieve(spec, target, self.hashes, progress=progress)
+
+    @_validated(_RESOLVE)
+    def resolve(self, model, *, cache_dir=None):
+        """An ONNX source and its preprocessing; see :func:`resolve_model`."""
+        if isinstance(model, onnx.ModelProto):
+            return ResolvedModel(model, None, None)
+        models = self._models()
+        if isinstance(model, str) and model in models:
+            spec = models[model]
+            return ResolvedModel(self.fetch(model, cache_dir=cache_dir), spec.preprocessing, spec.name)
+        path = pathlib.Path(model).expanduser()
+        if not path.is_file():
+            names = ", ".join(sorted(models))
+            if isinstance(model, str) and not (os.sep in model or "/" in model or model.endswith(".onnx")):
+                raise ValueError(f"Unknown model {model!r}: not a registered name ({names}) and not a file.")
+            raise FileNotFoundError(f"No such model file {str(path)!r} (registered names: {names}).")
+        for spec in models.values():
+            if spec.path is not None and pathlib.Path(spec.path).resolve() == path.resolve():
+                return ResolvedModel(self.fetch(spec.name), spec.preprocessing, spec.name)
+        return ResolvedModel(path, None, None)
 
 
-_BUILTIN_MODELS = (
-    ModelSpec(
-        name="alexnet",
-        filename="bvlcalexnet-12.onnx",
-        sha256="6b0da9510f27f234ee96a85dc3809dd210150fdefad87f6850f9788513216945",
-        url=_ZOO_URL + "alexnet/model/bvlcalexnet-12.onnx",
-        size_bytes=243_863_787,
-        preprocessing=ImagePreprocessing(
-            size=224,
-            resize=256,
-            channel_order="BGR",
-            scale=1.0,
-            mean=(122.7717, 115.9465, 102.9801),
-        ),
-        description="BVLC AlexNet (Caffe), ONNX Model Zoo, the network of the paper",
-    ),
-    ModelSpec(
-        name="vgg16",
-        filename="vgg16-12.onnx",
-        sha256="722c42f53ca03a5480296bf8f9c85a151de3eed9ec982d7d2302ff6e2900c67b",
-        url=_ZOO_URL + "vgg/model/vgg16-12.onnx",
-        size_bytes=553_437_752,
-        preprocessing=ImagePreprocessing(
-            size=224,
-            resize=256,
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
-        ),
-        description="VGG16 (MXNet Gluon), ONNX Model Zoo",
-    ),
-)
-
-# Models registered by the user in this process, by name.
-_USER_MODELS = {}
-# SHA-256 of files already hashed, keyed by (path, size, mtime_ns).
-_HASHES = {}
+def _make_spec(spec_or_name, path, url, sha256, size_bytes, preprocessing, description):
+    """The ModelSpec that the arguments of :func:`register_model` describe."""
+    if isinstance(spec_or_name, ModelSpec):
+        given = (path, url, sha256, size_bytes, preprocessing)
+        if any(arg is not None for arg in given) or description:
+            raise TypeError("Give either a ModelSpec or a name with its fields, not both.")
+        return spec_or_name
+    filename = None
+    if path is not None:
+        path = pathlib.Path(path).expanduser().resolve()
+        filename, path = path.name, str(path)
+    elif url is not None:
+        filename = pathlib.PurePosixPath(urllib.parse.urlsplit(url).path).name
+    return ModelSpec(
+        name=spec_or_name,
+        filename=filename or spec_or_name + ".onnx",
+        sha256=sha256,
+        url=url,
+        size_bytes=size_bytes,
+        preprocessing=preprocessing,
+        description=description,
+        path=path,
+    )
 
 
-def _embedded_models():
-    """The model shipped in the package data, if its metadata is there."""
-    metadata_path = _DATA_DIR / _EMBEDDED_METADATA
-    if not metadata_path.is_file():
-        return ()
+def _read_table(data_dir):
+    """The built-in models described in ``data_dir``: downloads, then embedded."""
+    table_path = data_dir / _TABLE
+    if not table_path.is_file():
+        return []
+    try:
+        table = json.loads(table_path.read_text())
+        specs = [
+            ModelSpec(**{**entry, "preprocessing": ImagePreprocessing(**entry["preprocessing"])})
+            for entry in table["download"]
+        ]
+        embedded = [data_dir / name for name in table["embedded"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"Malformed model table {table_path}: {exc!r}") from exc
+    return specs + [_read_embedded(path) for path in embedded if path.is_file()]
+
+
+def _read_embedded(metadata_path):
+    """The spec of a model shipped in the package data, from its metadata file."""
     try:
         meta = json.loads(metadata_path.read_text())
         preprocessing = ImagePreprocessing(
@@ -204,25 +285,20 @@ def _embedded_models():
         description = "small network embedded in skfishing"
         if "val_top1" in meta:
             description += f", Tiny ImageNet val top-1 {meta['val_top1']:.1%}"
-        return (
-            ModelSpec(
-                name=meta["name"],
-                filename=meta["file"],
-                sha256=meta["sha256"],
-                size_bytes=meta.get("size_bytes"),
-                preprocessing=preprocessing,
-                description=description,
-                path=str(_DATA_DIR / meta["file"]),
-            ),
+        return ModelSpec(
+            name=meta["name"],
+            filename=meta["file"],
+            sha256=meta["sha256"],
+            size_bytes=meta.get("size_bytes"),
+            preprocessing=preprocessing,
+            description=description,
+            path=str(metadata_path.parent / meta["file"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"Malformed model metadata {metadata_path}: {exc!r}") from exc
 
 
-def _models():
-    models = {spec.name: spec for spec in _BUILTIN_MODELS + _embedded_models()}
-    models.update(_USER_MODELS)
-    return models
+# -- the process's registry ------------------------------------------------------
 
 
 def list_models():
@@ -233,18 +309,10 @@ def list_models():
     models : list of ModelSpec
         The built-in models, the embedded model and the user's models.
     """
-    return list(_models().values())
+    return state.models().list()
 
 
-def _get_spec(name):
-    models = _models()
-    if name not in models:
-        raise ValueError(
-            f"Unknown model {name!r}. Registered models: {', '.join(sorted(models))}."
-        )
-    return models[name]
-
-
+@_validated(_REGISTER)
 def register_model(
     spec_or_name,
     path=None,
@@ -285,6 +353,10 @@ def register_model(
     spec : ModelSpec
         The registered specification.
 
+    See Also
+    --------
+    unregister_model : Remove it again.
+
     Examples
     --------
     >>> from skfishing.images import ImagePreprocessing
@@ -292,66 +364,44 @@ def register_model(
     >>> prep = ImagePreprocessing(224, resize=256)
     >>> register_model("mynet", "mynet.onnx", preprocessing=prep)  # doctest: +SKIP
     """
-    if isinstance(spec_or_name, ModelSpec):
-        given = (path, url, sha256, size_bytes, preprocessing)
-        if any(arg is not None for arg in given) or description:
-            raise TypeError(
-                "Give either a ModelSpec or a name with its fields, not both."
-            )
-        spec = spec_or_name
-    elif isinstance(spec_or_name, str):
-        filename = None
-        if path is not None:
-            path = pathlib.Path(path).expanduser().resolve()
-            filename, path = path.name, str(path)
-        elif url is not None:
-            filename = pathlib.PurePosixPath(urllib.parse.urlsplit(url).path).name
-        spec = ModelSpec(
-            name=spec_or_name,
-            filename=filename or spec_or_name + ".onnx",
-            sha256=sha256,
-            url=url,
-            size_bytes=size_bytes,
-            preprocessing=preprocessing,
-            description=description,
-            path=path,
-        )
-    else:
-        raise TypeError(
-            "spec_or_name must be a ModelSpec or a str, "
-            f"got {type(spec_or_name).__name__}."
-        )
-    if spec.path is not None and not os.path.isfile(spec.path):
-        raise FileNotFoundError(f"Model {spec.name!r}: no such file {spec.path!r}.")
-    if spec.name in _models() and not overwrite:
-        raise ValueError(
-            f"A model named {spec.name!r} is already registered; pass "
-            "overwrite=True to replace it."
-        )
-    _USER_MODELS[spec.name] = spec
-    return spec
+    return state.models().register(
+        spec_or_name,
+        path,
+        url=url,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        preprocessing=preprocessing,
+        description=description,
+        overwrite=overwrite,
+    )
 
 
-def get_cache_dir(cache_dir=None):
-    """Folder where downloaded models are kept.
+@_validated(_NAME)
+def unregister_model(name):
+    """Remove a model registered with :func:`register_model`.
+
+    A built-in model replaced with ``overwrite=True`` comes back.
 
     Parameters
     ----------
-    cache_dir : str or os.PathLike, default=None
-        Folder to use. Default: the ``SKFISHING_CACHE_DIR`` environment
-        variable if set, else the user cache folder of the platform
-        (``pooch.os_cache("skfishing")``, e.g. ``~/.cache/skfishing``).
+    name : str
+        Name given to :func:`register_model`.
 
     Returns
     -------
-    cache_dir : pathlib.Path
-        The folder (not created).
+    spec : ModelSpec
+        The specification removed.
+
+    Raises
+    ------
+    ValueError
+        If no model of that name was registered by the user (built-in
+        models cannot be removed).
     """
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_DIR_ENV) or pooch.os_cache("skfishing")
-    return pathlib.Path(cache_dir).expanduser()
+    return state.models().unregister(name)
 
 
+@_validated({**_NAME, **_CACHE})
 def model_path(name, *, cache_dir=None):
     """Where the file of a registered model is, or will be once downloaded.
 
@@ -367,67 +417,18 @@ def model_path(name, *, cache_dir=None):
     path : pathlib.Path
         The local file of the model (it may not exist yet).
     """
-    spec = _get_spec(name)
-    if spec.path is not None:
-        return pathlib.Path(spec.path)
-    return get_cache_dir(cache_dir) / spec.filename
+    return state.models().path(name, cache_dir=cache_dir)
 
 
-def _sha256(path):
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        _HASHES[key] = pooch.file_hash(str(path), alg="sha256")
-    return _HASHES[key]
-
-
-def _is_valid(path, spec):
-    """Whether ``path`` exists with the size and checksum of ``spec``."""
-    if not path.is_file():
-        return False
-    if spec.size_bytes is not None and path.stat().st_size != spec.size_bytes:
-        return False
-    return spec.sha256 is None or _sha256(path) == spec.sha256
-
-
-def _make_cache_folder(folder):
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise type(exc)(
-            f"Cannot create the model cache folder {folder}: {exc.strerror or exc}. Set the "
-            "cache_dir argument or the SKFISHING_CACHE_DIR environment variable to a writable folder."
-        ) from exc
-
-
-@contextlib.contextmanager
-def _file_lock(path):
-    """Hold an exclusive lock on ``path``, to download a file only once.
-
-    A no-op where ``fcntl`` is missing (Windows): concurrent downloads then
-    both happen, and each still replaces the cached file atomically.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    _make_cache_folder(path.parent)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
+@_validated(_FETCH)
 def fetch_model(name, *, cache_dir=None, progress=False):
     """Return the local file of a registered model, downloading it if needed.
 
     A cached file is used only if its checksum matches (files are hashed
-    once per process while their size and modification time are
-    unchanged); otherwise it is downloaded again. Nothing is downloaded for
-    a valid cached file, so this works offline once the file is there.
+    once per process while they stay the same file: same inode, size,
+    modification and change times); otherwise it is downloaded again.
+    Nothing is downloaded for a valid cached file, so this works offline
+    once the file is there.
 
     Parameters
     ----------
@@ -453,60 +454,10 @@ def fetch_model(name, *, cache_dir=None, progress=False):
         If the download fails; the message says where to put the file by
         hand.
     """
-    spec = _get_spec(name)
-    target = model_path(name, cache_dir=cache_dir)
-    if spec.path is not None:
-        if not target.is_file():
-            raise FileNotFoundError(f"Model {name!r}: no such file {str(target)!r}.")
-        if spec.sha256 is not None and _sha256(target) != spec.sha256:
-            raise ValueError(
-                f"Model {name!r}: {target} has sha256 {_sha256(target)}, "
-                f"expected {spec.sha256}."
-            )
-        return target
-    if _is_valid(target, spec):
-        return target
-    with _file_lock(target.with_name(target.name + ".lock")):
-        if _is_valid(target, spec):  # downloaded meanwhile by another process
-            return target
-        _download(spec, target, progress)
-    return target
+    return state.models().fetch(name, cache_dir=cache_dir, progress=progress)
 
 
-def _download(spec, target, progress):
-    import requests  # pooch's dependency, imported lazily as pooch does
-
-    if urllib.parse.urlsplit(spec.url).scheme in ("http", "https"):
-        downloader = pooch.HTTPDownloader(
-            progressbar=progress, chunk_size=_DOWNLOAD_CHUNK
-        )
-    else:
-        downloader = None
-    try:
-        pooch.retrieve(
-            spec.url,
-            known_hash=f"sha256:{spec.sha256}",
-            fname=target.name,
-            path=target.parent,
-            downloader=downloader,
-            progressbar=progress,
-        )
-    except (requests.exceptions.RequestException, ValueError) as exc:
-        size = "" if spec.size_bytes is None else f", {spec.size_bytes:,} bytes"
-        message = (
-            f"Could not download model {spec.name!r} from {spec.url}: {exc}\n"
-            f"To install it by hand, download that URL and save it as\n"
-            f"  {target}\n"
-            f"(expected sha256 {spec.sha256}{size}); or point the "
-            f"{CACHE_DIR_ENV} environment variable or the cache_dir argument "
-            f"to a folder that holds {spec.filename}."
-        )
-        error = ValueError if isinstance(exc, ValueError) else ConnectionError
-        raise error(message) from exc
-    stat = target.stat()
-    _HASHES[(str(target.resolve()), stat.st_size, stat.st_mtime_ns)] = spec.sha256
-
-
+@_validated(_RESOLVE)
 def resolve_model(model, *, cache_dir=None):
     """Turn a model argument into an ONNX source and its preprocessing.
 
@@ -534,35 +485,4 @@ def resolve_model(model, *, cache_dir=None):
     TypeError
         If ``model`` has another type.
     """
-    if isinstance(model, onnx.ModelProto):
-        return ResolvedModel(model, None, None)
-    if not isinstance(model, (str, os.PathLike)):
-        raise TypeError(
-            "model must be a registered name, a path to an ONNX file or an "
-            f"onnx.ModelProto, got {type(model).__name__}."
-        )
-    models = _models()
-    if isinstance(model, str) and model in models:
-        spec = models[model]
-        path = fetch_model(model, cache_dir=cache_dir)
-        return ResolvedModel(path, spec.preprocessing, spec.name)
-    path = pathlib.Path(model).expanduser()
-    if not path.is_file():
-        names = ", ".join(sorted(models))
-        if isinstance(model, str) and not (
-            os.sep in model or "/" in model or model.endswith(".onnx")
-        ):
-            raise ValueError(
-                f"Unknown model {model!r}: not a registered name ({names}) "
-                "and not a file."
-            )
-        raise FileNotFoundError(
-            f"No such model file {str(path)!r} (registered names: {names})."
-        )
-    for spec in models.values():
-        if (
-            spec.path is not None
-            and pathlib.Path(spec.path).resolve() == path.resolve()
-        ):
-            return ResolvedModel(fetch_model(spec.name), spec.preprocessing, spec.name)
-    return ResolvedModel(path, None, None)
+    return state.models().resolve(model, cache_dir=cache_dir)

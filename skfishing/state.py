@@ -24,8 +24,6 @@ Everything here is bounded and thread-safe.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 import weakref
 from collections import OrderedDict
@@ -71,8 +69,17 @@ def models():
     Returns
     -------
     registry : skfishing.registry.ModelRegistry
+        Built from the package data on the first call (the built-in table
+        and the embedded model's metadata are read then, and only then);
+        the same object afterwards, until :func:`clear`.
     """
-    raise NotImplementedError("to be written with the registry object (issue 13)")
+    global _models
+    with _lock:
+        if _models is None:
+            from .registry import ModelRegistry
+
+            _models = ModelRegistry()
+        return _models
 
 
 # -- networks ----------------------------------------------------------------
@@ -99,17 +106,15 @@ def network(key, build):
 
 # -- file hashes -------------------------------------------------------------
 
-_hashes = _LRU(256)
 _derived = _LRU(256)
-
-
-def _identity(path):
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def file_sha256(path):
     """SHA-256 of a file's content, computed once per file identity.
+
+    The checksums the model registry verifies downloads with
+    (:class:`~skfishing.download.FileHashes` of :func:`models`): one memo
+    for every model file of the process.
 
     Parameters
     ----------
@@ -121,13 +126,7 @@ def file_sha256(path):
     sha256 : str
         64 hexadecimal digits.
     """
-    key = (os.path.realpath(path), _identity(path))
-
-    def compute():
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-
-    return _hashes.get(key, compute)
+    return models().hashes.sha256(path)
 
 
 def memo(key, compute):
@@ -185,11 +184,20 @@ def attach_cache(cache_id, create, *, keep=False):
 
 
 def clear():
-    """Forget everything kept for this process (files on disk stay)."""
+    """Forget everything kept for this process (files on disk stay).
+
+    Networks (onnxruntime sessions) are built again, model files hashed again
+    and every live feature cache and Gram store emptied. Models registered
+    with :func:`~skfishing.registry.register_model` stay registered: they are
+    settings, not caches (:func:`~skfishing.registry.unregister_model`
+    removes one).
+    """
     _networks.clear()
-    _hashes.clear()
     _derived.clear()
     _kept.clear()
     with _lock:
-        for cache in list(_caches.values()):
-            cache.clear()
+        if _models is not None:
+            _models.hashes.clear()
+        caches = list(_caches.values())
+    for cache in caches:
+        cache.clear()

@@ -1,20 +1,22 @@
 """Fixtures shared by several test modules.
 
 Tests run on the CPU execution provider, whose results are exact and
-reproducible to the last bit, unless marked ``cuda`` (tests/test_cuda.py
+reproducible to the last bit, unless marked ``cuda`` (tests/test_providers.py
 compares the CUDA provider with the CPU one where CUDA is available). Tests
 that start another Python process pass ``providers=CPU`` explicitly.
 """
+
+import contextlib
 
 import onnx
 import pytest
 
 import skfishing.network
-
 from onnx_models import tiny_cnn_model
-from skfishing import registry
+from skfishing import state
 from skfishing.images import ImagePreprocessing
 from skfishing.network import FisherNetwork
+from skfishing.registry import list_models, register_model, unregister_model
 
 TINY_CNN = "tinycnn"
 CPU = ["CPUExecutionProvider"]
@@ -58,8 +60,38 @@ def tiny_cnn_file(tmp_path_factory):
 
 
 @pytest.fixture
-def tiny_cnn(tiny_cnn_file, monkeypatch):
+def tiny_cnn(tiny_cnn_file):
     """Register the tiny CNN as "tinycnn" for one test."""
-    monkeypatch.setattr(registry, "_USER_MODELS", {})
-    registry.register_model(TINY_CNN, tiny_cnn_file, preprocessing=ImagePreprocessing(size=32))
-    return TINY_CNN
+    register_model(TINY_CNN, tiny_cnn_file, preprocessing=ImagePreprocessing(size=32))
+    yield TINY_CNN
+    unregister_model(TINY_CNN)
+
+
+@contextlib.contextmanager
+def models_restored():
+    """The registered models after the block are those before it.
+
+    Models registered in the block are removed, built-in or earlier models
+    replaced in it come back; model files are hashed again (no checksum
+    carries over).
+    """
+    before = {spec.name: spec for spec in list_models()}
+    state.clear()
+    try:
+        yield
+    finally:
+        for spec in list_models():
+            if before.get(spec.name) is not spec:
+                unregister_model(spec.name)  # a replaced built-in model comes back
+        now = {spec.name: spec for spec in list_models()}
+        for name, spec in before.items():
+            if now.get(name) is not spec:
+                register_model(spec, overwrite=True)
+        state.clear()
+
+
+@pytest.fixture
+def restore_models():
+    """Undo the test's model registrations (see :func:`models_restored`)."""
+    with models_restored():
+        yield

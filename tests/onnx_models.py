@@ -8,7 +8,7 @@ ONNX graph.
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper, TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 
 def _init(name, array):

@@ -11,6 +11,7 @@ from skfishing.cache import clear_caches
 from skfishing.datasets import VOC2007_CLASSES, load_digits_images
 from skfishing.demo import PARAM_GRID, ROWS, run_demo
 
+
 def _numbers(results):
     return (
         [(row.feature, row.kind, row.layer, row.temperature, row.score) for row in results.rows],

@@ -32,7 +32,6 @@ import onnx
 import pytest
 
 import skfishing.cache as cache_module
-import skfishing.registry as registry
 from onnx_models import caffe_alexnet_model
 from skfishing.cache import CorruptCacheWarning, DiskStore, clear_caches
 from skfishing.images import ImagePreprocessing
@@ -48,9 +47,7 @@ BODY_SHA256 = hashlib.sha256(BODY).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_USER_MODELS", {})
-    monkeypatch.setattr(registry, "_HASHES", {})
+def isolated(restore_models, tmp_path, monkeypatch):
     monkeypatch.setenv("SKFISHING_CACHE_DIR", str(tmp_path / "models"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):

@@ -37,9 +37,7 @@ def test_equals_linear_kernel_on_explicit_features():
 
 def test_float64_fields_are_computed_in_float64():
     X = factorized(15, 5, 3, dtype="f8")
-    assert_allclose(
-        trace_kernel(X), explicit(X) @ explicit(X).T, rtol=1e-12, atol=1e-14
-    )
+    assert_allclose(trace_kernel(X), explicit(X) @ explicit(X).T, rtol=1e-12, atol=1e-14)
 
 
 def test_field_order_and_byte_order_do_not_matter():
@@ -94,9 +92,7 @@ def test_chunk_size_changes_only_rounding(chunk_size):
     assert_allclose(K, reference, atol=1e-6)
     assert_allclose(K, trace_kernel(X), atol=1e-6)
     assert_array_equal(K, K.T)
-    assert_allclose(
-        trace_kernel(X, Y, chunk_size=chunk_size), trace_kernel(X, Y), atol=1e-6
-    )
+    assert_allclose(trace_kernel(X, Y, chunk_size=chunk_size), trace_kernel(X, Y), atol=1e-6)
 
 
 def test_peak_memory_is_output_plus_one_chunk():
@@ -184,3 +180,21 @@ def with_value(Z, field, value):
 def test_bad_input_raises_clear_error(X, Y, message):
     with pytest.raises(ValueError, match=message):
         trace_kernel(X, Y)
+
+
+@pytest.mark.parametrize("chunk_size", [-1, 0, -(2**40), 2.5, "3", [4]])
+@pytest.mark.parametrize("Y", [None, "other"])
+def test_invalid_chunk_size_is_an_error(chunk_size, Y):
+    """Defect 1 (issue 13): chunk_size=-1 returned uninitialised memory."""
+    X = factorized(6, 4, 3, seed=4)
+    Y = None if Y is None else factorized(3, 4, 3, seed=5)
+    message = r"'chunk_size' parameter of trace_kernel must be an int in the range \[1, inf\) or None"
+    with pytest.raises(ValueError, match=message):
+        trace_kernel(X, Y, chunk_size=chunk_size)
+
+
+def test_smallest_and_largest_chunk_sizes_are_exact():
+    X = factorized(6, 4, 3, seed=4)
+    reference = explicit(X) @ explicit(X).T
+    for chunk_size in (1, np.int64(2), 6, 2**40):
+        assert_allclose(trace_kernel(X, chunk_size=chunk_size), reference, atol=1e-6)

@@ -7,7 +7,9 @@ tests; nothing here touches the internet.
 import hashlib
 import http.server
 import json
+import os
 import pathlib
+import shutil
 import socket
 import threading
 import time
@@ -16,11 +18,14 @@ import numpy as np
 import onnx
 import pooch
 import pytest
+from conftest import models_restored
 from onnx import TensorProto, helper, numpy_helper
 
 import skfishing.registry as registry
+from skfishing import state
 from skfishing.images import ImagePreprocessing
 from skfishing.registry import (
+    ModelRegistry,
     ModelSpec,
     ResolvedModel,
     fetch_model,
@@ -29,6 +34,7 @@ from skfishing.registry import (
     model_path,
     register_model,
     resolve_model,
+    unregister_model,
 )
 
 PREP = ImagePreprocessing(8, resize=10, channel_order="BGR", scale=1.0)
@@ -51,10 +57,8 @@ MODEL_SHA256 = hashlib.sha256(MODEL_BYTES).hexdigest()
 
 
 @pytest.fixture(autouse=True)
-def isolated_registry(tmp_path, monkeypatch):
-    """Fresh user registry and hash memo; the cache in a temporary folder."""
-    monkeypatch.setattr(registry, "_USER_MODELS", {})
-    monkeypatch.setattr(registry, "_HASHES", {})
+def isolated_registry(restore_models, tmp_path, monkeypatch):
+    """Models registered by a test are removed after it; the cache in a temporary folder."""
     monkeypatch.setenv("SKFISHING_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
@@ -99,9 +103,7 @@ class _Server:
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self.running = True
-        threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        ).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def close(self):
         if self.running:
@@ -153,9 +155,7 @@ def test_builtin_models():
     specs = {spec.name: spec for spec in list_models()}
     alexnet, vgg16 = specs["alexnet"], specs["vgg16"]
     assert alexnet.url.startswith("https://huggingface.co/onnxmodelzoo/legacy_models/")
-    assert alexnet.url.endswith(
-        "validated/vision/classification/alexnet/model/bvlcalexnet-12.onnx"
-    )
+    assert alexnet.url.endswith("validated/vision/classification/alexnet/model/bvlcalexnet-12.onnx")
     assert alexnet.sha256.startswith("6b0da951") and alexnet.size_bytes == 243_863_787
     assert alexnet.preprocessing == ImagePreprocessing(
         224,
@@ -192,7 +192,7 @@ def test_download_then_offline(server):
     onnx.checker.check_model(onnx.load(str(path)))
     assert server.hits == ["/tiny.onnx"]
     server.close()  # offline from now on: the cached file is enough
-    registry._HASHES.clear()  # as in a new process: the file is hashed again
+    state.models().hashes.clear()  # as in a new process: the file is hashed again
     assert fetch_model("remote") == path
     resolved = resolve_model("remote")
     assert resolved == ResolvedModel(path, PREP, "remote")
@@ -202,15 +202,13 @@ def test_cached_file_hashed_once_per_process(server, monkeypatch):
     _register_remote(server)
     calls = []
     file_hash = pooch.file_hash
-    monkeypatch.setattr(
-        pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k)
-    )
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k))
     path = fetch_model("remote")
     downloaded = len(calls)  # pooch checks the temporary file
     fetch_model("remote")
     resolve_model("remote")
     assert len(calls) == downloaded  # the download was verified already
-    registry._HASHES.clear()
+    state.models().hashes.clear()
     fetch_model("remote")
     fetch_model("remote")
     assert len(calls) == downloaded + 1
@@ -380,18 +378,14 @@ def test_register_spec_and_overwrite(local_model):
     with pytest.raises(ValueError, match="already registered"):
         register_model("alexnet", local_model)
     replaced = register_model("mine", local_model, preprocessing=PREP, overwrite=True)
-    assert (
-        resolve_model("mine").preprocessing == PREP and replaced.preprocessing == PREP
-    )
+    assert resolve_model("mine").preprocessing == PREP and replaced.preprocessing == PREP
     with pytest.raises(TypeError, match="either a ModelSpec or a name"):
         register_model(spec, preprocessing=PREP, overwrite=True)
 
 
 def test_register_by_url_downloads(server):
     server.routes["/files/net.onnx?download=1"] = (MODEL_BYTES, "ok")
-    spec = register_model(
-        "net", url=server.url + "/files/net.onnx?download=1", sha256=MODEL_SHA256
-    )
+    spec = register_model("net", url=server.url + "/files/net.onnx?download=1", sha256=MODEL_SHA256)
     assert spec.filename == "net.onnx"
     assert fetch_model("net").read_bytes() == MODEL_BYTES
 
@@ -440,10 +434,8 @@ def test_model_spec_validation(local_model):
     with pytest.raises(ValueError, match="non-empty string"):
         ModelSpec("", "x.onnx", None, path=str(local_model))
     with pytest.raises(ValueError, match="exactly one of url"):
-        ModelSpec(
-            "x", "x.onnx", MODEL_SHA256, url="http://h/x.onnx", path=str(local_model)
-        )
-    with pytest.raises(TypeError, match="ModelSpec or a str"):
+        ModelSpec("x", "x.onnx", MODEL_SHA256, url="http://h/x.onnx", path=str(local_model))
+    with pytest.raises(TypeError, match="'spec_or_name' parameter .*ModelSpec' or .*'str'"):
         register_model(3)
 
 
@@ -464,7 +456,7 @@ def test_resolve_unregistered_file_and_proto(local_model):
         ("models/net.onnx", FileNotFoundError, r"No such model file.*alexnet"),
         ("net.onnx", FileNotFoundError, "No such model file"),
         (pathlib.Path("alexnet"), FileNotFoundError, "No such model file"),
-        (3, TypeError, "got int"),
+        (3, TypeError, "'model' parameter of resolve_model.*Got 3"),
     ],
 )
 def test_resolve_errors(model, error, match):
@@ -472,11 +464,17 @@ def test_resolve_errors(model, error, match):
         resolve_model(model)
 
 
-# -- the embedded model -------------------------------------------------------------
+# -- the embedded model and the built-in table -------------------------------------
+
+SHIPPED_DATA = pathlib.Path(registry.__file__).parent / "data"
 
 
-def _write_embedded(folder, sha256=MODEL_SHA256, **overrides):
+def _write_data(folder, *, embedded=True, sha256=MODEL_SHA256, **overrides):
+    """A data folder: the shipped model table, and an embedded model unless not ``embedded``."""
     folder.mkdir(exist_ok=True)
+    shutil.copyfile(SHIPPED_DATA / "models.json", folder / "models.json")
+    if not embedded:
+        return folder
     (folder / "tinyalexnet.onnx").write_bytes(MODEL_BYTES)
     meta = {
         "name": "tinyalexnet",
@@ -494,43 +492,83 @@ def _write_embedded(folder, sha256=MODEL_SHA256, **overrides):
     }
     meta.update(overrides)
     (folder / "tinyalexnet.json").write_text(json.dumps(meta))
+    return folder
 
 
-def test_embedded_model_from_package_data(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_DATA_DIR", tmp_path / "data")
-    _write_embedded(tmp_path / "data")
-    spec = {spec.name: spec for spec in list_models()}["tinyalexnet"]
+def test_embedded_model_from_package_data(tmp_path):
+    models = ModelRegistry(_write_data(tmp_path / "data"))
+    spec = models.get("tinyalexnet")
     assert spec.preprocessing == ImagePreprocessing(
         32, resize=None, mean=(0.48, 0.45, 0.4), std=(0.27, 0.26, 0.28)
     )
     assert spec.url is None and spec.sha256 == MODEL_SHA256
     assert "43.2%" in spec.description
-    resolved = resolve_model("tinyalexnet")
+    resolved = models.resolve("tinyalexnet")
     assert resolved.source == tmp_path / "data" / "tinyalexnet.onnx"
     assert resolved.preprocessing.resize is None and resolved.name == "tinyalexnet"
+    # the built-in table comes from the same folder
+    assert [spec.name for spec in models.list()] == ["alexnet", "vgg16", "tinyalexnet"]
+    assert models.get("alexnet") == {spec.name: spec for spec in list_models()}["alexnet"]
 
 
-def test_embedded_model_checksum_mismatch(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_DATA_DIR", tmp_path / "data")
-    _write_embedded(tmp_path / "data", sha256="0" * 64)
+def test_embedded_model_checksum_mismatch(tmp_path):
+    models = ModelRegistry(_write_data(tmp_path / "data", sha256="0" * 64))
     with pytest.raises(ValueError, match="expected 0000"):
-        resolve_model("tinyalexnet")
+        models.resolve("tinyalexnet")
 
 
-def test_embedded_metadata_malformed(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_DATA_DIR", tmp_path / "data")
-    _write_embedded(tmp_path / "data", input_size=None)
+def test_embedded_metadata_malformed(tmp_path):
+    folder = _write_data(tmp_path / "data", input_size=None)
     with pytest.raises(ValueError, match="Malformed model metadata .*tinyalexnet.json"):
+        ModelRegistry(folder)
+
+
+def test_model_table_malformed(tmp_path):
+    folder = _write_data(tmp_path / "data", embedded=False)
+    table = json.loads((folder / "models.json").read_text())
+    del table["download"][1]["sha256"]
+    (folder / "models.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match="Malformed model table .*models.json"):
+        ModelRegistry(folder)
+
+
+def test_no_embedded_model_without_metadata(tmp_path):
+    models = ModelRegistry(_write_data(tmp_path / "data", embedded=False))
+    assert [spec.name for spec in models.list()] == ["alexnet", "vgg16"]
+    assert ModelRegistry(tmp_path / "empty").list() == []  # no table, no built-in model
+
+
+def test_model_table_and_metadata_are_read_once(tmp_path):
+    """Defect 5 (issue 13): the embedded model's JSON was re-read on every call."""
+    folder = _write_data(tmp_path / "data")
+    models = ModelRegistry(folder)
+    specs = models.list()
+    for name in ("models.json", "tinyalexnet.json"):
+        (folder / name).write_text("{not json")  # a registry that read them again would fail
+    for _ in range(3):
+        assert models.resolve("tinyalexnet").source == folder / "tinyalexnet.onnx"
+        assert models.path("alexnet", cache_dir=tmp_path) == tmp_path / "bvlcalexnet-12.onnx"
+    assert models.list() == specs
+
+
+def test_process_registry_reads_package_data_once(monkeypatch):
+    """Defect 5, through the module's functions: resolve_model runs on every fit and transform."""
+    list_models()  # the process's registry exists from here on
+    reads = []
+    loads = json.loads
+    monkeypatch.setattr(json, "loads", lambda *args, **kwargs: reads.append(1) or loads(*args, **kwargs))
+    for _ in range(5):
+        resolve_model("tinyalexnet")
         list_models()
-
-
-def test_no_embedded_model_without_metadata(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "_DATA_DIR", tmp_path / "empty")
-    assert [spec.name for spec in list_models()] == ["alexnet", "vgg16"]
+        model_path("alexnet")
+    assert reads == []
+    assert state.models() is state.models()
+    ModelRegistry()  # building a registry reads the table and the metadata: the count can fail
+    assert len(reads) == 2
 
 
 def test_shipped_embedded_model():
-    metadata = pathlib.Path(registry.__file__).parent / "data" / "tinyalexnet.json"
+    metadata = SHIPPED_DATA / "tinyalexnet.json"
     if not metadata.is_file():
         pytest.skip("the embedded model is not in the package data yet")
     name = json.loads(metadata.read_text())["name"]
@@ -539,3 +577,129 @@ def test_shipped_embedded_model():
     model = onnx.load(str(resolved.source))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, size, size]
+
+
+# -- one registry per process, in skfishing.state -------------------------------------
+
+
+def test_state_holds_the_process_registry(local_model, monkeypatch):
+    models = state.models()
+    assert isinstance(models, ModelRegistry) and state.models() is models
+    register_model("mine", local_model, sha256=MODEL_SHA256)
+    assert "mine" in models and models.get("mine").path == str(local_model)
+    calls = []
+    file_hash = pooch.file_hash
+    monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k))
+    fetch_model("mine")
+    fetch_model("mine")
+    assert len(calls) == 1
+    state.clear()  # checksums are forgotten, registrations stay
+    assert state.models() is models and "mine" in models
+    fetch_model("mine")
+    assert len(calls) == 2
+
+
+def test_restoring_the_registered_models(local_model):
+    """What the tests rely on for isolation (tests/conftest.py)."""
+    builtin = list_models()
+    register_model("kept", local_model)
+    with models_restored():
+        register_model("mine", local_model)
+        unregister_model("kept")
+        register_model("alexnet", local_model, overwrite=True)
+    names = {spec.name: spec for spec in list_models()}
+    assert list(names) == [spec.name for spec in builtin] + ["kept"]
+    assert names["alexnet"] is builtin[0]
+
+
+def test_registries_are_independent(local_model, tmp_path):
+    mine, other = ModelRegistry(), ModelRegistry()
+    mine.register("mine", local_model, preprocessing=PREP)
+    assert mine.resolve("mine") == ResolvedModel(local_model, PREP, "mine")
+    assert "mine" not in other and "mine" not in {spec.name for spec in list_models()}
+    with pytest.raises(ValueError, match="Unknown model 'mine'"):
+        other.fetch("mine")
+
+
+def test_unregister_model(local_model, tmp_path):
+    register_model("mine", local_model)
+    assert unregister_model("mine").path == str(local_model)
+    assert "mine" not in {spec.name for spec in list_models()}
+    with pytest.raises(ValueError, match="No model named 'mine' was registered"):
+        unregister_model("mine")
+    with pytest.raises(ValueError, match="'alexnet' is built in"):
+        unregister_model("alexnet")
+    # a replaced built-in model comes back
+    register_model("alexnet", local_model, overwrite=True)
+    assert model_path("alexnet") == local_model
+    unregister_model("alexnet")
+    assert model_path("alexnet", cache_dir=tmp_path) == tmp_path / "bvlcalexnet-12.onnx"
+
+
+# -- the checksum memo ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["rewritten in place", "renamed over"])
+def test_file_replaced_with_same_size_and_mtime_is_hashed_again(local_model, how):
+    """``cp -p`` and ``rsync -a`` keep size and mtime: the memo must not trust them alone."""
+    register_model("mine", local_model, sha256=MODEL_SHA256)
+    assert fetch_model("mine") == local_model  # hashed and remembered
+    before = local_model.stat()
+    other = bytes(len(MODEL_BYTES))
+    if how == "rewritten in place":  # cp -p: same inode
+        time.sleep(0.02)  # a tick of the coarse clock that stamps ctime
+        local_model.write_bytes(other)
+    else:  # rsync -a: a temporary file renamed over the old one
+        temporary = local_model.with_name(".mine.onnx.tmp")
+        temporary.write_bytes(other)
+        os.replace(temporary, local_model)
+    os.utime(local_model, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = local_model.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    with pytest.raises(ValueError, match=f"has sha256 {hashlib.sha256(other).hexdigest()}, expected"):
+        fetch_model("mine")
+
+
+def test_cached_download_replaced_with_same_size_and_mtime_is_downloaded_again(server):
+    _register_remote(server)
+    path = fetch_model("remote")
+    before = path.stat()
+    time.sleep(0.02)
+    path.write_bytes(bytes(len(MODEL_BYTES)))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert fetch_model("remote").read_bytes() == MODEL_BYTES
+    assert len(server.hits) == 2
+
+
+# -- parameter validation ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call, parameter",
+    [
+        (lambda: fetch_model(3), "name"),
+        (lambda: fetch_model("alexnet", cache_dir=3), "cache_dir"),
+        (lambda: fetch_model("alexnet", progress="yes"), "progress"),
+        (lambda: model_path(None), "name"),
+        (lambda: get_cache_dir(1.5), "cache_dir"),
+        (lambda: resolve_model("alexnet", cache_dir=[]), "cache_dir"),
+        (
+            lambda: register_model("x", url="http://h/x.onnx", sha256=MODEL_SHA256, size_bytes=-1),
+            "size_bytes",
+        ),
+        (lambda: register_model("x", 3), "path"),
+        (lambda: register_model("x", url=b"http://h/x.onnx"), "url"),
+        (
+            lambda: register_model("x", url="http://h/x.onnx", sha256=MODEL_SHA256, overwrite="no"),
+            "overwrite",
+        ),
+        (lambda: unregister_model(None), "name"),
+        (lambda: ModelRegistry(3), "data_dir"),
+    ],
+)
+def test_invalid_parameters_name_the_parameter(call, parameter, tmp_path):
+    names = {spec.name for spec in list_models()}
+    with pytest.raises((TypeError, ValueError), match=f"'{parameter}' parameter of"):
+        call()
+    assert {spec.name for spec in list_models()} == names
+    assert not get_cache_dir().exists()  # nothing downloaded or created
