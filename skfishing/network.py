@@ -28,6 +28,7 @@ import hashlib
 import os
 import stat
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,33 @@ __all__ = [
 _CUDA = "CUDAExecutionProvider"
 
 
+def _installed_onnxruntimes():
+    """The onnxruntime distributions installed (they share the module ``onnxruntime``)."""
+    from importlib import metadata
+
+    names = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        names.append(name)
+    return names
+
+
+def _warn_if_both_installed():
+    if len(_installed_onnxruntimes()) > 1:
+        warnings.warn(
+            "both onnxruntime and onnxruntime-gpu are installed; they install the same module, "
+            "so the one installed last wins (available providers now: "
+            f"{ort.get_available_providers()}). For the GPU: pip uninstall -y onnxruntime "
+            "onnxruntime-gpu && pip install onnxruntime-gpu; for the CPU only: pip uninstall -y "
+            "onnxruntime onnxruntime-gpu && pip install onnxruntime",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
 def default_providers():
     """CUDA execution provider when onnxruntime has it, then CPU.
 
@@ -66,6 +94,7 @@ def default_providers():
     -------
     providers : list of str
     """
+    state.memo(("onnxruntime-installation",), _warn_if_both_installed)
     available = ort.get_available_providers()
     return [p for p in (_CUDA, "CPUExecutionProvider") if p in available]
 

@@ -199,3 +199,75 @@ def test_gradient_rows_do_not_depend_on_order_subset_or_refit():
         np.testing.assert_allclose(Z_perm[field], Z[field][order], atol=1e-6)
         np.testing.assert_allclose(Z_sub[field], Z[field][3:7], atol=1e-6)
         np.testing.assert_allclose(np.linalg.norm(Z[field], axis=1), 1.0, atol=1e-6)
+
+
+# -- stateless: transform works without fit; tags, docs and behaviour agree -----------------
+
+
+def test_transform_works_without_fit_and_fit_changes_nothing_but_the_record():
+    X = np.random.default_rng(3).normal(size=(5, 3, 8, 8)).astype(np.float32)
+    model = caffe_alexnet_model(seed=9)[0]
+    fish = DeepFisherTransformer(model, layer=7)
+    assert fish.__sklearn_tags__().requires_fit is False
+    unfitted = fish.transform(X)
+    fitted = clone(fish).fit(X)
+    assert fitted.layer_ == 7 and len(fitted.model_sha256_) == 64
+    for field in ("forward", "backward"):
+        np.testing.assert_array_equal(unfitted[field], fitted.transform(X)[field])
+
+
+def test_gradient_dtype_with_its_documented_default():
+    from skfishing.features import gradient_dtype
+
+    dtype = gradient_dtype(3, 2)
+    assert dtype == np.dtype([("forward", "f4", (3,)), ("backward", "f4", (2,))]) and dtype.metadata is None
+    assert gradient_dtype(3, 2, {"layer": 7}).metadata == {"layer": 7}
+    with pytest.raises(ValueError, match="forward_dim"):
+        gradient_dtype(0, 2)
+
+
+@pytest.mark.parametrize("n_jobs", [-1, -2, 1, 2, None])
+def test_n_jobs_follows_joblib_conventions(n_jobs):
+    images = np.random.default_rng(4).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    Z = DeepFisherTransformer("tinyalexnet", n_jobs=n_jobs).fit_transform(images)
+    reference = DeepFisherTransformer("tinyalexnet", n_jobs=1).transform(images)
+    np.testing.assert_array_equal(Z["backward"], reference["backward"])
+
+
+def test_n_jobs_zero_is_rejected():
+    with pytest.raises(ValueError, match="'n_jobs' parameter"):
+        DeepFisherTransformer("tinyalexnet", n_jobs=0).fit(np.zeros((1, 32, 32, 3), np.uint8))
+
+
+# -- scikit-learn's output API ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("features, layer, prefix, width", [
+    ("activation", 5, "x5", 256), ("activation", 6, "x6", 64), ("activation", 7, "x7", 32),
+    ("activation", 8, "y8", 10), ("probabilities", 7, "prob8", 10)])
+def test_feature_names_out_and_pandas_output(tiny_cnn, features, layer, prefix, width):
+    pd = pytest.importorskip("pandas")
+    images = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    fish = DeepFisherTransformer(tiny_cnn, layer=layer, features=features).fit(images)
+    names = fish.get_feature_names_out()
+    assert list(names[:2]) == [f"{prefix}_0", f"{prefix}_1"] and len(names) == width
+    frame = fish.set_output(transform="pandas").transform(images)
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(names)
+    np.testing.assert_array_equal(frame.to_numpy(), clone(fish).set_output(transform="default").transform(images))
+
+
+def test_feature_union_of_two_layers_keeps_the_names(tiny_cnn):
+    from sklearn.pipeline import FeatureUnion
+
+    images = np.random.default_rng(6).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    union = FeatureUnion([(name, DeepFisherTransformer(tiny_cnn, layer=k, features="activation"))
+                          for name, k in (("x6", 6), ("x7", 7))]).fit(images)
+    names = union.get_feature_names_out()
+    assert names[0] == "x6__x6_0" and names[-1] == "x7__x7_31" and len(names) == 64 + 32
+
+
+def test_gradient_features_have_no_column_names(tiny_cnn):
+    """A structured array has two fields, not columns: scikit-learn's output API does not apply."""
+    fish = DeepFisherTransformer(tiny_cnn, layer=7)
+    assert not hasattr(fish, "get_feature_names_out") and not hasattr(fish, "set_output")
+    assert hasattr(clone(fish).set_params(features="activation"), "set_output")
