@@ -49,7 +49,7 @@ def test_extract_gradient_matches_transformer(tiny_cnn, pngs, tmp_path, capsys):
     Z = fish.fit_transform(pngs)
     with np.load(out, allow_pickle=False) as saved:
         assert sorted(saved.files) == sorted(
-            ["forward", "backward", "paths", "model", "model_sha256", "layer", "temperature", "kind"]
+            ["format", "forward", "backward", "paths", "model", "model_sha256", "layer", "temperature", "kind"]
         )
         np.testing.assert_array_equal(saved["forward"], Z["forward"])
         np.testing.assert_array_equal(saved["backward"], Z["backward"])
