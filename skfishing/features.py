@@ -25,7 +25,7 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["gradient_dtype", "save_features", "load_features", "FORMAT"]
+__all__ = ["gradient_dtype", "save_features", "load_features", "FORMAT", "SOURCE_KEYS"]
 
 #: Value of the ``format`` array of a features file written by
 #: :func:`save_features` (and ``skfishing extract``).
