@@ -11,6 +11,7 @@ running the examples while editing prose.
 
 import importlib
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -45,7 +46,6 @@ exclude_patterns = [
     "Thumbs.db",
     ".DS_Store",
     "embedded_model.md",  # Markdown note of the embedded model; see embedded_model.rst
-    "benchmarks/*.txt",  # raw output of the benchmark scripts
     "benchmarks/*.csv",  # tables included by benchmarks.rst
     "**/*.ipynb",
     "**/*.py.md5",
@@ -182,7 +182,6 @@ def _write_embedded_model_facts():
              if "val_top1" in meta and "val_top5" in meta else "?"),
             ("epochs", str(meta.get("epochs", "?"))),
             ("architecture", meta.get("architecture", "?")),
-            ("training command", f"``{meta.get('training_command', '?')}``"),
         ]
         lines = [".. list-table::", "   :widths: 30 70", "   :class: skf-facts", ""]
         for key, value in rows:
@@ -193,6 +192,13 @@ def _write_embedded_model_facts():
 
 
 _write_embedded_model_facts()
+
+# -- Tables and chart of the benchmarks page -----------------------------------
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _benchmarks  # noqa: E402
+
+_benchmarks.write()
 
 # -- Cross-references to re-exported names -------------------------------------
 

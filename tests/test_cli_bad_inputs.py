@@ -181,10 +181,10 @@ CLI_CASES = [
     CliCase("model-file-with-sidecar", "CLI: model file", f"{E} IMAGES --model net.onnx  (with net.json)",
             _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.out("sidecar.npz")),
             check=_same_as_reference, early=False,
-            note="accepted: the preprocessing is read from net.json beside the model"),
+            note="the preprocessing is read from net.json beside the model"),
     CliCase("model-file-with-options", "CLI: model file", f"{E} IMAGES --model net.onnx --size 16",
             _extract(_images, "--model", lambda e: str(e.bare), "--size", str(SIZE), "-o", lambda e: e.out("options.npz")),
-            check=_same_as_reference, early=False, note="accepted: the preprocessing is given by options"),
+            check=_same_as_reference, early=False, note="the preprocessing is given by options"),
     CliCase("model-file-json-typo", "CLI: model file", f'{E} IMAGES --model net.onnx  (net.json: {{"szie": 16}})',
             _extract(_images, "--model", _sidecar("typo", '{"szie": 16}'), "-o", lambda e: e.out()),
             r"preprocessing file '[^']*typo\.json': unknown key 'szie'; did you mean 'size'\?"),
@@ -232,7 +232,7 @@ CLI_CASES = [
             r"file name\(s\) are not valid UTF-8, which this version cannot read: image 1 "
             r"\('[^']*caf\\xe9\.png'\)",
             check=_non_utf8_result, early=False,
-            note="the message names the file; once the cache keys accept any name, the features"),
+            note="the file is named, so that it can be renamed"),
 ]
 
 
@@ -249,12 +249,20 @@ def _snapshot(env):
 
 
 def run_cli_case(case, env):
-    """Run a case; return (status, error line or None, argv, output path)."""
+    """Run a case; return (status, error line or None, all lines, argv, output path).
+
+    Models the command registers (``--model FILE.onnx``) are forgotten after it.
+    """
     argv = case.argv(env)
     output = argv[argv.index("-o") + 1]
     err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        status = main(argv)
+    registered = dict(registry._USER_MODELS)
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = main(argv)
+    finally:
+        registry._USER_MODELS.clear()
+        registry._USER_MODELS.update(registered)
     lines = err.getvalue().strip().splitlines()
     return status, (lines[0] if lines else None), lines, argv, output
 
@@ -329,3 +337,11 @@ def test_output_that_is_a_hard_link_to_an_input(env, own_registry, monkeypatch):
         status = main(["extract", str(env.images), "-o", str(link), "--overwrite", "--model", str(env.net)])
     assert status == 1 and "is input image 1" in err.getvalue()
     assert hashlib.sha256(link.read_bytes()).hexdigest() == before
+
+
+def test_docs_table_lists_every_case():
+    """docs/bad_inputs.inc is regenerated when a case is added (benchmarks/bad_inputs_table.py)."""
+    table = (Path(__file__).resolve().parents[1] / "docs" / "bad_inputs.inc").read_text(encoding="utf-8")
+    for case in CLI_CASES:
+        command = case.command.partition("  (")[0]
+        assert f"``{command}``" in table, f"{case.id} is missing from docs/bad_inputs.inc"
