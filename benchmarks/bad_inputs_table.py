@@ -84,7 +84,7 @@ def main(argv=None):
         "",
         ".. list-table:: Bad inputs, tested in ``tests/test_bad_inputs.py``",
         "   :header-rows: 1",
-        "   :widths: 12 14 30 44",
+        "   :widths: 10 16 30 44",
         "   :class: skf-bad-inputs",
         "",
         "   * - Kind",

@@ -150,6 +150,7 @@ html_sidebars = {
     "api": [],
     "benchmarks": [],
     "embedded_model": [],
+    "bad_inputs": [],
 }
 html_context = {"default_mode": "light"}
 
