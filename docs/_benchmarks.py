@@ -12,7 +12,6 @@ changes.
 
 import csv
 import io
-import re
 from pathlib import Path
 
 SOURCE = Path(__file__).parent / "benchmarks"

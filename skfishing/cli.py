@@ -224,15 +224,15 @@ def _model(args):
         registered = resolve_model(path).name is not None
     if registered or not path.is_file():
         if given:
-            flags = ", ".join(
-                f"--{field.replace('_', '-')}" for field in options
-            ) or "--preprocessing"
+            flags = [f"--{field.replace('_', '-')}" for field in options]
+            if args.preprocessing is not None:
+                flags.append("--preprocessing")
             reason = (
-                f"is registered with its own preprocessing" if registered else "is not a file"
+                "is registered with its own preprocessing" if registered else "is not a file"
             )
             raise ValueError(
-                f"{flags} describe(s) the input of an ONNX file given to --model, but "
-                f"{_quoted(model)} {reason}"
+                f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to an "
+                f"unregistered ONNX file given to --model; {_quoted(model)} {reason}"
             )
         return model  # a registered name, or a missing file the transformer reports
     sidecar = Path(args.preprocessing) if args.preprocessing is not None else path.with_suffix(".json")
@@ -277,7 +277,7 @@ def _extract(args):
     images = collect_images(args.images)
     output = Path(args.output)
     _check_not_an_input(output, images)
-    _check_output_file(output, args.overwrite)
+    _check_output_file(output, args.overwrite, "pass --overwrite")
     fish = DeepFisherTransformer(
         _model(args),
         layer=args.layer,
@@ -302,7 +302,7 @@ def _extract(args):
         shape = f"forward {Z['forward'].shape[1]}, backward {Z['backward'].shape[1]}"
     else:
         shape = f"{Z.shape[1]} values"
-    _write_npz(output, _feature_arrays(Z, fish, images), args.overwrite)
+    _write_npz(output, _feature_arrays(Z, fish, images), args.overwrite, "pass --overwrite")
     print(
         f"wrote {_shown(output)}: {args.features} features of layer {fish.layer_} for "
         f"{len(images)} images ({shape} per image)"

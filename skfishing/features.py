@@ -147,7 +147,7 @@ def _check_finite(array, what):
         )
 
 
-def _check_output_file(file, overwrite=False):
+def _check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=True"):
     """Check that ``file`` can be written, before any work is done.
 
     The file must not exist (unless ``overwrite``), must not be a folder or
@@ -160,6 +160,8 @@ def _check_output_file(file, overwrite=False):
         The output file.
     overwrite : bool, default=False
         Whether an existing regular file may be replaced.
+    how_to_overwrite : str, default="pass overwrite=True"
+        What the message tells the user to do to replace an existing file.
 
     Raises
     ------
@@ -175,7 +177,7 @@ def _check_output_file(file, overwrite=False):
     if os.path.lexists(path):
         if not overwrite:
             raise FileExistsError(
-                f"output file {str(path)!r} exists; pass --overwrite to replace it"
+                f"output file {str(path)!r} exists; {how_to_overwrite} to replace it"
             )
         if path.exists() and not path.is_file():
             raise OSError(
@@ -195,7 +197,7 @@ def _check_output_file(file, overwrite=False):
     os.unlink(probe)
 
 
-def _write_npz(path, arrays, overwrite):
+def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     """Write ``arrays`` to ``path`` through a temporary file and a rename.
 
     A failure or an interruption leaves no partial file behind, and an
@@ -211,7 +213,7 @@ def _write_npz(path, arrays, overwrite):
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates it private
-        _check_output_file(path, overwrite)  # the file may have appeared meanwhile
+        _check_output_file(path, overwrite, how_to_overwrite)  # it may have appeared meanwhile
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

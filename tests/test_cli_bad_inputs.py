@@ -197,7 +197,7 @@ CLI_CASES = [
             r"ImagePreprocessing\.std must be 3 positive finite numbers"),
     CliCase("registered-model-with-options", "CLI: model file", f"{E} IMAGES --model tinyalexnet --size 64",
             _extract(_images, "--model", "tinyalexnet", "--size", "64", "-o", lambda e: e.out()),
-            r"--size describe\(s\) the input of an ONNX file given to --model, but 'tinyalexnet' is "
+            r"--size applies only to an unregistered ONNX file given to --model; 'tinyalexnet' is "
             r"registered with its own preprocessing"),
     # -- the output file ----------------------------------------------------------
     CliCase("output-is-a-folder", "CLI: output", f"{E} IMAGES -o FOLDER",

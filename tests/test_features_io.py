@@ -95,7 +95,7 @@ def test_save_refuses_bad_features_and_keeps_the_old_file(fitted, digits, tmp_pa
     Z = fitted.transform(images[:5])
     out = tmp_path / "z.npz"
     out.write_bytes(b"previous")
-    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+    with pytest.raises(FileExistsError, match=r"exists; pass overwrite=True to replace it"):
         save_features(out, Z, fitted)
     bad = Z.copy()
     bad["backward"][3, 1] = np.nan
