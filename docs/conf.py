@@ -11,6 +11,7 @@ running the examples while editing prose.
 
 import importlib
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,7 @@ release = skfishing.__version__
 extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
+    "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
     "sphinx-mathjax-offline",  # MathJax files in the build: equations render offline
     "sphinx.ext.viewcode",
@@ -43,7 +45,7 @@ exclude_patterns = [
     "Thumbs.db",
     ".DS_Store",
     "embedded_model.md",  # Markdown note of the embedded model; see embedded_model.rst
-    "benchmarks/*.txt",  # included by benchmarks.rst
+    "benchmarks/*.csv",  # tables included by benchmarks.rst
     "**/*.ipynb",
     "**/*.py.md5",
     "**/*.codeobj.json",
@@ -61,7 +63,42 @@ autodoc_typehints = "none"  # types are in the numpydoc "Parameters" sections
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_attributes_as_param_list = True
-numpydoc_xref_param_type = False
+numpydoc_xref_param_type = True  # "ndarray", "Pipeline"... in Parameters link to their docs
+numpydoc_xref_ignore = "all"  # only the aliases below are linked
+numpydoc_xref_aliases = {
+    "ndarray": "numpy.ndarray",
+    "dtype": "numpy.dtype",
+    "numpy.dtype": "numpy.dtype",
+    "Bunch": "sklearn.utils.Bunch",
+    "Pipeline": "sklearn.pipeline.Pipeline",
+    "onnx.ModelProto": "onnx.ModelProto",
+    "ModelProto": "onnx.ModelProto",
+    "InferenceSession": "onnxruntime.InferenceSession",
+    "onnxruntime.InferenceSession": "onnxruntime.InferenceSession",
+    "path-like": "pathlib.Path",
+    "pathlib.Path": "pathlib.Path",
+    "DeepFisherTransformer": "skfishing.DeepFisherTransformer",
+    "TraceKernelSVC": "skfishing.TraceKernelSVC",
+    "ImagePreprocessing": "skfishing.ImagePreprocessing",
+}
+
+# intersphinx: links to other projects' documentation. The build runs
+# offline, so the inventories are small files in docs/_intersphinx, written
+# by docs/_intersphinx/make_inventories.py with the targets we refer to.
+_INVENTORIES = Path(__file__).parent / "_intersphinx"
+intersphinx_mapping = {
+    key: (url, str(_INVENTORIES / f"{key}.inv"))
+    for key, url in {
+        "python": "https://docs.python.org/3/",
+        "numpy": "https://numpy.org/doc/stable/",
+        "sklearn": "https://scikit-learn.org/stable/",
+        "onnxruntime": "https://onnxruntime.ai/docs/api/python/",
+        "onnx": "https://onnx.ai/onnx/",
+        "skops": "https://skops.readthedocs.io/en/stable/",
+        "joblib": "https://joblib.readthedocs.io/en/stable/",
+        "pillow": "https://pillow.readthedocs.io/en/stable/",
+    }.items()
+}
 
 # The package runs onnxruntime and joblib: keep their chatter out of the build.
 os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
@@ -112,6 +149,7 @@ html_sidebars = {
     "api": [],
     "benchmarks": [],
     "embedded_model": [],
+    "bad_inputs": [],
 }
 html_context = {"default_mode": "light"}
 
@@ -144,7 +182,6 @@ def _write_embedded_model_facts():
              if "val_top1" in meta and "val_top5" in meta else "?"),
             ("epochs", str(meta.get("epochs", "?"))),
             ("architecture", meta.get("architecture", "?")),
-            ("training command", f"``{meta.get('training_command', '?')}``"),
         ]
         lines = [".. list-table::", "   :widths: 30 70", "   :class: skf-facts", ""]
         for key, value in rows:
@@ -156,12 +193,19 @@ def _write_embedded_model_facts():
 
 _write_embedded_model_facts()
 
+# -- Tables and chart of the benchmarks page -----------------------------------
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _benchmarks  # noqa: E402
+
+_benchmarks.write()
+
 # -- Cross-references to re-exported names -------------------------------------
 
 
 _SUBMODULES = (
-    "transformer", "kernel", "svm", "graph", "network", "cache", "images",
-    "registry", "model_spec", "download", "state", "datasets", "metrics",
+    "transformer", "kernel", "svm", "head", "graph", "network", "cache", "batches", "images",
+    "registry", "model_spec", "download", "state", "datasets", "metrics", "features", "persistence",
 )
 
 

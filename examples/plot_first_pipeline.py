@@ -56,11 +56,12 @@ X_train, X_test, y_train, y_test = train_test_split(
 # ------------
 #
 # :class:`~skfishing.DeepFisherTransformer` computes the gradient features
-# ``dE/dW7 = x6 delta7^T`` of the paper (the layer below the classifier, with
-# temperature 2 and uniform labels, the paper's defaults).
-# :class:`~skfishing.TraceKernelSVC` is an SVM on the trace kernel between
-# them, ``K(A, B) = <x6^A, x6^B> <delta7^A, delta7^B>``, computed without
-# ever forming the 512 x 512 gradient matrices.
+# :math:`\partial E / \partial W_7 = x_6 \delta_7^\top` of the paper (the
+# layer below the classifier, with temperature 2 and uniform labels, the
+# paper's defaults). :class:`~skfishing.TraceKernelSVC` is an SVM on the
+# trace kernel between them,
+# :math:`K(A, B) = \langle x_6^A, x_6^B \rangle \langle \delta_7^A, \delta_7^B \rangle`,
+# computed without ever forming the :math:`512 \times 512` gradient matrices.
 
 fish = DeepFisherTransformer("tinyalexnet", layer=7, temperature=2.0)
 pipe = Pipeline([("fish", fish), ("svc", TraceKernelSVC(C=1.0))])
@@ -72,9 +73,9 @@ print(f"test accuracy: {pipe.score(X_test, y_test):.3f}")
 # ----------------------------
 #
 # A NumPy structured array with one row per image and two float32 fields,
-# each row of unit L2 norm: ``"forward"`` is the input of layer 7
-# (``x6``, the activation of fc6) and ``"backward"`` the back-propagated
-# ``delta7``. Row ``i`` stands for the matrix
+# each row of unit :math:`\ell_2` norm: ``"forward"`` is the input of layer 7
+# (:math:`x_6`, the activation of fc6) and ``"backward"`` the back-propagated
+# :math:`\delta_7`. Row ``i`` stands for the matrix
 # ``np.outer(Z["forward"][i], Z["backward"][i])``.
 
 Z = pipe.named_steps["fish"].transform(X_test[:5])
@@ -88,7 +89,7 @@ print(Z["forward"].shape, Z["backward"].shape)
 ConfusionMatrixDisplay.from_estimator(
     pipe, X_test, y_test, colorbar=False
 )
-plt.title("dE/dW7 + trace-kernel SVM, test set")
+plt.title(r"$\partial E / \partial W_7$ + trace-kernel SVM, test set")
 plt.show()
 
 # sphinx_gallery_thumbnail_number = 2

@@ -10,9 +10,10 @@ SVM (the linear kernel for activations, the trace kernel for gradients).
 
 We compare, on real scanned digits and the embedded ``"tinyalexnet"``:
 
-* ``x6`` and ``x7``: the ReLU outputs of fc6 and fc7;
-* ``dE/dW6 = x5 delta6^T`` and ``dE/dW7 = x6 delta7^T``: the gradient
-  features of fc6 and fc7 (``x5`` is pool5).
+* :math:`x_6` and :math:`x_7`: the ReLU outputs of fc6 and fc7;
+* :math:`\partial E / \partial W_6 = x_5 \delta_6^\top` and
+  :math:`\partial E / \partial W_7 = x_6 \delta_7^\top`: the gradient
+  features of fc6 and fc7 (:math:`x_5` is pool5).
 
 Each class gets its average precision, one-vs-rest, from the SVM's
 ``decision_function``: the VOC 2007 11-point interpolated AP that the paper
@@ -51,9 +52,9 @@ Y_test = label_binarize(y_test, classes=np.arange(10))
 
 settings = {
     "x6 (fc6)": dict(features="activation", layer=6),
-    "dE/dW6": dict(features="gradient", layer=6, temperature=2.0),
+    "∂E/∂W6": dict(features="gradient", layer=6, temperature=2.0),
     "x7 (fc7)": dict(features="activation", layer=7),
-    "dE/dW7": dict(features="gradient", layer=7, temperature=2.0),
+    "∂E/∂W7": dict(features="gradient", layer=7, temperature=2.0),
 }
 
 per_class_ap = {}
@@ -101,11 +102,12 @@ plt.show()
 #
 # The embedded network was trained on 32x32 natural images (Tiny ImageNet),
 # not on digits, so this is a transfer problem like the paper's ImageNet to
-# PASCAL VOC, on a much smaller scale. The gradient of layer ``k``
-# re-weights the linear kernel on its input ``x_{k-1}`` by the similarity of
-# the back-propagated signals ``delta_k``, so ``dE/dW7`` is best compared
-# with ``x6``, its forward factor, and with ``x7``. In the paper the
-# gradients of layers 6 and 7 beat the activations on VOC with AlexNet
-# (+1.5 mAP for dE/dW7 over fc7); with this small network on digits, which
+# PASCAL VOC, on a much smaller scale. The gradient of layer :math:`k`
+# re-weights the linear kernel on its input :math:`x_{k-1}` by the
+# similarity of the back-propagated signals :math:`\delta_k`, so
+# :math:`\partial E / \partial W_7` is best compared with :math:`x_6`, its
+# forward factor, and with :math:`x_7`. In the paper the gradients of layers
+# 6 and 7 beat the activations on VOC with AlexNet (+1.5 mAP for
+# :math:`\partial E / \partial W_7` over fc7); with this small network on digits, which
 # features win depends on the layer, and the temperature matters too (see
 # :ref:`sphx_glr_auto_examples_plot_grid_search.py`).

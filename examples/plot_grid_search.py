@@ -85,8 +85,8 @@ for params, score in zip(
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 image = ax.imshow(scores, cmap="viridis", aspect="auto")
 ax.set_xticks(range(len(temperatures)), temperatures)
-ax.set_yticks(range(len(layers)), [f"dE/dW{k}" for k in layers])
-ax.set_xlabel("temperature tau")
+ax.set_yticks(range(len(layers)), [rf"$\partial E / \partial W_{k}$" for k in layers])
+ax.set_xlabel(r"temperature $\tau$")
 ax.set_ylabel("layer")
 for i in range(len(layers)):
     for j in range(len(temperatures)):
@@ -100,8 +100,8 @@ fig.tight_layout()
 plt.show()
 
 # %%
-# The temperature changes only the backward factor ``delta``: a high
-# temperature flattens the softmax, so ``delta_8`` approaches the centred
-# logits; a low one concentrates it on the predicted classes. The paper
-# fixes ``tau = 2``; the search shows how much the choice matters for this
-# network and data.
+# The temperature changes only the backward factor :math:`\delta`: a high
+# temperature flattens the softmax, so :math:`\delta_8` approaches the
+# centred logits; a low one concentrates it on the predicted classes. The
+# paper fixes :math:`\tau = 2`; the search shows how much the choice matters
+# for this network and data.

@@ -4,13 +4,15 @@ Saving and loading a fitted pipeline
 ====================================
 
 A fitted skfishing pipeline is saved with :mod:`joblib` like any
-scikit-learn model. Two things to know:
+scikit-learn model, or with skops (:mod:`skfishing.persistence`), whose
+files load without running code. Two things to know:
 
 * the file holds the transformer's *parameters* (the model's registered
   name or path, the layer, the temperature) and the SVM's support vectors,
   **not the network's weights**: the model file must be present where the
   pipeline is loaded (the embedded ``"tinyalexnet"`` always is);
-* loading a joblib or pickle file **runs code**.
+* loading a joblib or pickle file **runs code**; loading a skops file with
+  :func:`skfishing.persistence.load` creates only trusted types.
 
 .. warning::
 
@@ -29,7 +31,7 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing import DeepFisherTransformer, TraceKernelSVC, persistence
 from skfishing.datasets import load_digits_images
 
 digits = load_digits_images(size=32)
@@ -62,6 +64,23 @@ loaded = joblib.load(path)  # only files you trust: this runs code
 assert np.array_equal(loaded.predict(X_test), pipe.predict(X_test))
 accuracy = loaded.score(X_test, y_test)
 print(f"test accuracy after reloading: {accuracy:.3f}")
+
+# %%
+# The same with skops
+# -------------------
+#
+# :func:`skfishing.persistence.load` first lists the types in the file and
+# refuses any that is not in :data:`skfishing.persistence.TRUSTED_TYPES`
+# (or in its ``trusted=`` argument); then it creates the pipeline. The
+# decisions are the same, bit for bit.
+
+skops_path = folder / "digits_fish.skops"
+persistence.dump(pipe, skops_path)
+print(f"{skops_path.name}: {skops_path.stat().st_size / 1e3:.0f} kB")
+from_skops = persistence.load(skops_path)
+same = np.array_equal(from_skops.decision_function(X_test), loaded.decision_function(X_test))
+print("skops and joblib give the same decisions:", same)
+print("trusted skfishing types:", ", ".join(persistence.TRUSTED_TYPES[:2]))
 
 # %%
 # What the file holds
@@ -100,4 +119,5 @@ plt.show()
 # Clean up the temporary folder.
 
 path.unlink()
+skops_path.unlink()
 folder.rmdir()

@@ -4,7 +4,10 @@ Commands:
 
 ``skfishing extract IMAGES... -o feats.npz``
     Features of image files (or of every image in a folder) written to a
-    ``.npz`` file.
+    ``.npz`` file with their provenance, read back by
+    :func:`skfishing.features.load_features`. ``--model FILE.onnx`` takes
+    the image preprocessing of an unregistered network from options or from
+    a JSON file beside it.
 ``skfishing models``
     The registered networks, their size and whether they are on disk.
 ``skfishing demo``
@@ -20,22 +23,67 @@ a model file by hand) with exit status 1 (2 for command-line usage errors,
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
 import os
+import stat
 import sys
-import tempfile
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from . import __version__
 from .demo import run_demo
-from .registry import get_cache_dir, list_models, model_path
+from .features import _check_output_file, _feature_arrays, _write_npz
+from .images import ImagePreprocessing
+from .registry import get_cache_dir, list_models, model_path, register_model, resolve_model
 from .transformer import DeepFisherTransformer
 
 __all__ = ["main", "build_parser", "collect_images"]
 
 _DEFAULT_MODEL = "tinyalexnet"
+
+#: Fields of :class:`~skfishing.ImagePreprocessing` read from the options and
+#: from a preprocessing JSON file.
+_PREPROCESSING_FIELDS = ("size", "resize", "channel_order", "scale", "mean", "std")
+
+
+def _shown(path):
+    """A path as text that can always be printed (undecodable bytes as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _quoted(path):
+    """A path in quotes, for messages."""
+    return f"'{_shown(path)}'"
+
+
+def _not_regular(mode):
+    """What a file of ``mode`` is, when it is neither a regular file nor a folder."""
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def _stat(path, what):
+    """``os.stat`` of ``path`` (links followed), with errors that name it."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise FileNotFoundError(
+                f"{what} {_quoted(path)} is a broken symbolic link (to "
+                f"{_quoted(os.readlink(path))})"
+            ) from None
+        raise FileNotFoundError(f"no such image file or folder: {_quoted(path)}") from None
+    except OSError as exc:
+        raise OSError(f"cannot read {what} {_quoted(path)}: {exc.strerror or exc}") from None
 
 
 def collect_images(arguments):
@@ -44,7 +92,11 @@ def collect_images(arguments):
     A file is taken as it is (its decoder decides whether it is an image). A
     folder stands for the files directly inside it (not in sub-folders)
     whose extension Pillow can open (``.jpg``, ``.png``, ...; case
-    insensitive), sorted by name. The order of the arguments is kept.
+    insensitive), sorted by name. The order of the arguments is kept. Only
+    regular files (or links to them) are taken: a FIFO, a device or a
+    socket, given or in a folder under an image extension, is an error, as
+    is a broken link, so that no file is skipped silently and nothing waits
+    forever on a pipe.
 
     Parameters
     ----------
@@ -59,27 +111,41 @@ def collect_images(arguments):
     Raises
     ------
     FileNotFoundError
-        If an argument does not exist.
+        If an argument does not exist, or is a broken symbolic link.
     ValueError
-        If a folder has no image file.
+        If a folder has no image file, or an argument or an image-named
+        entry of a folder is not a regular file (a FIFO, a device, a socket).
     """
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     paths = []
     for argument in arguments:
-        path = Path(argument)
-        if path.is_dir():
-            found = sorted(
-                str(child)
-                for child in path.iterdir()
-                if child.is_file() and child.suffix.lower() in extensions
-            )
+        mode = _stat(argument, "image file or folder").st_mode
+        if stat.S_ISDIR(mode):
+            found = []
+            with os.scandir(argument) as entries:
+                children = sorted(os.path.join(argument, entry.name) for entry in entries)
+            for child in children:
+                if os.path.splitext(child)[1].lower() not in extensions:
+                    continue
+                child_mode = _stat(child, "file").st_mode
+                if stat.S_ISDIR(child_mode):
+                    continue
+                if not stat.S_ISREG(child_mode):
+                    raise ValueError(
+                        f"{_quoted(child)} in folder {_quoted(argument)} is "
+                        f"{_not_regular(child_mode)}, not an image file; move it out "
+                        "of the folder or list the image files explicitly"
+                    )
+                found.append(child)
             if not found:
-                raise ValueError(f"no image file in folder {argument!r}")
+                raise ValueError(f"no image file in folder {_quoted(argument)}")
             paths += found
-        elif path.exists():
+        elif stat.S_ISREG(mode):
             paths.append(argument)
         else:
-            raise FileNotFoundError(f"no such image file or folder: {argument!r}")
+            raise ValueError(
+                f"{_quoted(argument)} is {_not_regular(mode)}, not an image file"
+            )
     return paths
 
 
@@ -91,42 +157,129 @@ def _layer(text):
         return text
 
 
-def _check_output(path, overwrite):
-    if path.exists() and not overwrite:
-        raise FileExistsError(
-            f"output file {str(path)!r} exists; pass --overwrite to replace it"
-        )
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder {str(path.parent)!r} does not exist")
-
-
-def _save_npz(path, arrays, overwrite):
-    """Write ``arrays`` to ``path`` through a temporary file and a rename.
-
-    A failure or an interruption leaves no partial output behind.
-    """
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".part", dir=path.parent
-    )
+def _check_not_an_input(output, images):
+    """Refuse an output file that is one of the input images (even with --overwrite)."""
     try:
-        with os.fdopen(descriptor, "wb") as handle:
-            np.savez(handle, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates it private
-        _check_output(path, overwrite)  # the file may have appeared meanwhile
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+        target = os.stat(output)
+    except OSError:
+        return  # no such file yet: it cannot be an input
+    for number, image in enumerate(images):
+        try:
+            found = os.stat(image)
+        except OSError:
+            continue  # reported when the image is read
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            raise ValueError(
+                f"output file {_quoted(output)} is input image {number} "
+                f"({_quoted(image)}); choose another output file name"
+            )
+
+
+def _read_preprocessing(path):
+    """The :class:`~skfishing.ImagePreprocessing` fields of a JSON file."""
+    try:
+        meta = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise OSError(
+            f"cannot read preprocessing file {_quoted(path)}: {exc.strerror or exc}"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise ValueError(f"preprocessing file {_quoted(path)} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(
+            f"preprocessing file {_quoted(path)} must hold a JSON object with keys "
+            f"{', '.join(_PREPROCESSING_FIELDS)}"
+        )
+    if "size" not in meta and "input_size" in meta:  # the layout of skfishing/data/*.json
+        meta["size"] = meta["input_size"]
+    for key in meta:
+        close = difflib.get_close_matches(key, _PREPROCESSING_FIELDS, n=1, cutoff=0.75)
+        if key not in _PREPROCESSING_FIELDS and close:
+            raise ValueError(
+                f"preprocessing file {_quoted(path)}: unknown key {key!r}; did you mean "
+                f"{close[0]!r}?"
+            )
+    return {key: meta[key] for key in _PREPROCESSING_FIELDS if key in meta}
+
+
+def _model(args):
+    """The --model argument, with an ONNX file's preprocessing registered.
+
+    An ONNX file that is not registered needs the image preprocessing of its
+    network: it is read from ``--preprocessing FILE.json``, else from a JSON
+    file next to the model with the same stem (``net.onnx`` -> ``net.json``),
+    and the options ``--size`` ... ``--std`` override single fields. The file
+    is then registered, for this process, under the name given to --model.
+    """
+    options = {
+        field: getattr(args, field)
+        for field in _PREPROCESSING_FIELDS
+        if getattr(args, field) is not None
+    }
+    model = args.model
+    given = options or args.preprocessing is not None
+    path = Path(model).expanduser()
+    registered = model in {spec.name for spec in list_models()}
+    if not registered and path.is_file():
+        registered = resolve_model(path).name is not None
+    if registered or not path.is_file():
+        if given:
+            flags = [f"--{field.replace('_', '-')}" for field in options]
+            if args.preprocessing is not None:
+                flags.append("--preprocessing")
+            reason = (
+                "is registered with its own preprocessing" if registered else "is not a file"
+            )
+            raise ValueError(
+                f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to an "
+                f"unregistered ONNX file given to --model; {_quoted(model)} {reason}"
+            )
+        return model  # a registered name, or a missing file the transformer reports
+    sidecar = Path(args.preprocessing) if args.preprocessing is not None else path.with_suffix(".json")
+    values = {}
+    if args.preprocessing is not None or sidecar.is_file():
+        values = _read_preprocessing(sidecar)
+    values.update(options)
+    if "size" not in values:
+        raise ValueError(
+            f"the model file {_quoted(model)} is not registered, so its image "
+            "preprocessing is unknown: give --size (and --resize, --channel-order, "
+            "--scale, --mean, --std as the network was trained), or write them to "
+            f"{_quoted(sidecar)} (see 'skfishing extract --help')"
+        )
+    try:
+        preprocessing = ImagePreprocessing(**values)
+    except (TypeError, ValueError) as exc:
+        from_file = values.keys() - options.keys()
+        where = ""
+        if from_file:
+            where = f" (read from {_quoted(sidecar)}{' and the options' if options else ''})"
+        raise ValueError(f"preprocessing of {_quoted(model)}{where}: {exc}") from None
+    register_model(
+        model, path, preprocessing=preprocessing, description="given on the command line",
+        overwrite=True,
+    )
+    return model
+
+
+def _non_utf8(paths):
+    """Paths whose names cannot be encoded as UTF-8 (bytes undecodable by the OS codec)."""
+    found = []
+    for number, path in enumerate(paths):
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            found.append(f"image {number} ({_quoted(path)})")
+    return found
 
 
 def _extract(args):
     images = collect_images(args.images)
     output = Path(args.output)
-    _check_output(output, args.overwrite)
+    _check_not_an_input(output, images)
+    _check_output_file(output, args.overwrite, "pass --overwrite")
     fish = DeepFisherTransformer(
-        args.model,
+        _model(args),
         layer=args.layer,
         temperature=args.temperature,
         features=args.features,
@@ -134,24 +287,24 @@ def _extract(args):
         progress=args.progress,
         cache_dir=args.cache_dir,
     )
-    Z = fish.fit_transform(images)
+    try:
+        Z = fish.fit_transform(images)
+    except UnicodeEncodeError:
+        undecodable = _non_utf8(images)
+        if not undecodable:
+            raise
+        raise ValueError(
+            f"{len(undecodable)} file name(s) are not valid UTF-8, which this version "
+            f"cannot read: {', '.join(undecodable[:3])}; rename them (for example "
+            "with convmv) or copy them to UTF-8 names"
+        ) from None
     if args.features == "gradient":
-        arrays = {"forward": Z["forward"], "backward": Z["backward"]}
         shape = f"forward {Z['forward'].shape[1]}, backward {Z['backward'].shape[1]}"
     else:
-        arrays = {"features": Z}
         shape = f"{Z.shape[1]} values"
-    arrays.update(
-        paths=np.array(images, dtype=str),
-        model=np.array(str(args.model)),
-        model_sha256=np.array(fish.model_sha256_),
-        layer=np.array(fish.layer_),
-        temperature=np.array(args.temperature),
-        kind=np.array(args.features),
-    )
-    _save_npz(output, arrays, args.overwrite)
+    _write_npz(output, _feature_arrays(Z, fish, images), args.overwrite, "pass --overwrite")
     print(
-        f"wrote {output}: {args.features} features of layer {fish.layer_} for "
+        f"wrote {_shown(output)}: {args.features} features of layer {fish.layer_} for "
         f"{len(images)} images ({shape} per image)"
     )
     return 0
@@ -189,7 +342,7 @@ def _models(args):
 def _demo(args):
     run_demo(
         args.data,
-        model=args.model,
+        model=_model(args),
         quick=args.quick,
         progress=args.progress,
         cache_dir=args.cache_dir,
@@ -216,6 +369,38 @@ def _add_common(parser, model_help):
         action="store_false",
         help="do not show progress bars",
     )
+    group = parser.add_argument_group(
+        "image preprocessing of an ONNX file given to --model",
+        "A registered model knows how to turn images into its input; an ONNX file "
+        "does not. Give its preprocessing as a JSON file with keys size, resize, "
+        "channel_order, scale, mean and std (the fields of "
+        "skfishing.ImagePreprocessing): --preprocessing FILE.json, or a file next to "
+        "the model with the same stem (net.onnx -> net.json), which is read when "
+        "present. The options below override single fields. Images are resized so "
+        "that their shorter side is RESIZE, the central SIZE x SIZE square is "
+        "cropped, and each 0-255 pixel value p becomes (p * SCALE - MEAN) / STD.",
+    )
+    group.add_argument(
+        "--preprocessing", metavar="FILE.json", help="JSON file of the preprocessing"
+    )
+    group.add_argument("--size", type=int, help="side of the square network input")
+    group.add_argument(
+        "--resize", type=int, help="shorter side after resizing (default: SIZE)"
+    )
+    group.add_argument(
+        "--channel-order", choices=("RGB", "BGR"), help="channel order (default: RGB)"
+    )
+    group.add_argument(
+        "--scale", type=float, help="factor applied to 0-255 pixels first (default: 1/255)"
+    )
+    group.add_argument(
+        "--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+        help="subtracted after scaling, in RGB order (default: 0 0 0)",
+    )
+    group.add_argument(
+        "--std", type=float, nargs=3, metavar=("R", "G", "B"),
+        help="divides after the mean, in RGB order (default: 1 1 1)",
+    )
 
 
 def build_parser():
@@ -240,8 +425,11 @@ def build_parser():
         "write them to a .npz file: arrays 'forward' and 'backward' (gradient "
         "features) or 'features' (activations, probabilities), one row per "
         "image, plus 'paths', 'model', 'model_sha256', 'layer', 'temperature' "
-        "and 'kind' (the --features value). A folder argument stands for the image files directly "
-        "inside it, sorted by name.",
+        "and 'kind' (the --features value). Read it back in Python with "
+        "skfishing.features.load_features, ready for TraceKernelSVC. A folder "
+        "argument stands for the image files directly inside it, sorted by "
+        "name. The output file is checked before any image is read: its folder "
+        "must accept a new file and it must not be one of the images.",
     )
     extract.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
     extract.add_argument(

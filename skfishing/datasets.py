@@ -1,7 +1,9 @@
-"""Data set loaders: PASCAL VOC2007 (devkit folder or 64x64 archive), digits.
+"""Data set loaders: PASCAL VOC 2007 and 2012 (devkit folders), a 64x64 VOC 2007
+archive, digits.
 
-- :func:`load_voc2007` reads a standard ``VOCdevkit`` folder into image paths,
-  a ``(n, 20)`` label matrix and a ``difficult`` mask;
+- :func:`load_voc2007` and :func:`load_voc2012` read a standard ``VOCdevkit``
+  folder into image paths, a ``(n, 20)`` label matrix and a ``difficult``
+  mask (the two releases share the layout and the 20 classes);
 - :func:`load_voc2007_npz` reads the same information, with the images
   already decoded, from a ``.npz`` archive;
 - :func:`load_digits_images` turns scikit-learn's bundled digits into small
@@ -19,9 +21,11 @@ from sklearn.utils._param_validation import Interval, StrOptions, validate_param
 
 __all__ = [
     "VOC2007_CLASSES",
+    "VOC2012_CLASSES",
     "load_digits_images",
     "load_voc2007",
     "load_voc2007_npz",
+    "load_voc2012",
 ]
 
 #: The 20 PASCAL VOC2007 classes, in the devkit's order (the column order of
@@ -49,21 +53,30 @@ VOC2007_CLASSES = (
     "tvmonitor",
 )
 
+#: The 20 PASCAL VOC2012 classes: the same as VOC2007's, in the same order.
+VOC2012_CLASSES = VOC2007_CLASSES
+
 _MAX_LISTED = 5
 
 
-def _voc2007_folder(root):
-    """Return the ``VOC2007`` folder given it or the ``VOCdevkit`` above it."""
+def _voc_folder(root, year):
+    """Return the ``VOC<year>`` folder given it or the ``VOCdevkit`` above it."""
     root = Path(root)
+    name = f"VOC{year}"
     if not root.is_dir():
         raise FileNotFoundError(f"VOC root folder {str(root)!r} does not exist.")
-    for candidate in (root / "VOC2007", root):
+    for candidate in (root / name, root):
         if (candidate / "ImageSets" / "Main").is_dir():
+            if candidate == root and root.name.startswith("VOC") and root.name != name:
+                raise FileNotFoundError(
+                    f"{str(root)!r} looks like another release than {name}; give the "
+                    f"VOCdevkit folder or the {name} folder."
+                )
             return candidate
     raise FileNotFoundError(
-        f"{str(root)!r} is not a PASCAL VOC2007 folder: expected either a "
-        "VOCdevkit folder containing VOC2007/ImageSets/Main and "
-        "VOC2007/JPEGImages, or the VOC2007 folder itself containing "
+        f"{str(root)!r} is not a PASCAL {name} folder: expected either a "
+        f"VOCdevkit folder containing {name}/ImageSets/Main and "
+        f"{name}/JPEGImages, or the {name} folder itself containing "
         "ImageSets/Main and JPEGImages."
     )
 
@@ -189,12 +202,78 @@ def load_voc2007(root, split="trainval"):
     >>> voc.labels.shape  # doctest: +SKIP
     (2510, 20)
     """
-    if not split or any(c in split for c in "/\\"):
+    return _load_voc(root, split, "2007")
+
+
+@validate_params(
+    {"root": [str, os.PathLike], "split": [str]},
+    prefer_skip_nested_validation=True,
+)
+def load_voc2012(root, split="trainval"):
+    """Load the image list and labels of a PASCAL VOC2012 devkit folder.
+
+    VOC2012 has the layout, the file formats and the 20 classes of VOC2007
+    (see :func:`load_voc2007`): ``ImageSets/Main/<split>.txt`` lists the
+    image ids (such as ``2008_000002``), ``ImageSets/Main/<class>_<split>.txt``
+    their labels (``1`` present, ``-1`` absent, ``0`` difficult only) and
+    ``JPEGImages/<id>.jpg`` are the images. The public release labels the
+    ``train`` (5,717 images), ``val`` (5,823) and ``trainval`` sets; the test
+    labels are kept by the evaluation server, which is why the paper's
+    Table 1 reports VOC2012 on ``val`` (fit on ``train``).
+
+    Parameters
+    ----------
+    root : str or path-like
+        Either the ``VOCdevkit`` folder (containing ``VOC2012/``) or the
+        ``VOC2012`` folder itself (containing ``ImageSets/`` and
+        ``JPEGImages/``).
+
+    split : str, default="trainval"
+        Name of the image set: ``"train"``, ``"val"`` or ``"trainval"``, or
+        any other set that has its files in ``ImageSets/Main``.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        The layout of :func:`load_voc2007`: ``images`` (paths), ``labels``
+        (uint8, shape (n, 20)), ``difficult`` (bool, shape (n, 20)),
+        ``ids``, ``classes`` (:data:`VOC2012_CLASSES`) and ``split``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If `root` is not a devkit folder, or a file of the split or a JPEG
+        file is missing (the message names it).
+    ValueError
+        If a line is malformed (the message gives file and line number), or
+        a class file disagrees with the split's list.
+
+    See Also
+    --------
+    load_voc2007 : The same for VOC2007.
+    skfishing.metrics.voc07_average_precision : The 11-point AP of the
+        VOC2007 devkit (VOC2012's devkit uses the area under the
+        interpolated curve; :func:`sklearn.metrics.average_precision_score`
+        is close to it).
+
+    Examples
+    --------
+    >>> from skfishing.datasets import load_voc2012
+    >>> voc = load_voc2012("~/data/VOCdevkit", split="val")  # doctest: +SKIP
+    >>> voc.labels.shape  # doctest: +SKIP
+    (5823, 20)
+    """
+    return _load_voc(root, split, "2012")
+
+
+def _load_voc(root, split, year):
+    """Image paths and labels of split ``split`` of the VOC release ``year``."""
+    if not isinstance(split, str) or not split or any(c in split for c in "/\\"):
         raise ValueError(
             f"split must be the name of an image set such as 'trainval'; got "
             f"{split!r}."
         )
-    folder = _voc2007_folder(Path(root).expanduser())
+    folder = _voc_folder(Path(root).expanduser(), year)
     main = folder / "ImageSets" / "Main"
     ids = _read_split(main / f"{split}.txt")
     index = {image_id: row for row, image_id in enumerate(ids)}

@@ -1,8 +1,9 @@
-"""``skfishing demo``: the paper's comparison, end to end, offline.
+r"""``skfishing demo``: the paper's comparison, end to end, offline.
 
-Forward features (activations x5, x6, x7) and gradient features (dE/dW6,
-dE/dW7, dE/dW8, temperature 2) of a network with an AlexNet-shaped head
-(three FC layers numbered 6, 7, 8; activation 5 is pool5) each go through
+Forward features (activations :math:`x_5, x_6, x_7`) and gradient features
+(:math:`\partial E / \partial W_k` for :math:`k = 6, 7, 8`, temperature 2)
+of a network with an AlexNet-shaped head (three FC layers numbered 6, 7, 8;
+activation 5 is pool5) each go through
 ``Pipeline([("fish", DeepFisherTransformer(...)), ("svc",
 TraceKernelSVC(C=1.0))])``, fitted on a training split and scored on a test
 split; then a small ``GridSearchCV`` over the layer and the temperature of

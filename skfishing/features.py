@@ -1,20 +1,39 @@
-r"""Factorized gradient features: their structured dtype and provenance.
+r"""Factorized gradient features: their structured dtype, provenance and files.
 
 :class:`~skfishing.DeepFisherTransformer` returns the gradient
 :math:`\partial E / \partial W_k = x_{k-1} \delta_k^\top` of each image as
 the two factors :math:`x_{k-1}` and :math:`\delta_k`, in a NumPy structured
 array with fields ``"forward"`` and ``"backward"``. Where the features come
 from (model, layer, temperature, labels) travels in the dtype's metadata.
+
+:func:`save_features` writes features (gradients, activations or
+probabilities) with their provenance and image paths to a ``.npz`` file, the
+format of ``skfishing extract``; :func:`load_features` reads them back, ready
+for :class:`~skfishing.TraceKernelSVC`.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import zipfile
 from numbers import Integral
+from pathlib import Path
 
 import numpy as np
+from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
+from sklearn.utils.validation import check_is_fitted
 
-__all__ = ["gradient_dtype"]
+__all__ = ["gradient_dtype", "save_features", "load_features", "FORMAT", "SOURCE_KEYS"]
+
+#: Value of the ``format`` array of a features file written by
+#: :func:`save_features` (and ``skfishing extract``).
+FORMAT = "skfishing-features-1"
+
+#: Keys of the provenance that gradient features carry in their dtype's
+#: metadata (``labels`` only when the transformer was given labels).
+SOURCE_KEYS = ("model_sha256", "layer", "temperature", "labels")
 
 
 @validate_params(
@@ -56,3 +75,410 @@ def gradient_dtype(forward_dim, backward_dim, source=None):
     if source is None:
         return np.dtype(fields)
     return np.dtype(fields, metadata=dict(source))
+
+
+def _source_of(features, transformer):
+    """Provenance of ``features``: its dtype metadata, else the transformer's."""
+    metadata = features.dtype.metadata
+    recorded = None
+    if metadata:
+        recorded = {key: metadata[key] for key in SOURCE_KEYS if key in metadata}
+    if transformer is None:
+        return recorded
+    source = {
+        "model_sha256": transformer.model_sha256_,
+        "layer": int(transformer.layer_),
+        "temperature": float(transformer.temperature),
+    }
+    if transformer.labels is not None:
+        source["labels"] = tuple(float(v) for v in np.ravel(transformer.labels))
+    if recorded is not None and recorded != source:
+        differ = ", ".join(
+            f"{key} {recorded.get(key)!r} (transformer: {source.get(key)!r})"
+            for key in SOURCE_KEYS
+            if recorded.get(key) != source.get(key)
+        )
+        raise ValueError(
+            f"features come from another model or setting than transformer: {differ}."
+        )
+    return source
+
+
+def _check_features(features):
+    """The arrays to write for ``features``, and their kind from the layout."""
+    if not isinstance(features, np.ndarray):
+        raise TypeError(
+            "features must be the ndarray returned by DeepFisherTransformer.transform, "
+            f"got {type(features).__name__}."
+        )
+    if features.dtype.names is not None:
+        if set(features.dtype.names) != {"forward", "backward"} or features.ndim != 1:
+            raise ValueError(
+                "structured features must have shape (n_samples,) and exactly the fields "
+                f"'forward' and 'backward'; got fields {features.dtype.names} and shape "
+                f"{features.shape}."
+            )
+        arrays = {name: features[name] for name in ("forward", "backward")}
+        kind = "gradient"
+    else:
+        if features.ndim != 2 or not np.issubdtype(features.dtype, np.floating):
+            raise ValueError(
+                "features must be a structured array of gradient features or a 2-D float "
+                f"array; got dtype {features.dtype} and shape {features.shape}."
+            )
+        arrays = {"features": features}
+        kind = None
+    for name, array in arrays.items():
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise ValueError(
+                f"features {name!r} must have at least one row and one column; got shape "
+                f"{array.shape}."
+            )
+        _check_finite(array, f"features {name!r}")
+    return arrays, kind
+
+
+def _check_finite(array, what):
+    bad = ~np.isfinite(array).all(axis=1)
+    if bad.any():
+        raise ValueError(
+            f"{what} contains NaN or infinity in row {int(np.flatnonzero(bad)[0])} "
+            f"({int(bad.sum())} rows in all)."
+        )
+
+
+def _check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=True"):
+    """Check that ``file`` can be written, before any work is done.
+
+    The file must not exist (unless ``overwrite``), must not be a folder or
+    another non-regular file (a FIFO, a device), and its folder must exist
+    and accept a new file (tried by creating and removing a temporary file).
+
+    Parameters
+    ----------
+    file : str or path-like
+        The output file.
+    overwrite : bool, default=False
+        Whether an existing regular file may be replaced.
+    how_to_overwrite : str, default="pass overwrite=True"
+        What the message tells the user to do to replace an existing file.
+
+    Raises
+    ------
+    FileExistsError, IsADirectoryError, FileNotFoundError, PermissionError, OSError
+        With a message that names the file or its folder.
+    """
+    path = Path(file)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"output {str(path)!r} is a folder; give a file name, such as "
+            f"{str(path / 'features.npz')!r}"
+        )
+    if os.path.lexists(path):
+        if not overwrite:
+            raise FileExistsError(
+                f"output file {str(path)!r} exists; {how_to_overwrite} to replace it"
+            )
+        if path.exists() and not path.is_file():
+            raise OSError(
+                f"output {str(path)!r} exists and is not a regular file (a FIFO, "
+                "device or socket); choose another file name"
+            )
+    folder = path.parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder {str(folder)!r} does not exist")
+    try:
+        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
+    except OSError as exc:
+        raise PermissionError(
+            f"cannot write in the output folder {str(folder)!r}: {exc.strerror or exc}"
+        ) from None
+    os.close(descriptor)
+    os.unlink(probe)
+
+
+def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
+    """Write ``arrays`` to ``path`` through a temporary file and a rename.
+
+    A failure or an interruption leaves no partial file behind, and an
+    existing file is replaced only once the new one is complete.
+    """
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".part", dir=path.parent
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            np.savez(handle, **arrays)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates it private
+        _check_output_file(path, overwrite, how_to_overwrite)  # it may have appeared meanwhile
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _feature_arrays(features, transformer=None, paths=None):
+    """Every array of a features file (see :func:`save_features`)."""
+    arrays, kind = _check_features(features)
+    if transformer is not None:
+        from .transformer import DeepFisherTransformer  # features.py is imported by it
+
+        if not isinstance(transformer, DeepFisherTransformer):
+            raise TypeError(
+                "transformer must be the fitted DeepFisherTransformer that computed the "
+                f"features, got {type(transformer).__name__}."
+            )
+        check_is_fitted(transformer)
+        wanted = "gradient" if transformer.features == "gradient" else "2-D"
+        if (kind == "gradient") != (wanted == "gradient"):
+            raise ValueError(
+                f"transformer computes {transformer.features!r} features but features "
+                f"{'is' if kind == 'gradient' else 'is not'} a structured array of "
+                "gradient features."
+            )
+        kind = transformer.features
+    n_samples = len(features)
+    source = _source_of(features, transformer)
+    arrays["format"] = np.array(FORMAT)
+    if kind is not None:
+        arrays["kind"] = np.array(kind)
+    if paths is not None:
+        paths = [os.fspath(path) for path in paths]
+        if len(paths) != n_samples or not all(isinstance(path, str) for path in paths):
+            raise ValueError(
+                f"paths must hold one str path per row of features ({n_samples}); got "
+                f"{len(paths)} items."
+            )
+        arrays["paths"] = np.array(paths, dtype=str).reshape(n_samples)
+    if transformer is not None and isinstance(transformer.model, (str, os.PathLike)):
+        arrays["model"] = np.array(os.fspath(transformer.model))
+    if source:
+        arrays["model_sha256"] = np.array(str(source["model_sha256"]))
+        arrays["layer"] = np.array(int(source["layer"]))
+        arrays["temperature"] = np.array(float(source["temperature"]))
+        if "labels" in source:
+            arrays["labels"] = np.array(source["labels"], dtype=np.float64)
+    return arrays
+
+
+@validate_params(
+    {
+        "file": [str, os.PathLike],
+        "features": [np.ndarray],
+        "transformer": "no_validation",
+        "paths": ["array-like", None],
+        "overwrite": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
+def save_features(file, features, transformer=None, *, paths=None, overwrite=False):
+    """Write features and their provenance to a ``.npz`` file.
+
+    The file holds the arrays ``forward`` and ``backward`` (gradient
+    features) or ``features`` (activations, probabilities), one row per
+    image, and, when known, ``kind``, ``paths``, ``model``,
+    ``model_sha256``, ``layer``, ``temperature`` and ``labels``; it is the
+    format of ``skfishing extract``, read back by :func:`load_features`. The
+    file is written under a temporary name and renamed when complete, so an
+    error or an interruption never leaves a partial file, nor replaces an
+    existing one.
+
+    Parameters
+    ----------
+    file : str or path-like
+        The file to write (written as named: no ``.npz`` is appended).
+    features : ndarray
+        The output of :meth:`DeepFisherTransformer.transform
+        <skfishing.DeepFisherTransformer.transform>`: a structured array of
+        gradient features (its provenance is read from its dtype) or a 2-D
+        float array.
+    transformer : DeepFisherTransformer, default=None
+        The fitted transformer that computed ``features``. It gives the
+        provenance of activations and probabilities (plain 2-D arrays carry
+        none) and the model's name or path; for gradient features it must
+        agree with the provenance they carry. Without it, 2-D features are
+        written without provenance.
+    paths : sequence of str or path-like, default=None
+        The image file of each row.
+    overwrite : bool, default=False
+        Whether to replace an existing file.
+
+    Raises
+    ------
+    FileExistsError
+        If ``file`` exists and ``overwrite`` is False.
+    ValueError
+        If ``features`` is not a features array, holds NaN or infinity, or
+        disagrees with ``transformer``, or ``paths`` has another length.
+
+    See Also
+    --------
+    load_features : Read the file back.
+
+    Examples
+    --------
+    >>> from skfishing import DeepFisherTransformer
+    >>> from skfishing.datasets import load_digits_images
+    >>> from skfishing.features import load_features, save_features
+    >>> images = load_digits_images().images[:4]
+    >>> fish = DeepFisherTransformer("tinyalexnet", layer=7).fit(images)
+    >>> save_features("digits.npz", fish.transform(images), fish)  # doctest: +SKIP
+    >>> load_features("digits.npz").features.dtype.names  # doctest: +SKIP
+    ('forward', 'backward')
+    """
+    arrays = _feature_arrays(features, transformer, paths)
+    _check_output_file(file, overwrite)
+    _write_npz(file, arrays, overwrite)
+
+
+def _scalar(archive, key, kind, file):
+    array = archive[key]
+    if array.shape != () or array.dtype.kind not in kind:
+        raise ValueError(f"{file}: {key!r} must be a single value; got {array.dtype} {array.shape}.")
+    return array.item()
+
+
+@validate_params({"file": [str, os.PathLike]}, prefer_skip_nested_validation=True)
+def load_features(file):
+    """Read features written by :func:`save_features` or ``skfishing extract``.
+
+    Gradient features come back as the structured array
+    :class:`~skfishing.DeepFisherTransformer` returns, with their provenance
+    (model SHA-256, layer, temperature, labels) in the dtype's metadata, so
+    that :class:`~skfishing.TraceKernelSVC` accepts them beside features
+    computed in memory by the same transformer and refuses those of another
+    model or setting. Activations and probabilities come back as 2-D float32
+    arrays.
+
+    Parameters
+    ----------
+    file : str or path-like
+        A ``.npz`` file. It is read with ``allow_pickle=False``: loading it
+        runs no code.
+
+    Returns
+    -------
+    data : :class:`~sklearn.utils.Bunch`
+        With keys
+
+        - ``features``: ndarray, the features, one row per image;
+        - ``kind``: str or None, ``"gradient"``, ``"activation"`` or
+          ``"probabilities"``;
+        - ``paths``: ndarray of str or None, the image file of each row;
+        - ``model``: str or None, the model's registered name or path;
+        - ``model_sha256``, ``layer``, ``temperature``, ``labels``: the
+          provenance (None where unknown; ``labels`` is a tuple of floats,
+          None for the uniform default);
+        - ``source``: dict or None, the provenance as gradient features
+          carry it in their dtype's metadata.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``file`` does not exist.
+    ValueError
+        If ``file`` is not a features file, or its arrays are inconsistent
+        or not finite (the message names the file and the array).
+
+    See Also
+    --------
+    save_features : Write such a file.
+
+    Examples
+    --------
+    >>> from skfishing import TraceKernelSVC
+    >>> from skfishing.features import load_features
+    >>> train = load_features("train.npz")  # doctest: +SKIP
+    >>> svc = TraceKernelSVC(C=1.0).fit(train.features, y_train)  # doctest: +SKIP
+    """
+    path = Path(file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such features file: {str(path)!r}")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(
+            f"{str(path)!r} is not a features file written by skfishing extract or "
+            f"save_features: {exc}"
+        ) from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{str(path)!r} is a .npy file, not a .npz features file.")
+    with archive:
+        try:
+            return _read_features(archive, path)
+        except (ValueError, zipfile.BadZipFile, EOFError) as exc:
+            raise ValueError(f"{str(path)!r}: {exc}") from None
+
+
+def _read_features(archive, path):
+    files = set(archive.files)
+    if "format" in files and _scalar(archive, "format", "U", path) != FORMAT:
+        raise ValueError(
+            f"unknown format {archive['format'].item()!r} (this version reads {FORMAT!r})."
+        )
+    if {"forward", "backward"} <= files:
+        blocks = {name: archive[name] for name in ("forward", "backward")}
+    elif "features" in files:
+        blocks = {"features": archive["features"]}
+    else:
+        raise ValueError(
+            "no features in the file: expected arrays 'forward' and 'backward', or "
+            f"'features'; found {sorted(files)}."
+        )
+    n_samples = None
+    for name, block in blocks.items():
+        if block.ndim != 2 or block.dtype.kind != "f" or 0 in block.shape:
+            raise ValueError(
+                f"array {name!r} must be a non-empty 2-D float array; got {block.dtype} "
+                f"{block.shape}."
+            )
+        if n_samples is not None and len(block) != n_samples:
+            raise ValueError(
+                f"'forward' has {n_samples} rows but 'backward' has {len(block)}."
+            )
+        n_samples = len(block)
+        _check_finite(block, f"array {name!r}")
+    data = Bunch(features=None, kind=None, paths=None, model=None, model_sha256=None,
+                 layer=None, temperature=None, labels=None, source=None)
+    for key, kind in (("kind", "U"), ("model", "U"), ("model_sha256", "U"),
+                      ("layer", "iu"), ("temperature", "f")):
+        if key in files:
+            data[key] = _scalar(archive, key, kind, path)
+    if "paths" in files:
+        paths = archive["paths"]
+        if paths.dtype.kind != "U" or paths.shape != (n_samples,):
+            raise ValueError(
+                f"'paths' must hold {n_samples} str paths, one per row; got {paths.dtype} "
+                f"{paths.shape}."
+            )
+        data.paths = paths
+    if "labels" in files:
+        labels = archive["labels"]
+        if labels.ndim != 1 or labels.dtype.kind != "f":
+            raise ValueError(f"'labels' must be a 1-D float array; got {labels.dtype} {labels.shape}.")
+        data.labels = tuple(float(v) for v in labels)
+    gradient = "forward" in blocks
+    if data.kind is None:
+        data.kind = "gradient" if gradient else None
+    elif (data.kind == "gradient") != gradient:
+        raise ValueError(f"kind {data.kind!r} does not match the arrays {sorted(blocks)}.")
+    if data.model_sha256 is not None:
+        if data.layer is None or data.temperature is None:
+            raise ValueError("'model_sha256' is given without 'layer' and 'temperature'.")
+        data.layer, data.temperature = int(data.layer), float(data.temperature)
+        data.source = {"model_sha256": data.model_sha256, "layer": data.layer,
+                       "temperature": data.temperature}
+        if data.labels is not None:
+            data.source["labels"] = data.labels
+    if gradient:
+        forward, backward = blocks["forward"], blocks["backward"]
+        dtype = gradient_dtype(forward.shape[1], backward.shape[1], data.source)
+        data.features = np.empty(n_samples, dtype=dtype)
+        data.features["forward"] = forward
+        data.features["backward"] = backward
+    else:
+        data.features = blocks["features"]
+    return data

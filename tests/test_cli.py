@@ -49,7 +49,7 @@ def test_extract_gradient_matches_transformer(tiny_cnn, pngs, tmp_path, capsys):
     Z = fish.fit_transform(pngs)
     with np.load(out, allow_pickle=False) as saved:
         assert sorted(saved.files) == sorted(
-            ["forward", "backward", "paths", "model", "model_sha256", "layer", "temperature", "kind"]
+            ["format", "forward", "backward", "paths", "model", "model_sha256", "layer", "temperature", "kind"]
         )
         np.testing.assert_array_equal(saved["forward"], Z["forward"])
         np.testing.assert_array_equal(saved["backward"], Z["backward"])
@@ -225,3 +225,21 @@ def test_console_script(tmp_path):
     )
     assert failed.returncode == 1
     assert failed.stderr.strip().splitlines() == [f"skfishing: error: no such image file or folder: {str(missing)!r}"]
+
+
+def test_model_file_with_the_embedded_models_metadata_layout(pngs, tmp_path, restore_models):
+    """A copy of the embedded network beside a copy of its metadata file
+    (keys input_size, channel_order, scale, mean, std, and others) gives the
+    features of the registered "tinyalexnet"."""
+    data = Path(skfishing.__file__).parent / "data"
+    shutil.copy(data / "tinyalexnet.onnx", tmp_path / "copy.onnx")
+    shutil.copy(data / "tinyalexnet.json", tmp_path / "copy.json")
+    out = tmp_path / "copy.npz"
+    argv = ["extract", *pngs, "--model", str(tmp_path / "copy.onnx"), "-o", str(out), "--no-progress"]
+    assert main(argv) == 0
+    fish = DeepFisherTransformer("tinyalexnet")
+    expected = fish.fit_transform(pngs)
+    with np.load(out) as saved:
+        np.testing.assert_array_equal(saved["forward"], expected["forward"])
+        np.testing.assert_array_equal(saved["backward"], expected["backward"])
+        assert saved["model_sha256"].item() == fish.model_sha256_  # same bytes, same hash

@@ -1,4 +1,4 @@
-"""Tests of the VOC2007 loaders (devkit folder, npz archive) and the digits."""
+"""Tests of the VOC loaders (2007 and 2012 devkit folders, npz archive) and the digits."""
 
 from pathlib import Path
 
@@ -9,9 +9,11 @@ from sklearn.datasets import load_digits
 
 from skfishing.datasets import (
     VOC2007_CLASSES,
+    VOC2012_CLASSES,
     load_digits_images,
     load_voc2007,
     load_voc2007_npz,
+    load_voc2012,
 )
 
 SHARED_VOC = (
@@ -37,19 +39,18 @@ def _write(path, lines):
     path.write_text("".join(line + "\n" for line in lines))
 
 
-@pytest.fixture
-def devkit(tmp_path):
-    """A VOCdevkit folder with 5 tiny JPEGs and train/val/trainval sets."""
-    voc = tmp_path / "VOCdevkit" / "VOC2007"
+def _make_devkit(root, year="2007", train_ids=TRAIN_IDS, val_ids=VAL_IDS):
+    """A VOCdevkit folder with tiny JPEGs and train/val/trainval sets."""
+    voc = root / "VOCdevkit" / f"VOC{year}"
     main = voc / "ImageSets" / "Main"
     (voc / "JPEGImages").mkdir(parents=True)
-    for k, image_id in enumerate(TRAIN_IDS + VAL_IDS):
+    for k, image_id in enumerate(train_ids + val_ids):
         pixels = np.full((6, 8, 3), 40 * k, dtype=np.uint8)
         Image.fromarray(pixels).save(voc / "JPEGImages" / f"{image_id}.jpg")
     for split, ids in [
-        ("train", TRAIN_IDS),
-        ("val", VAL_IDS),
-        ("trainval", TRAIN_IDS + VAL_IDS),
+        ("train", train_ids),
+        ("val", val_ids),
+        ("trainval", train_ids + val_ids),
     ]:
         _write(main / f"{split}.txt", ids)
         labels = _devkit_labels(ids)
@@ -59,7 +60,13 @@ def devkit(tmp_path):
                 main / f"{name}_{split}.txt",
                 [f"{i} {'' if v < 0 else ' '}{v}" for i, v in zip(ids, labels[:, c])],
             )
-    return tmp_path / "VOCdevkit"
+    return root / "VOCdevkit"
+
+
+@pytest.fixture
+def devkit(tmp_path):
+    """A VOCdevkit folder with VOC2007: 5 tiny JPEGs, train/val/trainval sets."""
+    return _make_devkit(tmp_path)
 
 
 def test_classes():
@@ -171,6 +178,68 @@ def test_missing_jpegs_are_listed(devkit):
         load_voc2007(devkit, "val")
     assert "000009.jpg" in str(error.value) and "000017.jpg" in str(error.value)
     assert "000007.jpg" not in str(error.value)
+
+
+# -- VOC 2012 --------------------------------------------------------------------
+
+# VOC2012 image ids carry the year of the image.
+TRAIN_IDS_2012 = ["2008_000008", "2008_000002", "2011_003276"]
+VAL_IDS_2012 = ["2008_000014", "2012_004331"]
+
+
+def _labels_2012(ids):
+    return _devkit_labels([int(i.replace("_", "")) % 97 for i in ids])
+
+
+@pytest.fixture
+def devkit2012(tmp_path):
+    """A VOCdevkit folder holding both VOC2007 and VOC2012, as unpacked releases are."""
+    _make_devkit(tmp_path, "2007")
+    root = tmp_path / "VOCdevkit"
+    voc = root / "VOC2012"
+    main = voc / "ImageSets" / "Main"
+    (voc / "JPEGImages").mkdir(parents=True)
+    for k, image_id in enumerate(TRAIN_IDS_2012 + VAL_IDS_2012):
+        Image.fromarray(np.full((7, 5, 3), 30 * k, dtype=np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+    for split, ids in [("train", TRAIN_IDS_2012), ("val", VAL_IDS_2012), ("trainval", TRAIN_IDS_2012 + VAL_IDS_2012)]:
+        _write(main / f"{split}.txt", ids)
+        labels = _labels_2012(ids)
+        for c, name in enumerate(VOC2012_CLASSES):
+            _write(main / f"{name}_{split}.txt", [f"{i} {'' if v < 0 else ' '}{v}" for i, v in zip(ids, labels[:, c])])
+    return root
+
+
+@pytest.mark.parametrize("split, ids", [("train", TRAIN_IDS_2012), ("val", VAL_IDS_2012),
+                                        ("trainval", TRAIN_IDS_2012 + VAL_IDS_2012)])
+def test_load_voc2012(devkit2012, split, ids):
+    voc = load_voc2012(devkit2012, split)
+    expected = _labels_2012(ids)
+    assert voc.ids.tolist() == ids
+    np.testing.assert_array_equal(voc.labels, expected == 1)
+    np.testing.assert_array_equal(voc.difficult, expected == 0)
+    assert voc.labels.dtype == np.uint8 and voc.difficult.dtype == bool
+    assert voc.images == [str(devkit2012 / "VOC2012" / "JPEGImages" / f"{i}.jpg") for i in ids]
+    assert voc.classes.tolist() == list(VOC2007_CLASSES) and voc.split.tolist() == [split] * len(ids)
+    # the same devkit's VOC2007 is read by the other loader, and vice versa
+    assert load_voc2007(devkit2012, split).ids.tolist() == {"train": TRAIN_IDS, "val": VAL_IDS,
+                                                            "trainval": TRAIN_IDS + VAL_IDS}[split]
+    from_folder = load_voc2012(devkit2012 / "VOC2012", split)
+    assert from_folder.images == voc.images
+
+
+def test_voc2012_errors_name_the_release_and_the_file(devkit2012, tmp_path):
+    only2007 = _make_devkit(tmp_path / "only2007")
+    with pytest.raises(FileNotFoundError, match="not a PASCAL VOC2012 folder"):
+        load_voc2012(only2007)
+    with pytest.raises(FileNotFoundError, match="looks like another release than VOC2007"):
+        load_voc2007(devkit2012 / "VOC2012")
+    with pytest.raises(FileNotFoundError, match="looks like another release than VOC2012"):
+        load_voc2012(devkit2012 / "VOC2007")
+    (devkit2012 / "VOC2012" / "ImageSets" / "Main" / "dog_val.txt").unlink()
+    with pytest.raises(FileNotFoundError, match="VOC2012/ImageSets/Main/dog_val.txt"):
+        load_voc2012(devkit2012, "val")
+    with pytest.raises(FileNotFoundError, match="test.txt"):
+        load_voc2012(devkit2012, "test")  # test labels are not public
 
 
 # -- npz archive ----------------------------------------------------------------
