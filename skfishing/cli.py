@@ -262,17 +262,6 @@ def _model(args):
     return model
 
 
-def _non_utf8(paths):
-    """Paths whose names cannot be encoded as UTF-8 (bytes undecodable by the OS codec)."""
-    found = []
-    for number, path in enumerate(paths):
-        try:
-            path.encode("utf-8")
-        except UnicodeEncodeError:
-            found.append(f"image {number} ({_quoted(path)})")
-    return found
-
-
 def _extract(args):
     images = collect_images(args.images)
     output = Path(args.output)
@@ -287,17 +276,7 @@ def _extract(args):
         progress=args.progress,
         cache_dir=args.cache_dir,
     )
-    try:
-        Z = fish.fit_transform(images)
-    except UnicodeEncodeError:
-        undecodable = _non_utf8(images)
-        if not undecodable:
-            raise
-        raise ValueError(
-            f"{len(undecodable)} file name(s) are not valid UTF-8, which this version "
-            f"cannot read: {', '.join(undecodable[:3])}; rename them (for example "
-            "with convmv) or copy them to UTF-8 names"
-        ) from None
+    Z = fish.fit_transform(images)
     if args.features == "gradient":
         shape = f"forward {Z['forward'].shape[1]}, backward {Z['backward'].shape[1]}"
     else:

@@ -8,30 +8,27 @@ wrappers around :func:`skops.io.dump` and :func:`skops.io.load` that
 * trust the types a skfishing pipeline holds, listed once in
   :data:`TRUSTED_TYPES`, and refuse a file that holds any other type (unless
   the caller trusts it explicitly), with a message that names it;
-* keep the provenance of gradient features (the model's SHA-256, the layer,
-  the temperature, the labels), which :class:`~skfishing.TraceKernelSVC`
-  keeps in the dtype of its support vectors and which skops alone would
-  drop, so that a loaded classifier still refuses features of another model
-  or setting.
+* write the file atomically.
+
+The provenance of gradient features (the model's SHA-256, the layer, the
+temperature, the labels) survives: :class:`~skfishing.TraceKernelSVC` keeps
+it as a plain fitted attribute (``feature_source_``), so a loaded classifier
+still refuses features of another model or setting.
 
 Install the optional dependency with ``pip install "skfishing[skops]"``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import tempfile
 import warnings
 import zipfile
 
-import numpy as np
 import onnx
-from sklearn.base import BaseEstimator
 from sklearn.utils._param_validation import validate_params
 
-from .features import SOURCE_KEYS
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
 
@@ -59,10 +56,6 @@ TRUSTED_TYPES = tuple(
     )
 )
 
-#: Name of the zip member that holds the provenance of structured arrays.
-_PROVENANCE = "skfishing-provenance.json"
-
-
 def _skops():
     try:
         import skops.io
@@ -72,55 +65,6 @@ def _skops():
             'pip install "skfishing[skops]" (or pip install skops)'
         ) from None
     return skops.io
-
-
-def _children(obj):
-    if isinstance(obj, BaseEstimator):
-        return list(vars(obj).items())
-    if isinstance(obj, dict):
-        return [(key, value) for key, value in obj.items() if isinstance(key, str)]
-    if isinstance(obj, (list, tuple)):
-        return list(enumerate(obj))
-    return []
-
-
-def _provenance(estimator):
-    """Where the structured arrays with dtype metadata are, and that metadata."""
-    found, seen, stack = [], set(), [((), estimator)]
-    while stack:
-        path, obj = stack.pop()
-        if isinstance(obj, np.ndarray):
-            if obj.dtype.names and obj.dtype.metadata:
-                metadata = {key: obj.dtype.metadata[key] for key in SOURCE_KEYS if key in obj.dtype.metadata}
-                found.append({"path": list(path), "metadata": metadata})
-            continue
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        stack += [((*path, key), child) for key, child in reversed(_children(obj))]
-    return found
-
-
-def _restore_provenance(estimator, entries, file):
-    """Put the metadata recorded by :func:`dump` back on the arrays."""
-    for entry in entries:
-        path, metadata = entry["path"], dict(entry["metadata"])
-        if not path or not set(metadata) <= set(SOURCE_KEYS):
-            raise ValueError(f"{file}: malformed provenance entry {entry!r}.")
-        if "labels" in metadata:
-            metadata["labels"] = tuple(float(v) for v in metadata["labels"])
-        parent = estimator
-        for key in path[:-1]:
-            parent = getattr(parent, key) if isinstance(parent, BaseEstimator) else parent[key]
-        key = path[-1]
-        array = getattr(parent, key) if isinstance(parent, BaseEstimator) else parent[key]
-        if not isinstance(array, np.ndarray) or not array.dtype.names:
-            raise ValueError(f"{file}: provenance recorded for {path!r}, which is not a structured array.")
-        restored = array.view(np.dtype(array.dtype, metadata=metadata))
-        if isinstance(parent, BaseEstimator):
-            setattr(parent, key, restored)
-        elif isinstance(parent, (list, dict)):
-            parent[key] = restored
 
 
 @validate_params(
@@ -173,11 +117,9 @@ def dump(estimator, file, *, overwrite=False):
     os.close(descriptor)
     try:
         with warnings.catch_warnings():
-            # the dtype metadata that NumPy's .npy format drops is written below
+            # NumPy's .npy format drops dtype metadata; TraceKernelSVC keeps it as feature_source_
             warnings.filterwarnings("ignore", message="metadata on a dtype", category=UserWarning)
             sio.dump(estimator, temporary)
-        with zipfile.ZipFile(temporary, "a", compression=zipfile.ZIP_DEFLATED) as archive:
-            archive.writestr(_PROVENANCE, json.dumps(_provenance(estimator)))
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)
@@ -210,7 +152,7 @@ def load(file, *, trusted=None):
     Returns
     -------
     estimator : object
-        The estimator, with the provenance of its gradient features.
+        The estimator.
 
     Raises
     ------
@@ -242,12 +184,4 @@ def load(file, *, trusted=None):
             "Loading them could run their code, so nothing was loaded. If you know where the "
             "file comes from and these types are safe, pass them as load(..., trusted=[...])."
         )
-    estimator = sio.load(path, trusted=sorted(found))
-    with zipfile.ZipFile(path) as archive:
-        if _PROVENANCE in archive.namelist():
-            try:
-                entries = json.loads(archive.read(_PROVENANCE))
-            except ValueError as exc:
-                raise ValueError(f"{str(path)!r}: unreadable {_PROVENANCE}: {exc}") from None
-            _restore_provenance(estimator, entries, str(path))
-    return estimator
+    return sio.load(path, trusted=sorted(found))

@@ -91,6 +91,13 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
     support_vectors_ : ndarray of shape (n_SV,) or (n_SV, `n_features_in_`)
         The training features of those samples, of the same kind as ``X``.
 
+    feature_source_ : dict or None
+        Where the training features come from (model SHA-256, layer,
+        temperature, labels), as :class:`~skfishing.DeepFisherTransformer`
+        records it in their dtype; None for features without that record.
+        :meth:`predict` and :meth:`decision_function` refuse features of
+        another source.
+
     n_iter_ : ndarray of shape (n_models,)
         Number of libsvm iterations of each binary sub-problem, for all
         ``estimators_`` in turn.
@@ -197,6 +204,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
             np.concatenate([s.support_ for s in self.estimators_])
         )
         self.support_vectors_ = X[self.support_]
+        self.feature_source_ = _source(X)
         coefs = [_pairwise_coefficients(s, self.support_) for s in self.estimators_]
         self._dual_coef = np.hstack([coef for coef, _ in coefs])
         self._intercept = np.concatenate([intercept for _, intercept in coefs])
@@ -316,7 +324,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
                     reference=self.support_vectors_,
                     reference_name=f"the training data of {type(self).__name__}",
                 )
-                _check_same_source(checked, self.support_vectors_)
+                _check_same_source(checked, self.feature_source_)
                 return checked
         if not _is_structured(X):
             return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
@@ -350,18 +358,32 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
         return list(Y.T)
 
 
-def _check_same_source(X, reference):
+def _source(X):
+    """Where structured features come from, from their dtype's metadata, or None.
+
+    Lists (a file format's stand-in for tuples) compare equal to tuples.
+    """
+    return _normal(getattr(X.dtype, "metadata", None))
+
+
+def _normal(source):
+    if not source:
+        return None
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in source.items()}
+
+
+def _check_same_source(X, expected):
     """Refuse gradient features of another model, layer or temperature.
 
     :class:`~skfishing.DeepFisherTransformer` records where gradient features
     come from in their dtype's metadata, which indexing, concatenation,
-    pickling and :func:`skfishing.features.load_features` keep. When the
-    training features have it, ``X`` must have the same; training features
-    without it (built by hand) are not checked.
+    pickling and :func:`skfishing.features.load_features` keep; ``fit``
+    records it as ``feature_source_``. When the training features had it,
+    ``X`` must have the same; training features without it (built by hand)
+    are not checked.
     """
-    source = X.dtype.metadata
-    expected = reference.dtype.metadata
-    if not expected or (source and dict(source) == dict(expected)):
+    source, expected = _source(X), _normal(expected)
+    if not expected or source == expected:
         return
     if not source:
         raise ValueError(

@@ -96,9 +96,9 @@ def test_loaded_classifier_still_refuses_features_of_another_setting(digits, tmp
     pipe = _pipe(layer=7, temperature=2.0, labels=np.full(200, 0.005)).fit(X[:80], y[:80])
     persistence.dump(pipe, tmp_path / "pipe.skops")
     loaded = persistence.load(tmp_path / "pipe.skops")
-    metadata = loaded[-1].support_vectors_.dtype.metadata
-    assert dict(metadata) == dict(pipe[-1].support_vectors_.dtype.metadata)
-    assert isinstance(metadata["labels"], tuple)
+    source = loaded[-1].feature_source_
+    assert source == pipe[-1].feature_source_ == dict(pipe[-1].support_vectors_.dtype.metadata)
+    assert source["temperature"] == 2.0 and len(source["labels"]) == 200
     Z = pipe[0].transform(X[80:])
     np.testing.assert_array_equal(loaded[-1].predict(Z), pipe.predict(X[80:]))
     other = DeepFisherTransformer("tinyalexnet", layer=7, temperature=4.0).fit_transform(X[80:])
