@@ -353,7 +353,7 @@ def build_forward_model(model, head):
 
 
 def build_backward_model(head, layer, *, temperature=2.0, labels=None):
-    r"""The backward pass of Eq. (10) from the logits down to :math:`\delta_{layer}`.
+    r"""The backward pass of the paper's equation 10, from the logits down to :math:`\delta_{layer}`.
 
     Parameters
     ----------
