@@ -162,7 +162,7 @@ _write_embedded_model_facts()
 
 _SUBMODULES = (
     "transformer", "kernel", "svm", "graph", "network", "cache", "images",
-    "registry", "datasets", "metrics",
+    "registry", "datasets", "metrics", "sketch", "distributed",
 )
 
 
