@@ -50,12 +50,12 @@ def write_images(images, folder):
     return paths
 
 
-def main(scheduler=None, workdir=None):
+def main(scheduler, workdir):
     digits = load_digits_images(size=32)
     train_images, test_images, y_train, y_test = train_test_split(
         digits.images, digits.target, test_size=0.3, stratify=digits.target, random_state=0
     )
-    folder = Path(workdir or tempfile.mkdtemp(prefix="skfishing-dask-"))
+    folder = Path(workdir)
     train_paths = write_images(train_images, folder / "train")
     test_paths = write_images(test_images, folder / "test")
     print(f"{len(train_paths)} train and {len(test_paths)} test images as PNG files in {folder}")
@@ -105,6 +105,11 @@ def main(scheduler=None, workdir=None):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Extraction and training on a Dask cluster.")
     parser.add_argument("--scheduler", help="address of a running scheduler; default: a LocalCluster")
-    parser.add_argument("--workdir", help="folder for the PNG files and Zarr stores; default: a new temporary one")
+    parser.add_argument("--workdir", help="folder for the PNG files and Zarr stores (kept); "
+                        "default: a temporary folder, deleted at the end")
     args = parser.parse_args()
-    main(args.scheduler, args.workdir)
+    if args.workdir:
+        main(args.scheduler, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="skfishing-dask-") as workdir:
+            main(args.scheduler, workdir)

@@ -21,6 +21,7 @@ from numbers import Integral
 
 import joblib
 import numpy as np
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
@@ -93,13 +94,17 @@ def _transform_block(block, estimator):
 
 
 def _fit_and_probe(estimator, rows):
-    """Fit a stateless transformer if needed; its output for ``rows``."""
+    """The estimator, fitted if it is a stateless transformer that is not
+    (a copy: the caller's object is left alone); its output for ``rows``."""
     try:
         check_is_fitted(estimator)
-    except NotFittedError:
+    except NotFittedError as exc:
         if not isinstance(estimator, DeepFisherTransformer):
-            raise
-        estimator = estimator.fit(_as_input(rows))
+            raise NotFittedError(
+                f"dask_transform needs a fitted {type(estimator).__name__}: fit it first "
+                "(for TensorSketch, on one sample: only the widths matter)."
+            ) from exc
+        estimator = clone(estimator).fit(_as_input(rows))
     return estimator, estimator.transform(_as_input(rows))
 
 
@@ -119,9 +124,10 @@ def dask_transform(estimator, X, *, chunk_size=256):
     block of rows of ``X``, on the workers of the current
     :class:`distributed.Client` (or on the local scheduler when there is
     none). A worker keeps the first copy of ``estimator`` it receives and
-    uses it for all its blocks, so a :class:`~skfishing.DeepFisherTransformer`
-    builds its network once per worker. The result does not depend on the
-    blocks: rows are computed independently.
+    uses it for all its blocks, for the life of the worker, so a
+    :class:`~skfishing.DeepFisherTransformer` builds its network once per
+    worker. The result does not depend on the blocks: rows are computed
+    independently.
 
     One sample is transformed at once, on a worker, to learn the shape and
     dtype of the output.
@@ -134,11 +140,11 @@ def dask_transform(estimator, X, *, chunk_size=256):
         pickled into every task: pass models by name or path, not as an
         ``onnx.ModelProto``.
 
-    X : dask.array.Array, array-like or list
-        Samples along the first axis: image paths (1-D array or list of
-        ``str``), image arrays, or features (the output of another
-        :func:`dask_transform`). Axes other than the first are joined into
-        one block.
+    X : dask.array.Array, ndarray or list of paths
+        Samples along the first axis: image paths (a list, or a 1-D array
+        of ``str``), images (an array of shape ``(n_samples, H, W, 3)``), or
+        features (the output of another :func:`dask_transform` or of
+        :func:`from_zarr`). The other axes are never split between blocks.
 
     chunk_size : int, default=256
         Rows per block when ``X`` is not a Dask array already (a Dask array
@@ -161,6 +167,13 @@ def dask_transform(estimator, X, *, chunk_size=256):
     dask, da = _dask()
     if not isinstance(X, da.Array):
         if isinstance(X, (list, tuple)):
+            bad = next((i for i, x in enumerate(X) if not isinstance(x, (str, os.PathLike))), None)
+            if bad is not None:
+                raise TypeError(
+                    f"a list X must hold image paths (str or path-like); X[{bad}] is a "
+                    f"{type(X[bad]).__name__}. Pass images as one array of shape (n_samples, H, W, 3) "
+                    "or as a Dask array."
+                )
             X = np.array([os.fspath(x) for x in X])
         X = da.from_array(np.asarray(X), chunks=(chunk_size,) + (-1,) * (np.ndim(X) - 1))
     if X.ndim == 0 or any(np.isnan(X.shape)) or X.shape[0] == 0:
@@ -186,7 +199,7 @@ def dask_transform(estimator, X, *, chunk_size=256):
 
 
 @validate_params(
-    {"Z": [object], "store": [str, os.PathLike, object], "overwrite": ["boolean"]},
+    {"Z": [object], "store": [str, os.PathLike, HasMethods(["get", "set"])], "overwrite": ["boolean"]},
     prefer_skip_nested_validation=True,
 )
 def to_zarr(Z, store, *, overwrite=False):
@@ -215,8 +228,9 @@ def to_zarr(Z, store, *, overwrite=False):
         Where to write: a directory path or any Zarr store.
 
     overwrite : bool, default=False
-        Replace an existing store. By default an existing store is an error:
-        nothing is overwritten.
+        Replace an existing Zarr store (a folder that holds anything else is
+        never deleted). By default an existing store is an error: nothing is
+        overwritten.
 
     Returns
     -------
@@ -242,11 +256,14 @@ def to_zarr(Z, store, *, overwrite=False):
         arrays = {"features": Z}
     else:
         raise ValueError(f"Z must be a structured array or a 2-D array, got shape {Z.shape}.")
+    if overwrite:
+        _check_replaceable(store)
     try:
         root = zarr.open_group(store, mode="w" if overwrite else "w-")
     except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
         raise FileExistsError(
-            f"{store!r} already exists; pass overwrite=True to replace it, or another path."
+            f"{os.fspath(store) if isinstance(store, os.PathLike) else store!r} already exists; "
+            "pass overwrite=True to replace it, or another path."
         ) from exc
     targets = []
     for name, array in arrays.items():
@@ -268,6 +285,23 @@ def to_zarr(Z, store, *, overwrite=False):
     return from_zarr(store)
 
 
+def _check_replaceable(store):
+    """Refuse to delete a folder that holds something else than a Zarr store."""
+    import zarr
+
+    if not isinstance(store, (str, os.PathLike)) or not os.path.exists(store):
+        return
+    try:
+        zarr.open_group(store, mode="r")
+    except Exception as exc:
+        if os.path.isdir(store) and not os.listdir(store):
+            return
+        raise ValueError(
+            f"{os.fspath(store)!r} exists and is not a Zarr store; overwrite=True replaces "
+            "only Zarr stores: remove it yourself or choose another path."
+        ) from exc
+
+
 def _regular_rows(Z):
     """``Z`` with row chunks that Zarr chunks can match."""
     rows = Z.chunks[0]
@@ -276,7 +310,9 @@ def _regular_rows(Z):
     return Z.rechunk({axis: -1 for axis in range(1, Z.ndim)})
 
 
-@validate_params({"store": [str, os.PathLike, object]}, prefer_skip_nested_validation=True)
+@validate_params(
+    {"store": [str, os.PathLike, HasMethods(["get", "set"])]}, prefer_skip_nested_validation=True
+)
 def from_zarr(store):
     """Open features written by :func:`to_zarr`, lazily.
 

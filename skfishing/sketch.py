@@ -72,10 +72,12 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
 
     Parameters
     ----------
-    n_components : int, default=4096
+    n_components : int, default=8192
         Dimension :math:`m` of the output. Powers of two are fastest. The
         relative error of the approximated Gram matrix falls as
-        ``1 / sqrt(n_components)``.
+        ``1 / sqrt(n_components)``. With 8,192 a linear classifier was
+        within 1 mAP point of the exact kernel SVM on VOC 2007 (see
+        :ref:`scaling`).
 
     random_state : int, RandomState instance or None, default=None
         Draws the buckets and signs in :meth:`fit`. Pass an int for the same
@@ -144,7 +146,7 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         "random_state": ["random_state"],
     }
 
-    def __init__(self, n_components=4096, *, random_state=None):
+    def __init__(self, n_components=8192, *, random_state=None):
         self.n_components = n_components
         self.random_state = random_state
 

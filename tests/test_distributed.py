@@ -88,7 +88,8 @@ def test_cluster_features_are_bit_identical_and_each_worker_loads_the_network_on
     assert ran and all(log[w] for w in ran)  # the workers that ran blocks built a network
     for worker, tasks in log.items():
         assert len(set(tasks)) == 1, (worker, tasks)
-    assert set(client.run(dask_helpers.cached_estimators).values()) <= {0, 1}
+    cached = client.run(dask_helpers.cached_estimators)
+    assert all(cached[w] == 1 for w in ran), cached  # one transformer kept per worker
     # a second job with an equal transformer builds nothing new
     dask_transform(DeepFisherTransformer("tinyalexnet", layer=7), paths, chunk_size=3).compute()
     assert client.run(dask_helpers.session_log) == log
@@ -193,8 +194,41 @@ def test_incomplete_or_foreign_store_is_refused(tmp_path):
         from_zarr(tmp_path / "missing.zarr")
 
 
-def test_unfitted_estimator_other_than_the_transformer_is_refused():
+def test_unfitted_estimators_are_refused_but_the_transformer_is_fitted_on_a_copy():
     from sklearn.exceptions import NotFittedError
 
-    with dask.config.set(scheduler="synchronous"), pytest.raises(NotFittedError):
+    with dask.config.set(scheduler="synchronous"), pytest.raises(
+        NotFittedError, match="needs a fitted TensorSketch"
+    ):
         dask_transform(TensorSketch(8), np.ones((4, 3)))
+    # the stateless transformer is fitted on a copy: the caller's object is unchanged
+    fish = DeepFisherTransformer("tinyalexnet", features="activation")
+    with dask.config.set(scheduler="synchronous"):
+        Z = dask_transform(fish, np.zeros((3, 32, 32, 3), np.uint8)).compute()
+    assert Z.shape[0] == 3 and not hasattr(fish, "layer_")
+
+
+def test_sketch_of_a_dask_array_equals_the_in_memory_sketch():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(25, 6)).astype(np.float32)
+    sketch = TensorSketch(16, random_state=0).fit(X)
+    with dask.config.set(scheduler="synchronous"):
+        F = dask_transform(sketch, da.from_array(X, chunks=(7, 3)))
+        assert F.chunks == ((7, 7, 7, 4), (16,))
+        assert_allclose(F.compute(), sketch.transform(X), rtol=1e-6)
+
+
+def test_bad_input_raises_clear_errors(tmp_path):
+    fish = DeepFisherTransformer("tinyalexnet")
+    with pytest.raises(TypeError, match=r"X\[1\] is a ndarray"):
+        dask_transform(fish, ["a.png", np.zeros((8, 8, 3), np.uint8)])
+    with pytest.raises(ValueError, match="at least one sample"):
+        dask_transform(fish, [])
+    with pytest.raises(ValueError, match="chunk_size"):
+        dask_transform(fish, ["a.png"], chunk_size=0)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a Zarr store"):
+        to_zarr(np.ones((2, 2)), folder, overwrite=True)
+    assert (folder / "notes.txt").read_text() == "keep me"

@@ -4,6 +4,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import joblib
 import numpy as np
@@ -122,6 +123,31 @@ def test_blocks_do_not_change_the_result():
         assert_allclose(sketch.transform(Z), whole, rtol=1e-5, atol=1e-6)
     assert_allclose(np.vstack([sketch.transform(Z[i : i + 7]) for i in range(0, 50, 7)]), whole,
                     rtol=1e-5, atol=1e-6)
+
+
+def test_peak_memory_is_output_plus_one_block():
+    n, m = 4000, 1024
+    Z = factorized(n, 64, 64)
+    sketch = TensorSketch(m, random_state=0).fit(Z)
+    tracemalloc.start()
+    try:
+        with config_context(working_memory=1):  # blocks of about 1 MiB of temporaries
+            sketch.transform(Z)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the float32 output (16 MB) and one block; all rows at once would need
+    # about six times the output in temporaries
+    assert peak <= n * m * 4 + 3 * 2**20
+
+
+def test_hashes_depend_on_the_seed_and_widths_only():
+    """A stream fits the sketch on its first chunk: later chunks get the
+    same features as from a sketch fitted on all the data."""
+    Z = factorized(40, 10, 7, seed=8)
+    on_first = TensorSketch(64, random_state=3).fit(Z[:1])
+    on_all = TensorSketch(64, random_state=3).fit(Z)
+    assert_array_equal(on_first.transform(Z[20:]), on_all.transform(Z[20:]))
 
 
 def test_float64_fields_give_float32_features_of_the_same_value():
