@@ -223,3 +223,25 @@ def test_pipeline_grid_search_and_joblib_persistence(tmp_path):
     restored = joblib.load(tmp_path / "model.joblib")
     test = factorized(30, 10, 4, seed=7)
     assert_array_equal(restored.decision_function(test), search.best_estimator_.decision_function(test))
+
+
+def test_extraction_sketch_linear_pipeline_round_trips_through_joblib(tmp_path):
+    from skfishing import DeepFisherTransformer
+    from skfishing.datasets import load_digits_images
+
+    digits = load_digits_images(size=32)
+    X, y = digits.images[:90], digits.target[:90]
+    pipe = make_pipeline(
+        DeepFisherTransformer("tinyalexnet", layer=7),
+        TensorSketch(1024, random_state=0),
+        SGDClassifier(random_state=0),
+    ).fit(X[:60], y[:60])
+    joblib.dump(pipe, tmp_path / "pipe.joblib")
+    restored = joblib.load(tmp_path / "pipe.joblib")
+    assert_array_equal(restored.decision_function(X[60:]), pipe.decision_function(X[60:]))
+    # the same as the steps run by hand
+    Z = DeepFisherTransformer("tinyalexnet", layer=7).fit_transform(X)
+    F = TensorSketch(1024, random_state=0).fit(Z).transform(Z)
+    manual = SGDClassifier(random_state=0).fit(F[:60], y[:60])
+    assert_array_equal(pipe.decision_function(X[60:]), manual.decision_function(F[60:]))
+    assert pipe.score(X[60:], y[60:]) > 0.5  # ten classes: chance is 0.1
