@@ -22,6 +22,15 @@ VOC 2012 (a VOCdevkit folder holding VOC2012; fit on train, scored on val as
 in the paper, whose VOC 2012 test labels are not public)::
 
     python benchmarks/table1.py --model alexnet --dataset voc2012 --data /path/to/VOCdevkit
+
+Sketch rows (``--sketch``): each gradient row is also classified by a linear
+model on its :class:`~skfishing.TensorSketch` (seed 0) with each number of
+components given, the scalable replacement of the kernel SVM: ``LinearSVC``
+(squared hinge, the same ``C``) and ``SGDClassifier`` (hinge, ``alpha = 1 /
+(C n)``, the SVM's regularisation, 30 epochs), one per class::
+
+    python benchmarks/table1.py --data ../shared/data/voc2007_trainval64.npz \
+        --rows dE/dW6 dE/dW7 --sketch 1024 4096 8192 32768
 """
 
 import argparse
@@ -30,7 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC
+from sklearn.linear_model import SGDClassifier
+from sklearn.multiclass import OneVsRestClassifier
+from sklearn.svm import LinearSVC
+
+from skfishing import DeepFisherTransformer, TensorSketch, TraceKernelSVC
 from skfishing.datasets import load_voc2007, load_voc2007_npz, load_voc2012
 from skfishing.metrics import average_precision_report
 
@@ -89,8 +102,39 @@ def row_features(model, parts, images, **kw):
     return np.hstack(blocks) / np.sqrt(len(blocks))
 
 
-def run_table1(model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_size=64, progress=False):
-    """Fit on train, score on val; returns {row: report} (see average_precision_report)."""
+def sketch_classifiers(C, n_samples):
+    """Linear models fitted on the sketch of a gradient row, by name."""
+    return {
+        "LinearSVC": LinearSVC(C=C),
+        "SGD": SGDClassifier(alpha=1 / (C * n_samples), max_iter=30, tol=None, random_state=0),
+    }
+
+
+def run_sketch_rows(name, Z_train, Z_val, train, val, components, *, C=1.0):
+    """Sketch rows of one gradient row: {f"{name} TS{m} {classifier}": report}."""
+    results = {}
+    for m in components:
+        t = time.perf_counter()
+        sketch = TensorSketch(n_components=m, random_state=0).fit(Z_train)
+        F_train, F_val = sketch.transform(Z_train), sketch.transform(Z_val)
+        seconds = time.perf_counter() - t
+        for label, clf in sketch_classifiers(C, len(F_train)).items():
+            t = time.perf_counter()
+            clf = OneVsRestClassifier(clf).fit(F_train, train.labels)
+            report = average_precision_report(val.labels, clf.decision_function(F_val), difficult=val.difficult,
+                                              classes=list(train.classes))
+            report.seconds = seconds + time.perf_counter() - t
+            results[f"{name} TS{m} {label}"] = report
+    return results
+
+
+def run_table1(model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_size=64, progress=False,
+               sketch=()):
+    """Fit on train, score on val; returns {row: report} (see average_precision_report).
+
+    ``sketch``: numbers of TensorSketch components for the sketch rows of
+    gradient rows (see :func:`run_sketch_rows`); none by default.
+    """
     results = {}
     for name in rows:
         parts = ROWS[name]
@@ -103,22 +147,27 @@ def run_table1(model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_si
                                           classes=list(train.classes))
         report.seconds = time.perf_counter() - t
         results[name] = report
+        if sketch and len(parts) == 1 and parts[0][0] == "gradient":
+            results.update(run_sketch_rows(name, Z_train, Z_val, train, val, sketch, C=C))
     return results
 
 
 def format_table(results, per_class=False):
-    lines = [f"{'features':10s} {'VOC07 11-pt mAP':>16s} {'sklearn mAP':>12s} {'seconds':>8s}"]
+    w = max(10, *(len(name) for name in results))
+    lines = [f"{'features':{w}s} {'VOC07 11-pt mAP':>16s} {'sklearn mAP':>12s} {'seconds':>8s}"]
     for name, report in results.items():
-        lines.append(f"{name:10s} {100 * report.voc07_map:16.2f} {100 * report.sklearn_map:12.2f} "
+        lines.append(f"{name:{w}s} {100 * report.voc07_map:16.2f} {100 * report.sklearn_map:12.2f} "
                      f"{report.seconds:8.1f}")
     if per_class:
         names = list(results)
         classes = list(next(iter(results.values())).classes)
         lines.append("")
         lines.append("per-class VOC07 11-point AP (%)")
-        lines.append(f"{'class':12s}" + "".join(f"{n:>9s}" for n in names))
+        widths = [max(9, len(n) + 1) for n in names]
+        lines.append(f"{'class':12s}" + "".join(f"{n:>{w}s}" for n, w in zip(names, widths)))
         for c, cls in enumerate(classes):
-            lines.append(f"{cls:12s}" + "".join(f"{100 * results[n].voc07_ap[c]:9.1f}" for n in names))
+            lines.append(f"{cls:12s}" + "".join(f"{100 * results[n].voc07_ap[c]:{w}.1f}"
+                                                for n, w in zip(names, widths)))
     return "\n".join(lines)
 
 
@@ -134,12 +183,14 @@ def main(argv=None):
     parser.add_argument("--max-per-split", type=int, default=None, help="random subset of train and of val")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--per-class", action="store_true")
+    parser.add_argument("--sketch", type=int, nargs="+", default=[], metavar="N_COMPONENTS",
+                        help="also fit linear models on TensorSketch features of the gradient rows")
     args = parser.parse_args(argv)
     train, val = load(args.data, args.max_per_split, dataset=args.dataset)
     print(f"model {args.model}; {args.dataset} data {args.data}: {len(train.labels)} train, {len(val.labels)} val images; "
           f"C={args.C}, temperature={args.temperature}, uniform labels")
     results = run_table1(args.model, train, val, args.rows, C=args.C, temperature=args.temperature,
-                         batch_size=args.batch_size, progress=True)
+                         batch_size=args.batch_size, progress=True, sketch=args.sketch)
     print(format_table(results, per_class=args.per_class))
 
 

@@ -206,6 +206,7 @@ _benchmarks.write()
 _SUBMODULES = (
     "transformer", "kernel", "svm", "head", "graph", "network", "cache", "batches", "images",
     "registry", "model_spec", "download", "state", "datasets", "metrics", "features", "persistence",
+    "sketch", "distributed",
 )
 
 

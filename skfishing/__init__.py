@@ -11,6 +11,7 @@ from .graph import add_backward
 from .images import ImagePreprocessing
 from .kernel import trace_kernel
 from .registry import fetch_model, list_models, register_model
+from .sketch import TensorSketch
 from .svm import TraceKernelSVC
 
 __version__ = "0.1.0.dev0"
@@ -18,6 +19,7 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "DeepFisherTransformer",
     "TraceKernelSVC",
+    "TensorSketch",
     "trace_kernel",
     "add_backward",
     "ImagePreprocessing",

@@ -227,6 +227,14 @@ class FisherNetwork:
             feeds[LABELS] = np.asarray(labels, dtype=self.dtype)
         return feeds
 
+    def prepare(self, outputs):
+        """Build, in the calling thread, the session that :meth:`run` uses for ``outputs``.
+
+        :meth:`run` builds it on first use otherwise; preparing it first
+        reports a graph that onnxruntime rejects before any batch is read.
+        """
+        self._session_for(("features", tuple(outputs)))
+
     def run(self, batch, outputs, *, temperature=2.0, labels=None):
         """The requested tensors of a batch of network inputs, in one run.
 

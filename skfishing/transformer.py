@@ -389,6 +389,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
         The next batch runs on the device while the host writes the last one.
         """
+        network.prepare(outputs)
         n_samples, batches = self._batches(X, network, preprocessing)
         writer.allocate(n_samples)
         options = dict(temperature=self.temperature, labels=labels)
