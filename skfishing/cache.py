@@ -45,11 +45,13 @@ import threading
 import uuid
 import warnings
 from collections import OrderedDict
+from numbers import Integral
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from blake3 import blake3
+from sklearn.utils._param_validation import Interval, validate_params
 
 from . import state
 
@@ -81,8 +83,11 @@ class ArrayStore:
         Entries are evicted, oldest use first, beyond this many bytes.
     """
 
+    @validate_params(
+        {"max_bytes": [Interval(Integral, 0, None, closed="left")]}, prefer_skip_nested_validation=True
+    )
     def __init__(self, max_bytes=256 << 20):
-        self.max_bytes = max_bytes
+        self.max_bytes = int(max_bytes)
         self.cache_id = uuid.uuid4().hex
         self._entries = OrderedDict()
         self._bytes = 0
@@ -276,9 +281,13 @@ class FeatureCache:
         The folder's store.
     """
 
+    @validate_params(
+        {"directory": [str, os.PathLike, None], "max_bytes": [Interval(Integral, 0, None, closed="left")]},
+        prefer_skip_nested_validation=True,
+    )
     def __init__(self, directory=None, *, max_bytes=1 << 30):
         self.directory = directory
-        self.max_bytes = max_bytes
+        self.max_bytes = int(max_bytes)
         self.cache_id = uuid.uuid4().hex
         self.states = ArrayStore(max_bytes)
         self.outputs = ArrayStore(max_bytes // 4)

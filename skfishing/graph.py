@@ -39,11 +39,14 @@ activation ``8 - n``.
 
 from __future__ import annotations
 
+from numbers import Integral, Real
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+from sklearn.utils._param_validation import Interval, validate_params
 
-from .head import PREFIX, Tensor, _GraphIndex, find_fc_head
+from .head import PREFIX, FCHead, Tensor, _GraphIndex, find_fc_head
 
 __all__ = [
     "add_backward",
@@ -59,6 +62,22 @@ __all__ = [
     "PREFIX",
     "TEMPERATURE",
 ]
+
+_F32 = np.finfo(np.float32)
+#: Parameters of the graph builders, checked once by validate_params.
+_TEMPERATURE = [Interval(Real, float(_F32.tiny), float(_F32.max), closed="both")]
+_CONSTRAINTS = {
+    "model": [onnx.ModelProto],
+    "head": [FCHead],
+    "temperature": _TEMPERATURE,
+    "labels": ["array-like", None],
+}
+
+
+def _validated(*names, **more):
+    """``validate_params`` for the parameters ``names`` of a graph builder."""
+    return validate_params({**{n: _CONSTRAINTS[n] for n in names}, **more}, prefer_skip_nested_validation=True)
+
 
 #: Graph input holding the temperature :math:`\tau` (a scalar with a default).
 TEMPERATURE = f"{PREFIX}temperature"
@@ -184,6 +203,7 @@ def _trunk(model, head):
     return nodes, inits, [_dynamic_batch(i) for i in inputs]
 
 
+@_validated("model", "head")
 def network_input(model, head):
     """The one input of ``model`` that its trunk reads, batch-dynamic.
 
@@ -226,6 +246,15 @@ def _input_sum(parts, value_info, opset):
     return helper.make_tensor_value_info(INPUT_SUM, elem, ["N"])
 
 
+@_validated(
+    "head",
+    "temperature",
+    "labels",
+    model=[onnx.ModelProto, None],
+    outputs=[list, tuple],
+    from_state=["boolean"],
+    input_sum=["boolean"],
+)
 def build_model(
     model, head, outputs, *, from_state=False, temperature=2.0, labels=None, input_sum=False
 ):
@@ -306,6 +335,7 @@ def build_model(
     return _finish(graph, head.opset, source=model)
 
 
+@_validated("model", "head")
 def build_trunk_model(model, head):
     """The part of ``model`` that computes the head input, batch-dynamic.
 
@@ -331,6 +361,7 @@ def build_trunk_model(model, head):
     return _finish(graph, head.opset, source=model)
 
 
+@_validated("model", "head")
 def build_forward_model(model, head):
     """The network from its input to its state: the head input and every :math:`y_k`.
 
@@ -352,6 +383,7 @@ def build_forward_model(model, head):
     return build_model(model, head, head.state())
 
 
+@_validated("head", "temperature", "labels", layer=[Integral])
 def build_backward_model(head, layer, *, temperature=2.0, labels=None):
     r"""The backward pass of the paper's equation 10, from the logits down to :math:`\delta_{layer}`.
 
@@ -397,6 +429,7 @@ def _keyed_tensors(head):
     yield "probabilities", Tensor("prob", last)
 
 
+@_validated("head")
 def output_names(head):
     """Names of the head's tensors, keyed by what they hold.
 
@@ -410,6 +443,7 @@ def output_names(head):
     return {key: tensor.name for key, tensor in _keyed_tensors(head)}
 
 
+@_validated("head", "temperature", "labels")
 def build_head_model(head, *, temperature=2.0, labels=None):
     """The FC head with its backward subgraph, as a standalone ONNX model.
 
@@ -441,6 +475,7 @@ def build_head_model(head, *, temperature=2.0, labels=None):
     return model
 
 
+@_validated("model", "temperature", "labels")
 def add_backward(model, *, temperature=2.0, labels=None):
     """Append the backward subgraph of the FC head to an ONNX classifier.
 
@@ -456,7 +491,8 @@ def add_backward(model, *, temperature=2.0, labels=None):
     model : onnx.ModelProto
         A classifier without backward subgraph.
     temperature : float, default=2.0
-        Default temperature :math:`\\tau`.
+        Default temperature :math:`\\tau`, a positive number float32
+        represents with full precision.
     labels : array-like of shape (n_classes,), default=None
         Default label vector :math:`g`; None means uniform.
 
