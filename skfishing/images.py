@@ -451,9 +451,8 @@ def preprocess_image(image, preprocessing, *, out=None):
     Raises
     ------
     ValueError
-        If ``out`` has the wrong shape or dtype, or is read-only.
-    Other errors
-        As :func:`load_image`.
+        If ``out`` has the wrong shape or dtype, or is read-only. Otherwise
+        the errors of :func:`load_image`.
 
     Notes
     -----
