@@ -10,10 +10,13 @@ mean/std of ImageNet)``).
 
 Per-core figures are the CPU time of the thread doing the work, best of
 ``--rounds`` rounds (other processes on a shared machine inflate wall clock,
-not the CPU time of this thread). Thread scaling is wall clock, with images
-given to a ``ThreadPoolExecutor`` as :mod:`skfishing.batches` does, each
-written into a row of a batch (``out=``); it needs idle cores, so the load
-average is printed with it.
+not the CPU time of this thread). Thread scaling is wall clock, best of
+``2 * --rounds`` rounds, with images given to a ``ThreadPoolExecutor`` as
+:mod:`skfishing.batches` does, each written into a row of a batch
+(``out=``), one image per task (as today) and eight; beside it, the same
+NumPy calls with no skfishing code around them show what threads can reach
+for that work on this machine. It needs idle cores, so the load average is
+printed with it.
 
 Inputs, all generated here:
 
@@ -29,7 +32,7 @@ Inputs, all generated here:
 
 Usage::
 
-    python benchmarks/preprocessing.py [--images 32] [--rounds 5] [--threads 2]
+    python benchmarks/preprocessing.py [--images 32] [--large-images 4] [--rounds 5] [--threads 2]
 """
 
 import argparse
@@ -179,32 +182,54 @@ def cpu_per_image(methods, inputs, rounds):
     return best
 
 
-def thread_scaling(inputs, threads, rounds, repeat=4):
+def thread_scaling(inputs, threads, rounds, repeat=4, works=None, chunk=1):
     """Wall-clock throughput with ``threads`` threads over 1 thread (best of rounds).
 
-    Each image goes to the pool as :mod:`skfishing.batches` is to send it:
-    ``_preprocess`` (``preprocess_image`` less its parameter checks, done
-    once per call of ``iter_batches``) writing into a row of the batch.
+    Images go to a ``ThreadPoolExecutor`` as :mod:`skfishing.batches` sends
+    them, ``chunk`` images per task: ``_preprocess`` (``preprocess_image``
+    less its parameter checks, done once per call of ``iter_batches``)
+    writing into rows of a batch. ``works`` maps names to other functions
+    ``(image, preprocessing, out)`` measured the same way in the same
+    rounds; returns a dict of ratios.
     """
+    works = {"skfishing": _preprocess, **(works or {})}
     batch = np.empty((len(inputs),) + IMAGENET.input_shape, dtype=np.float32)
 
-    def run(n_threads):
+    def task(work, images, rows):
+        for image, row in zip(images, rows):
+            work(image, IMAGENET, row)
+
+    def run(work, n_threads):
         with ThreadPoolExecutor(max_workers=n_threads) as pool:
             start = time.perf_counter()
             for _ in range(repeat):
                 futures = [
-                    pool.submit(_preprocess, image, IMAGENET, row)
-                    for image, row in zip(inputs, batch)
+                    pool.submit(task, work, inputs[i : i + chunk], batch[i : i + chunk])
+                    for i in range(0, len(inputs), chunk)
                 ]
                 for future in futures:
                     future.result()
             return time.perf_counter() - start
 
-    best = {1: np.inf, threads: np.inf}
+    best = {(name, n): np.inf for name in works for n in (1, threads)}
     for _ in range(rounds):
-        for n_threads in best:
-            best[n_threads] = min(best[n_threads], run(n_threads))
-    return best[1] / best[threads]
+        for name, n in best:
+            best[name, n] = min(best[name, n], run(works[name], n))
+    return {name: best[name, 1] / best[name, threads] for name in works}
+
+
+def numpy_calls_only(image, preprocessing, out):
+    """The NumPy calls of the normalisation of a 256 x 320 array, nothing
+    around them: what threads can reach with this much NumPy work."""
+    channels = np.ascontiguousarray(image[16:240, 48:272].transpose(2, 0, 1))
+    np.multiply(channels, np.float32(1 / 255), out=out)
+    np.subtract(out, MEAN, out=out)
+    np.divide(out, STD, out=out)
+    return out
+
+
+MEAN = np.array(IMAGENET.mean, dtype=np.float32).reshape(3, 1, 1)
+STD = np.array(IMAGENET.std, dtype=np.float32).reshape(3, 1, 1)
 
 
 def max_mean_difference(inputs, preprocessing=IMAGENET):
@@ -221,6 +246,11 @@ NOTES = {
 
 def _check(ok):
     return "ok" if ok else "MISSED"
+
+
+def _at_least(value, target):
+    """Target check on the value as printed (2 decimals)."""
+    return _check(round(value, 2) >= target)
 
 
 def main(argv=None):
@@ -258,11 +288,15 @@ def main(argv=None):
         results["uint8_256x320_speedup"] = times["reference (683c071)"] / ours
         print(f"  target <= 250 us/img per core: {_check(ours <= 250)}")
         load = os.getloadavg()[0]
-        scaling = thread_scaling(arrays, args.threads, args.rounds, repeat=16)
-        results["uint8_256x320_thread_scaling"] = scaling
-        print(f"  {args.threads} threads vs 1 (wall clock, ThreadPoolExecutor, no checks, out= batch rows): "
-              f"{scaling:.2f}x the throughput   target >= 1.7x: {_check(scaling >= 1.7)}   "
-              f"(load average {load:.1f} on {os.cpu_count()} CPUs before the run)")
+        print(f"  {args.threads} threads vs 1 (wall clock, ThreadPoolExecutor, no checks, out= batch rows; "
+              f"load average {load:.1f} on {os.cpu_count()} CPUs before the run):")
+        for chunk in (1, 8):
+            scaling = thread_scaling(arrays, args.threads, 2 * args.rounds, repeat=16,
+                                     works={"numpy": numpy_calls_only}, chunk=chunk)
+            results[f"uint8_256x320_thread_scaling_chunk{chunk}"] = scaling["skfishing"]
+            print(f"    {chunk} image{'s' if chunk > 1 else ''} per task: {scaling['skfishing']:.2f}x the throughput   "
+                  f"target >= 1.7x: {_at_least(scaling['skfishing'], 1.7)}   (the same NumPy calls with nothing "
+                  f"around them: {scaling['numpy']:.2f}x)")
         mismatch = max_mean_difference(arrays[:4])
         print(f"  max abs difference from the reference: {mismatch[0]:g} (bit-identical: {mismatch[0] == 0})")
 
@@ -283,9 +317,9 @@ def main(argv=None):
               f"throughput and {times['Pillow decode + resize'] / times['skfishing']:.2f} of decode + resize "
               "(the antialiased resize that the reference does too; too little reduction for DCT scaling)")
         load = os.getloadavg()[0]
-        scaling = thread_scaling(jpegs, args.threads, args.rounds, repeat=1)
+        scaling = thread_scaling(jpegs, args.threads, 2 * args.rounds, repeat=1)["skfishing"]
         results["jpeg_voc_thread_scaling"] = scaling
-        print(f"  {args.threads} threads vs 1 (wall clock): {scaling:.2f}x the throughput "
+        print(f"  {args.threads} threads vs 1 (wall clock, 1 image per task): {scaling:.2f}x the throughput "
               f"(load average {load:.1f} before the run)")
         mismatch = max_mean_difference(jpegs[:4])
         print(f"  max abs difference from the reference: {mismatch[0]:g} (bit-identical: {mismatch[0] == 0})")
