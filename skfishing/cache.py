@@ -343,7 +343,7 @@ class FeatureCache:
 
     def _token(self, sample):
         """Bytes that identify one input sample by content."""
-        if isinstance(sample, (str, os.PathLike)):
+        if isinstance(sample, (str, bytes, os.PathLike)):
             digest = self._file_digest(sample)
             return None if digest is None else b"file:" + digest
         if hasattr(sample, "tobytes") and hasattr(sample, "mode") and hasattr(sample, "size"):  # PIL

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import os
 import sys
 import pathlib
 import threading
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-import skfishing.batches as batches_module
 from skfishing.batches import iter_batches
 from skfishing.images import ImagePreprocessing, load_image, preprocess_image
 
@@ -223,18 +223,12 @@ def test_invalid_n_jobs(value):
 
 
 @pytest.mark.parametrize("value, threads", [(-1, 2), (-2, 1), (-5, 1), (1, 1), (3, 3)])
-def test_negative_n_jobs_count_from_all_cpus_as_in_joblib(value, threads, monkeypatch):
-    monkeypatch.setattr(batches_module.os, "cpu_count", lambda: 2)
-    names = set()
-
-    def record(image, preprocessing):
-        names.add(threading.current_thread().name)
-        time.sleep(0.01)
-        return preprocess_image(image, preprocessing)
-
-    monkeypatch.setattr(batches_module, "preprocess_image", record)
-    _collect([_rgb(8, 8)] * 12, SHAPE, PREP, batch_size=12, n_jobs=value)
-    assert len(names) == threads
+def test_negative_n_jobs_count_from_all_cpus_as_in_joblib(value, threads, monkeypatch, tmp_path):
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    opened = []
+    X = [_Slow(path, 0.01, opened) for path in _numbered_pngs(tmp_path, 12)]
+    _collect(X, SHAPE, PREP, batch_size=12, n_jobs=value)
+    assert len({thread for _, thread in opened}) == threads
 
 
 # -- preprocessed arrays ------------------------------------------------------
@@ -282,45 +276,55 @@ def test_finite_samples_whose_sum_overflows_are_accepted():
 # -- parallel decoding -----------------------------------------------------------
 
 
-def test_order_preserved_with_parallel_decoding(monkeypatch):
-    original = batches_module.preprocess_image
-    rng = np.random.default_rng(0)
-    delays = rng.uniform(0, 0.01, 40)
+class _Slow(os.PathLike):
+    """An image path that takes its time and records when the file is opened."""
 
-    def slow(image, preprocessing):
-        time.sleep(delays[int(image[0, 0, 0])])  # out-of-order completion
-        return original(image, preprocessing)
+    def __init__(self, path, delay=0.0, log=None):
+        self.path, self.delay, self.log = path, delay, log
 
-    monkeypatch.setattr(batches_module, "preprocess_image", slow)
-    X = [np.full((8, 8, 3), i, dtype=np.uint8) for i in range(40)]
-    prep = ImagePreprocessing(8, scale=1.0)
-    n, batches = _collect(X, SHAPE, prep, batch_size=6, n_jobs=4)
+    def __fspath__(self):
+        if self.log is not None:
+            self.log.append((id(self), threading.current_thread().name))
+        time.sleep(self.delay)
+        return self.path
+
+
+def _numbered_pngs(tmp_path, n):
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(np.full((8, 8, 3), i, dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def test_order_preserved_with_parallel_decoding(tmp_path):
+    delays = np.random.default_rng(0).uniform(0, 0.005, 40)
+    X = [_Slow(path, delay) for path, delay in zip(_numbered_pngs(tmp_path, 40), delays)]  # out-of-order completion
+    n, batches = _collect(X, SHAPE, ImagePreprocessing(8, scale=1.0), batch_size=6, n_jobs=4)
     out = np.concatenate(batches)
     np.testing.assert_array_equal(out[:, 0, 0, 0], np.arange(40))
+    assert [len(batch) for batch in batches] == [6] * 6 + [4]
 
 
-def test_decoding_runs_ahead_of_consumer_bounded(monkeypatch):
-    original = batches_module.preprocess_image
-    started, threads = [], set()
+def test_decoding_runs_ahead_of_consumer_bounded(tmp_path):
+    opened = []
+    X = [_Slow(path, 0.001, opened) for path in _numbered_pngs(tmp_path, 5) * 20]
 
-    def record(image, preprocessing):
-        started.append(1)
-        threads.add(threading.current_thread().name)
-        time.sleep(0.002)
-        return original(image, preprocessing)
+    def images_opened():
+        return len({image for image, _ in opened})
 
-    monkeypatch.setattr(batches_module, "preprocess_image", record)
-    X = [_rgb(8, 8)] * 100
     n, batches = iter_batches(X, SHAPE, PREP, batch_size=5, n_jobs=3)
-    assert started == []  # nothing decoded before iteration starts
+    assert opened == []  # nothing decoded before iteration starts
     next(batches)
     # the consumer is busy: decoding continues meanwhile, up to two batches
     # ahead of the current one, and no further
     deadline = time.monotonic() + 10
-    while len(started) < 15 and time.monotonic() < deadline:
+    while images_opened() < 15 and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)
-    assert len(started) == 15
+    assert images_opened() == 15
+    threads = {thread for _, thread in opened}
     assert len(threads) > 1 and all(t.startswith("skfishing") for t in threads)
     batches.close()  # abandoning the iterator stops the decoding threads
     assert not [t for t in threading.enumerate() if t.name.startswith("skfishing")]
