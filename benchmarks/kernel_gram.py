@@ -77,12 +77,8 @@ def main():
     )
     trace, linear, plain = gram["trace"], gram["linear"], gram["plain"]
     print(f"trace Gram (forward and backward):   {trace:8.3f} s")
-    print(
-        f"linear Gram of forward, same code:   {linear:8.3f} s   ratio {trace / linear:.2f}"
-    )
-    print(
-        f"linear Gram of forward, F @ F.T:     {plain:8.3f} s   ratio {trace / plain:.2f}"
-    )
+    print(f"linear Gram of forward, same code:   {linear:8.3f} s   ratio {trace / linear:.2f}")
+    print(f"linear Gram of forward, F @ F.T:     {plain:8.3f} s   ratio {trace / plain:.2f}")
 
     tracemalloc.start()
     trace_kernel(Z)
@@ -106,10 +102,7 @@ def main():
     )
     fit, reference = fits["ours"], fits["by hand"]
     print(f"TraceKernelSVC.fit, {args.labels} labels:     {fit:8.3f} s")
-    print(
-        f"one Gram + {args.labels} precomputed SVC fits: {reference:8.3f} s   "
-        f"ratio {fit / reference:.2f}"
-    )
+    print(f"one Gram + {args.labels} precomputed SVC fits: {reference:8.3f} s   ratio {fit / reference:.2f}")
 
 
 if __name__ == "__main__":

@@ -233,7 +233,9 @@ STD = np.array(IMAGENET.std, dtype=np.float32).reshape(3, 1, 1)
 
 
 def max_mean_difference(inputs, preprocessing=IMAGENET):
-    diffs = [np.abs(preprocess_image(x, preprocessing) - reference_preprocess(x, preprocessing)) for x in inputs]
+    diffs = [
+        np.abs(preprocess_image(x, preprocessing) - reference_preprocess(x, preprocessing)) for x in inputs
+    ]
     return max(d.max() for d in diffs), float(np.mean([d.mean() for d in diffs]))
 
 
@@ -254,7 +256,9 @@ def _at_least(value, target):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=32, help="distinct images per input kind")
     parser.add_argument("--large-images", type=int, default=4, help="distinct 12-megapixel JPEG photos")
     parser.add_argument("--rounds", type=int, default=5, help="timed rounds (best one kept)")
@@ -265,8 +269,10 @@ def main(argv=None):
     methods = {"reference (683c071)": reference_preprocess, "skfishing": preprocess_image}
     with_decode = {"Pillow bare decode": bare_decode, **methods}
     results = {}
-    print(f"Image preprocessing to the 3x224x224 ImageNet network input (resize 256, mean/std), "
-          f"{args.images} images per kind; per core = CPU time of the working thread, best of {args.rounds} rounds.")
+    print(
+        f"Image preprocessing to the 3x224x224 ImageNet network input (resize 256, mean/std), "
+        f"{args.images} images per kind; per core = CPU time of the working thread, best of {args.rounds} rounds."
+    )
 
     def report(title, inputs, table, baseline="reference (683c071)"):
         times = cpu_per_image(table, inputs, args.rounds)
@@ -288,15 +294,25 @@ def main(argv=None):
         results["uint8_256x320_speedup"] = times["reference (683c071)"] / ours
         print(f"  target <= 250 us/img per core: {_check(ours <= 250)}")
         load = os.getloadavg()[0]
-        print(f"  {args.threads} threads vs 1 (wall clock, ThreadPoolExecutor, no checks, out= batch rows; "
-              f"load average {load:.1f} on {os.cpu_count()} CPUs before the run):")
+        print(
+            f"  {args.threads} threads vs 1 (wall clock, ThreadPoolExecutor, no checks, out= batch rows; "
+            f"load average {load:.1f} on {os.cpu_count()} CPUs before the run):"
+        )
         for chunk in (1, 8):
-            scaling = thread_scaling(arrays, args.threads, 2 * args.rounds, repeat=16,
-                                     works={"numpy": numpy_calls_only}, chunk=chunk)
+            scaling = thread_scaling(
+                arrays,
+                args.threads,
+                2 * args.rounds,
+                repeat=16,
+                works={"numpy": numpy_calls_only},
+                chunk=chunk,
+            )
             results[f"uint8_256x320_thread_scaling_chunk{chunk}"] = scaling["skfishing"]
-            print(f"    {chunk} image{'s' if chunk > 1 else ''} per task: {scaling['skfishing']:.2f}x the throughput   "
-                  f"target >= 1.7x: {_at_least(scaling['skfishing'], 1.7)}   (the same NumPy calls with nothing "
-                  f"around them: {scaling['numpy']:.2f}x)")
+            print(
+                f"    {chunk} image{'s' if chunk > 1 else ''} per task: {scaling['skfishing']:.2f}x the throughput   "
+                f"target >= 1.7x: {_at_least(scaling['skfishing'], 1.7)}   (the same NumPy calls with nothing "
+                f"around them: {scaling['numpy']:.2f}x)"
+            )
         mismatch = max_mean_difference(arrays[:4])
         print(f"  max abs difference from the reference: {mismatch[0]:g} (bit-identical: {mismatch[0] == 0})")
 
@@ -308,19 +324,26 @@ def main(argv=None):
 
         # 3. VOC-sized JPEG and PNG files
         jpegs = save_all(photos, folder, "voc", format="JPEG", quality=90)
-        times = report("JPEG files of VOC-sized photos (quality 90):", jpegs,
-                       {**with_decode, "Pillow decode + resize": decode_and_resize})
+        times = report(
+            "JPEG files of VOC-sized photos (quality 90):",
+            jpegs,
+            {**with_decode, "Pillow decode + resize": decode_and_resize},
+        )
         results["jpeg_voc_img_per_s"] = 1e6 / times["skfishing"]
         results["jpeg_voc_decode_img_per_s"] = 1e6 / times["Pillow bare decode"]
         results["jpeg_voc_speedup"] = times["reference (683c071)"] / times["skfishing"]
-        print(f"  skfishing reaches {times['Pillow bare decode'] / times['skfishing']:.2f} of the bare decode's "
-              f"throughput and {times['Pillow decode + resize'] / times['skfishing']:.2f} of decode + resize "
-              "(the antialiased resize that the reference does too; too little reduction for DCT scaling)")
+        print(
+            f"  skfishing reaches {times['Pillow bare decode'] / times['skfishing']:.2f} of the bare decode's "
+            f"throughput and {times['Pillow decode + resize'] / times['skfishing']:.2f} of decode + resize "
+            "(the antialiased resize that the reference does too; too little reduction for DCT scaling)"
+        )
         load = os.getloadavg()[0]
         scaling = thread_scaling(jpegs, args.threads, 2 * args.rounds, repeat=1)["skfishing"]
         results["jpeg_voc_thread_scaling"] = scaling
-        print(f"  {args.threads} threads vs 1 (wall clock, 1 image per task): {scaling:.2f}x the throughput "
-              f"(load average {load:.1f} before the run)")
+        print(
+            f"  {args.threads} threads vs 1 (wall clock, 1 image per task): {scaling:.2f}x the throughput "
+            f"(load average {load:.1f} before the run)"
+        )
         mismatch = max_mean_difference(jpegs[:4])
         print(f"  max abs difference from the reference: {mismatch[0]:g} (bit-identical: {mismatch[0] == 0})")
 
@@ -330,15 +353,22 @@ def main(argv=None):
 
         # 4. large JPEG photos: reduced-scale decoding
         big = save_all(large_photos(args.large_images, rng), folder, "big", format="JPEG", quality=90)
-        times = report("JPEG files of 12-megapixel photos (4032x3024, quality 90), decoded at 1/4 scale:",
-                       big, {**with_decode, "Pillow decode at 1/4 scale": reduced_decode})
+        times = report(
+            "JPEG files of 12-megapixel photos (4032x3024, quality 90), decoded at 1/4 scale:",
+            big,
+            {**with_decode, "Pillow decode at 1/4 scale": reduced_decode},
+        )
         results["jpeg_12mp_speedup"] = times["reference (683c071)"] / times["skfishing"]
-        print(f"  skfishing reaches {times['Pillow decode at 1/4 scale'] / times['skfishing']:.2f} of the "
-              "throughput of the decode at 1/4 scale alone (entropy decoding, the same at every scale)")
+        print(
+            f"  skfishing reaches {times['Pillow decode at 1/4 scale'] / times['skfishing']:.2f} of the "
+            "throughput of the decode at 1/4 scale alone (entropy decoding, the same at every scale)"
+        )
         worst, mean = max_mean_difference(big)
         results["jpeg_12mp_max_abs_difference"] = worst
-        print(f"  difference from the reference (network-input units, 1/255 level = {1 / 255 / 0.226:.3f}): "
-              f"max {worst:.3f}, mean {mean:.4f}")
+        print(
+            f"  difference from the reference (network-input units, 1/255 level = {1 / 255 / 0.226:.3f}): "
+            f"max {worst:.3f}, mean {mean:.4f}"
+        )
     return results
 
 

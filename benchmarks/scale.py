@@ -96,17 +96,28 @@ def run_kernel(n):
 
 def in_subprocess(*args):
     """Run this script with ``--child ...`` and parse its JSON line."""
-    out = subprocess.run([sys.executable, __file__, "--child", *map(str, args)],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", *map(str, args)], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stream", type=int, nargs="+", default=[5000, 10_000, 20_000, 1_000_000],
-                        help="numbers of samples streamed through the sketch")
-    parser.add_argument("--kernel", type=int, nargs="+", default=[5000, 10_000, 20_000],
-                        help="numbers of samples for TraceKernelSVC")
+    parser.add_argument(
+        "--stream",
+        type=int,
+        nargs="+",
+        default=[5000, 10_000, 20_000, 1_000_000],
+        help="numbers of samples streamed through the sketch",
+    )
+    parser.add_argument(
+        "--kernel",
+        type=int,
+        nargs="+",
+        default=[5000, 10_000, 20_000],
+        help="numbers of samples for TraceKernelSVC",
+    )
     parser.add_argument("--n-components", type=int, default=4096)
     parser.add_argument("--chunk-size", type=int, default=5000)
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -116,9 +127,11 @@ def main():
         result = run_stream(*map(int, values)) if kind == "stream" else run_kernel(int(values[0]))
         print(json.dumps(result))
         return
-    print(f"d = D = {D}, {N_CLASSES} classes, accuracy on {N_TEST} held-out samples; "
-          f"sketch: {args.n_components} components, chunks of {args.chunk_size}, one pass of "
-          f"SGDClassifier.partial_fit; each row in a fresh subprocess")
+    print(
+        f"d = D = {D}, {N_CLASSES} classes, accuracy on {N_TEST} held-out samples; "
+        f"sketch: {args.n_components} components, chunks of {args.chunk_size}, one pass of "
+        f"SGDClassifier.partial_fit; each row in a fresh subprocess"
+    )
     print(f"{'method':28s} {'n':>9s} {'seconds':>9s} {'samples/s':>10s} {'peak RSS':>10s} {'accuracy':>9s}")
     rows = [("TraceKernelSVC", n) for n in args.kernel] + [("sketch + SGD stream", n) for n in args.stream]
     for method, n in sorted(rows, key=lambda row: (row[1], row[0])):
@@ -126,12 +139,17 @@ def main():
             r = in_subprocess("kernel", n)
         else:
             r = in_subprocess("stream", n, args.n_components, args.chunk_size)
-        print(f"{method:28s} {n:9,d} {r['seconds']:9.1f} {n / r['seconds']:10,.0f} "
-              f"{r['peak_rss_mib']:7,.0f} MiB {r['accuracy']:9.3f}", flush=True)
+        print(
+            f"{method:28s} {n:9,d} {r['seconds']:9.1f} {n / r['seconds']:10,.0f} "
+            f"{r['peak_rss_mib']:7,.0f} MiB {r['accuracy']:9.3f}",
+            flush=True,
+        )
         if method != "TraceKernelSVC":
-            print(f"{'':28s} {'':9s} generate {r['generate']:.1f} s, sketch {r['sketch']:.1f} s "
-                  f"({n / r['sketch']:,.0f}/s), partial_fit {r['fit']:.1f} s ({n / r['fit']:,.0f}/s)",
-                  flush=True)
+            print(
+                f"{'':28s} {'':9s} generate {r['generate']:.1f} s, sketch {r['sketch']:.1f} s "
+                f"({n / r['sketch']:,.0f}/s), partial_fit {r['fit']:.1f} s ({n / r['fit']:,.0f}/s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,10 @@ def random_cnn(path, size=32, widths=(64, 48, 10), channels=8, seed=0):
         return numpy_helper.from_array(np.asarray(array, np.float32), name)
 
     flat = channels * (size // 4) ** 2
-    inits = [init("cw", rng.normal(size=(channels, 3, 3, 3)) / 3), init("cb", rng.normal(scale=0.1, size=channels))]
+    inits = [
+        init("cw", rng.normal(size=(channels, 3, 3, 3)) / 3),
+        init("cb", rng.normal(scale=0.1, size=channels)),
+    ]
     nodes = [
         helper.make_node("Conv", ["image", "cw", "cb"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"]),
@@ -63,14 +66,18 @@ def random_cnn(path, size=32, widths=(64, 48, 10), channels=8, seed=0):
     ]
     x, dims = "f", (flat,) + widths
     for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
-        inits += [init(f"W{i}", rng.normal(size=(a, b)) / np.sqrt(a)), init(f"b{i}", rng.normal(scale=0.3, size=b))]
+        inits += [
+            init(f"W{i}", rng.normal(size=(a, b)) / np.sqrt(a)),
+            init(f"b{i}", rng.normal(scale=0.3, size=b)),
+        ]
         nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"y{i}"], name=f"fc{6 + i}"))
         x = f"y{i}"
         if i < len(widths) - 1:
             nodes.append(helper.make_node("Relu", [x], [f"h{i}"]))
             x = f"h{i}"
     graph = helper.make_graph(
-        nodes, "soak-cnn",
+        nodes,
+        "soak-cnn",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, size, size])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", widths[-1]])],
         initializer=inits,
@@ -140,10 +147,14 @@ def main():
                 inputs.append(pixels[i])
         t_gen = time.perf_counter() - t0
         chunks = [(c, inputs[s : s + args.chunk]) for c, s in enumerate(range(0, args.images, args.chunk))]
-        print(f"model: {'tinyalexnet' if model_path is None else 'random CNN 32x32 (tinyalexnet.onnx absent)'}")
-        print(f"images: {args.images} ({n_files} PNG files, {args.images - n_files} uint8 arrays), "
-              f"generated in {t_gen:.1f} s; {len(chunks)} chunks of {args.chunk}, batch {args.batch_size}, "
-              f"{args.workers} worker processes, forward cache {args.cache_mb} MiB per process")
+        print(
+            f"model: {'tinyalexnet' if model_path is None else 'random CNN 32x32 (tinyalexnet.onnx absent)'}"
+        )
+        print(
+            f"images: {args.images} ({n_files} PNG files, {args.images - n_files} uint8 arrays), "
+            f"generated in {t_gen:.1f} s; {len(chunks)} chunks of {args.chunk}, batch {args.batch_size}, "
+            f"{args.workers} worker processes, forward cache {args.cache_mb} MiB per process"
+        )
 
         t0 = time.perf_counter()
         results = Parallel(n_jobs=args.workers, backend="loky", return_as="generator")(
@@ -157,27 +168,37 @@ def main():
         parallel = np.concatenate([parts[c] for c in range(len(chunks))])
         print(f"parallel: {t_par:.1f} s, {args.images / t_par:.0f} images/s")
         for pid, values in sorted(peaks.items()):
-            print(f"  worker {pid}: {len(values)} chunks, peak RSS {values[0]:.0f} MiB after its first "
-                  f"chunk, {values[-1]:.0f} MiB at the end")
+            print(
+                f"  worker {pid}: {len(values)} chunks, peak RSS {values[0]:.0f} MiB after its first "
+                f"chunk, {values[-1]:.0f} MiB at the end"
+            )
 
         t0 = time.perf_counter()
         single = make_transformer(model_path, args.batch_size, args.cache_mb)
         serial = np.concatenate([single.fit(X[:1]).transform(X) for _, X in chunks])
         t_ser = time.perf_counter() - t0
         print(f"single process: {t_ser:.1f} s, {args.images / t_ser:.0f} images/s")
-        print(f"parent peak RSS: {peak_rss_mb():.0f} MiB (holds the {pixels.nbytes >> 20} MiB of pixels, "
-              f"both feature sets, and ran the single-process pass)")
+        print(
+            f"parent peak RSS: {peak_rss_mb():.0f} MiB (holds the {pixels.nbytes >> 20} MiB of pixels, "
+            f"both feature sets, and ran the single-process pass)"
+        )
 
         assert parallel.dtype == serial.dtype and parallel.shape == serial.shape == (args.images,)
         diffs = {f: np.abs(parallel[f] - serial[f]).max() for f in parallel.dtype.names}
         identical = all(np.array_equal(parallel[f], serial[f]) for f in parallel.dtype.names)
-        n_rows = sum(
-            not all(np.array_equal(parallel[f][i], serial[f][i]) for f in parallel.dtype.names)
-            for i in range(args.images)
-        ) if not identical else 0
-        print(f"rows: {args.images}, dtype {parallel.dtype}; bit-identical to the single-process run: "
-              f"{identical} ({n_rows} rows differ; max |diff| forward {diffs['forward']:.2e}, "
-              f"backward {diffs['backward']:.2e})")
+        n_rows = (
+            sum(
+                not all(np.array_equal(parallel[f][i], serial[f][i]) for f in parallel.dtype.names)
+                for i in range(args.images)
+            )
+            if not identical
+            else 0
+        )
+        print(
+            f"rows: {args.images}, dtype {parallel.dtype}; bit-identical to the single-process run: "
+            f"{identical} ({n_rows} rows differ; max |diff| forward {diffs['forward']:.2e}, "
+            f"backward {diffs['backward']:.2e})"
+        )
         if not identical:
             raise SystemExit("parallel rows differ from the single-process run")
 

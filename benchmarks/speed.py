@@ -49,14 +49,26 @@ def alexnet(n_classes=1000):
 
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2),
+        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(64, 192, 5, padding=2),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
+        nn.Conv2d(192, 384, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(384, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(256, 256, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(3, 2),
         nn.Flatten(),
-        nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(),
-        nn.Dropout(), nn.Linear(4096, 4096), nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(9216, 4096),
+        nn.ReLU(),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(),
         nn.Linear(4096, n_classes),
     ).eval()
 
@@ -68,8 +80,13 @@ def negligible_network():
 
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Linear(3, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 10),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(3, 16),
+        nn.ReLU(),
+        nn.Linear(16, 16),
+        nn.ReLU(),
+        nn.Linear(16, 10),
     ).eval()
 
 
@@ -78,8 +95,15 @@ def export(net, path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.zeros(1, 3, 224, 224), path, dynamo=False, input_names=["input"],
-                          output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}})
+        torch.onnx.export(
+            net,
+            torch.zeros(1, 3, 224, 224),
+            path,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
 
 
 def torch_features(net, X, batch_size, device, temperature=2.0, tuned=True):
@@ -169,11 +193,21 @@ def exactness(setup, rng):
     path = setup.network_file("alexnet", alexnet())
     X = rng.normal(size=(256, 3, 224, 224)).astype(np.float32)
     print("\n[exactness] CUDA against CPU, AlexNet shape, 256 images, max abs difference of unit-norm rows")
-    print(f"  {'features':<22}{'TF32 off (default)':>20}{'allow_tf32=True':>18}   (target <= 1e-4 with TF32 off)")
-    for kind, layer in [("gradient", 6), ("gradient", 7), ("gradient", 8), ("activation", 6), ("activation", 7)]:
-        def unit(**params):
-            Z = DeepFisherTransformer(path, layer=layer, features=kind, batch_size=setup.args.batch_size,
-                                      **params).transform(X)
+    print(
+        f"  {'features':<22}{'TF32 off (default)':>20}{'allow_tf32=True':>18}   (target <= 1e-4 with TF32 off)"
+    )
+    for kind, layer in [
+        ("gradient", 6),
+        ("gradient", 7),
+        ("gradient", 8),
+        ("activation", 6),
+        ("activation", 7),
+    ]:
+
+        def unit(layer=layer, kind=kind, **params):
+            Z = DeepFisherTransformer(
+                path, layer=layer, features=kind, batch_size=setup.args.batch_size, **params
+            ).transform(X)
             return np.hstack([Z[f] for f in Z.dtype.names]) if Z.dtype.names else Z
 
         cpu = unit(providers=["CPUExecutionProvider"])
@@ -197,12 +231,16 @@ def host_overhead(setup, rng):
 
     best = interleaved({"bare": bare, "transform": lambda: fish.transform(X)})
     per_image = {name: t / n * 1e6 for name, t in best.items()}
-    print(f"\n[host overhead] negligible-compute network (global average pool + FC 3-16-16-10), "
-          f"{n} float32 3x224x224 images, batch {batch}")
+    print(
+        f"\n[host overhead] negligible-compute network (global average pool + FC 3-16-16-10), "
+        f"{n} float32 3x224x224 images, batch {batch}"
+    )
     print(f"  bare session.run of the network          {per_image['bare']:8.1f} us/img")
     print(f"  DeepFisherTransformer(layer=7).transform {per_image['transform']:8.1f} us/img")
-    print(f"  overhead of transform                    {per_image['transform'] - per_image['bare']:8.1f} us/img"
-          "   (target <= 30; includes the check of every input value, done in the graph)")
+    print(
+        f"  overhead of transform                    {per_image['transform'] - per_image['bare']:8.1f} us/img"
+        "   (target <= 30; includes the check of every input value, done in the graph)"
+    )
 
 
 def preprocessing(setup, rng):
@@ -234,8 +272,10 @@ def extraction(setup, rng):
     best = interleaved({"forward": forward_only, "ours": lambda: fish.transform(X)})
     Z = fish.transform(X)
     target = 0.9 if setup.cuda else 0.97
-    print(f"\n[extraction] AlexNet shape, random weights, {n} images of 224x224, batch {batch}, "
-          f"{'CUDA' if setup.cuda else f'CPU, {setup.args.threads} threads'}")
+    print(
+        f"\n[extraction] AlexNet shape, random weights, {n} images of 224x224, batch {batch}, "
+        f"{'CUDA' if setup.cuda else f'CPU, {setup.args.threads} threads'}"
+    )
     print(f"  onnxruntime forward only        {n / best['forward']:8.1f} img/s")
     print(f"  skfishing gradient (layer 7)    {n / best['ours']:8.1f} img/s")
     print(f"  ratio skfishing / forward-only  {best['forward'] / best['ours']:8.3f}   (target >= {target})")
@@ -262,7 +302,9 @@ def extraction(setup, rng):
         bwd = np.concatenate([b for _, b in feats])
         err = max(np.abs(fwd - Z["forward"]).max(), np.abs(bwd - Z["backward"]).max())
         print(f"  torch, {name:<25}{n / t_torch:8.1f} img/s   (max abs diff of features {err:.1e})")
-        print(f"  ratio skfishing / that torch    {t_torch / best['ours']:8.3f}   (target >= {targets[tuned]})")
+        print(
+            f"  ratio skfishing / that torch    {t_torch / best['ours']:8.3f}   (target >= {targets[tuned]})"
+        )
 
 
 def make_inputs(m, rng, folder):
@@ -309,16 +351,20 @@ def grid_search_times(model, X, y, batch_size, providers, naive=False):
 
     grid = {"fish__layer": [6, 7, 8], "fish__temperature": [1.0, 2.0, 4.0]}
     kind = Uncached if naive else DeepFisherTransformer
-    pipe = Pipeline([("fish", kind(model, batch_size=batch_size, providers=providers)), ("svc", TraceKernelSVC())])
+    pipe = Pipeline(
+        [("fish", kind(model, batch_size=batch_size, providers=providers)), ("svc", TraceKernelSVC())]
+    )
     cv = StratifiedKFold(3)
-    t_transform, _ = timed(lambda: DeepFisherTransformer(model, batch_size=batch_size,
-                                                         providers=providers).fit_transform(X))
+    t_transform, _ = timed(
+        lambda: DeepFisherTransformer(model, batch_size=batch_size, providers=providers).fit_transform(X)
+    )
     # The SVM part alone: fit + score on precomputed features of each candidate and fold, and the refit.
     t_svm = 0.0
     for layer in grid["fish__layer"]:
         for tau in grid["fish__temperature"]:
-            Z = DeepFisherTransformer(model, layer=layer, temperature=tau, batch_size=batch_size,
-                                      providers=providers).fit_transform(X)
+            Z = DeepFisherTransformer(
+                model, layer=layer, temperature=tau, batch_size=batch_size, providers=providers
+            ).fit_transform(X)
             for train, test in cv.split(Z, y):
                 t = time.perf_counter()
                 TraceKernelSVC().fit(Z[train], y[train]).score(Z[test], y[test])
@@ -338,27 +384,42 @@ def grid_search(setup, rng):
     y = rng.integers(0, 2, size=m)
     kinds = make_inputs(m, rng, setup.tmp)
     register_model("speed-alexnet", path, preprocessing=PREPROCESSING, overwrite=True)
-    print(f"\n[grid search] {m} images, cv=3, layer {{6, 7, 8}} x temperature {{1, 2, 4}}: "
-          "9 candidates, 27 fits + refit")
+    print(
+        f"\n[grid search] {m} images, cv=3, layer {{6, 7, 8}} x temperature {{1, 2, 4}}: "
+        "9 candidates, 27 fits + refit"
+    )
     print(f"  {'input':<38}{'transform':>10}{'SVM':>7}{'search':>8}{'ratio':>7}   (target <= 2)")
     for name, X in kinds.items():
         times = grid_search_times("speed-alexnet", X, y, setup.args.batch_size, setup.providers)
         t_transform, t_svm, t_search = times
-        print(f"  {name:<38}{t_transform:9.1f}s{t_svm:6.1f}s{t_search:7.1f}s{t_search / (t_transform + t_svm):7.2f}")
-    print("  transform: one plain transform; SVM: the 28 SVM fits and scorings on precomputed "
-          "features;\n  search: GridSearchCV.fit from scratch; ratio: search / (transform + SVM)")
+        print(
+            f"  {name:<38}{t_transform:9.1f}s{t_svm:6.1f}s{t_search:7.1f}s{t_search / (t_transform + t_svm):7.2f}"
+        )
+    print(
+        "  transform: one plain transform; SVM: the 28 SVM fits and scorings on precomputed "
+        "features;\n  search: GridSearchCV.fit from scratch; ratio: search / (transform + SVM)"
+    )
     if setup.args.naive:
         X = kinds["JPEG files (paths)"]
         t_transform, t_svm, t_naive = grid_search_times(
-            "speed-alexnet", X, y, setup.args.batch_size, setup.providers, naive=True)
-        print(f"  naive: no cache shared, JPEG files  {t_naive:7.1f} s   "
-              f"ratio {t_naive / (t_transform + t_svm):.2f} (the network runs for every candidate and fold)")
+            "speed-alexnet", X, y, setup.args.batch_size, setup.providers, naive=True
+        )
+        print(
+            f"  naive: no cache shared, JPEG files  {t_naive:7.1f} s   "
+            f"ratio {t_naive / (t_transform + t_svm):.2f} (the network runs for every candidate and fold)"
+        )
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--providers", choices=("cpu", "cuda"), default="cpu",
-                        help="execution provider of every run (cuda: TF32 off, as skfishing's default)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--providers",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="execution provider of every run (cuda: TF32 off, as skfishing's default)",
+    )
     parser.add_argument("--only", nargs="+", choices=SECTIONS, help="run these sections only")
     parser.add_argument("--images", type=int, default=1000, help="images in the grid search")
     parser.add_argument("--throughput-images", type=int, default=256)
@@ -377,10 +438,17 @@ def main(argv=None):
         parser.error(f"--providers cuda: this onnxruntime {ort.__version__} has no CUDA provider")
     sections = args.only or [s for s in SECTIONS if setup.cuda or s != "exactness"]
     device = torch.cuda.get_device_name() if setup.cuda else f"{args.threads} CPU threads"
-    print(f"skfishing speed, {args.providers.upper()} ({device}), onnxruntime {ort.__version__}, "
-          f"torch {torch.__version__}")
-    functions = {"exactness": exactness, "host-overhead": host_overhead, "preprocessing": preprocessing,
-                 "extraction": extraction, "grid-search": grid_search}
+    print(
+        f"skfishing speed, {args.providers.upper()} ({device}), onnxruntime {ort.__version__}, "
+        f"torch {torch.__version__}"
+    )
+    functions = {
+        "exactness": exactness,
+        "host-overhead": host_overhead,
+        "preprocessing": preprocessing,
+        "extraction": extraction,
+        "grid-search": grid_search,
+    }
     for section in sections:
         functions[section](setup, np.random.default_rng(0))
 

@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from sklearn.linear_model import SGDClassifier
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
@@ -79,16 +78,20 @@ def load(data, max_per_split=None, seed=0, dataset="voc2007"):
         rng = np.random.default_rng(seed)
         for bunch in (train, val):
             keep = np.sort(rng.permutation(len(bunch.labels))[:max_per_split])
-            bunch.images = bunch.images[keep] if isinstance(bunch.images, np.ndarray) else [
-                bunch.images[i] for i in keep]
+            bunch.images = (
+                bunch.images[keep]
+                if isinstance(bunch.images, np.ndarray)
+                else [bunch.images[i] for i in keep]
+            )
             bunch.labels, bunch.difficult = bunch.labels[keep], bunch.difficult[keep]
     return train, val
 
 
 def features(model, kind, layer, images, *, temperature=2.0, batch_size=64, progress=False):
     """One part of a row, L2-normalised (probabilities are normalised here)."""
-    fish = DeepFisherTransformer(model, layer=layer, temperature=temperature, features=kind,
-                                 batch_size=batch_size, progress=progress)
+    fish = DeepFisherTransformer(
+        model, layer=layer, temperature=temperature, features=kind, batch_size=batch_size, progress=progress
+    )
     Z = fish.fit_transform(images)
     if kind == "probabilities":
         Z = Z / np.linalg.norm(Z, axis=1, keepdims=True)
@@ -121,15 +124,17 @@ def run_sketch_rows(name, Z_train, Z_val, train, val, components, *, C=1.0):
         for label, clf in sketch_classifiers(C, len(F_train)).items():
             t = time.perf_counter()
             clf = OneVsRestClassifier(clf).fit(F_train, train.labels)
-            report = average_precision_report(val.labels, clf.decision_function(F_val), difficult=val.difficult,
-                                              classes=list(train.classes))
+            report = average_precision_report(
+                val.labels, clf.decision_function(F_val), difficult=val.difficult, classes=list(train.classes)
+            )
             report.seconds = seconds + time.perf_counter() - t
             results[f"{name} TS{m} {label}"] = report
     return results
 
 
-def run_table1(model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_size=64, progress=False,
-               sketch=()):
+def run_table1(
+    model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_size=64, progress=False, sketch=()
+):
     """Fit on train, score on val; returns {row: report} (see average_precision_report).
 
     ``sketch``: numbers of TensorSketch components for the sketch rows of
@@ -143,8 +148,9 @@ def run_table1(model, train, val, rows=ROWS, *, C=1.0, temperature=2.0, batch_si
         Z_train = row_features(model, parts, train.images, **kw)
         Z_val = row_features(model, parts, val.images, **kw)
         svc = TraceKernelSVC(C=C).fit(Z_train, train.labels)
-        report = average_precision_report(val.labels, svc.decision_function(Z_val), difficult=val.difficult,
-                                          classes=list(train.classes))
+        report = average_precision_report(
+            val.labels, svc.decision_function(Z_val), difficult=val.difficult, classes=list(train.classes)
+        )
         report.seconds = time.perf_counter() - t
         results[name] = report
         if sketch and len(parts) == 1 and parts[0][0] == "gradient":
@@ -156,8 +162,10 @@ def format_table(results, per_class=False):
     w = max(10, *(len(name) for name in results))
     lines = [f"{'features':{w}s} {'VOC07 11-pt mAP':>16s} {'sklearn mAP':>12s} {'seconds':>8s}"]
     for name, report in results.items():
-        lines.append(f"{name:{w}s} {100 * report.voc07_map:16.2f} {100 * report.sklearn_map:12.2f} "
-                     f"{report.seconds:8.1f}")
+        lines.append(
+            f"{name:{w}s} {100 * report.voc07_map:16.2f} {100 * report.sklearn_map:12.2f} "
+            f"{report.seconds:8.1f}"
+        )
     if per_class:
         names = list(results)
         classes = list(next(iter(results.values())).classes)
@@ -166,31 +174,56 @@ def format_table(results, per_class=False):
         widths = [max(9, len(n) + 1) for n in names]
         lines.append(f"{'class':12s}" + "".join(f"{n:>{w}s}" for n, w in zip(names, widths)))
         for c, cls in enumerate(classes):
-            lines.append(f"{cls:12s}" + "".join(f"{100 * results[n].voc07_ap[c]:{w}.1f}"
-                                                for n, w in zip(names, widths)))
+            lines.append(
+                f"{cls:12s}"
+                + "".join(f"{100 * results[n].voc07_ap[c]:{w}.1f}" for n, w in zip(names, widths))
+            )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="tinyalexnet")
     parser.add_argument("--data", required=True, help="VOCdevkit folder or .npz archive")
-    parser.add_argument("--dataset", choices=("voc2007", "voc2012"), default="voc2007",
-                        help="which VOC release to read from --data (default: voc2007)")
+    parser.add_argument(
+        "--dataset",
+        choices=("voc2007", "voc2012"),
+        default="voc2007",
+        help="which VOC release to read from --data (default: voc2007)",
+    )
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--C", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--max-per-split", type=int, default=None, help="random subset of train and of val")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--per-class", action="store_true")
-    parser.add_argument("--sketch", type=int, nargs="+", default=[], metavar="N_COMPONENTS",
-                        help="also fit linear models on TensorSketch features of the gradient rows")
+    parser.add_argument(
+        "--sketch",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N_COMPONENTS",
+        help="also fit linear models on TensorSketch features of the gradient rows",
+    )
     args = parser.parse_args(argv)
     train, val = load(args.data, args.max_per_split, dataset=args.dataset)
-    print(f"model {args.model}; {args.dataset} data {args.data}: {len(train.labels)} train, {len(val.labels)} val images; "
-          f"C={args.C}, temperature={args.temperature}, uniform labels")
-    results = run_table1(args.model, train, val, args.rows, C=args.C, temperature=args.temperature,
-                         batch_size=args.batch_size, progress=True, sketch=args.sketch)
+    print(
+        f"model {args.model}; {args.dataset} data {args.data}: {len(train.labels)} train, {len(val.labels)} val images; "
+        f"C={args.C}, temperature={args.temperature}, uniform labels"
+    )
+    results = run_table1(
+        args.model,
+        train,
+        val,
+        args.rows,
+        C=args.C,
+        temperature=args.temperature,
+        batch_size=args.batch_size,
+        progress=True,
+        sketch=args.sketch,
+    )
     print(format_table(results, per_class=args.per_class))
 
 

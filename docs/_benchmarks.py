@@ -109,11 +109,7 @@ def write():
         "Paper AlexNet VOC 2012 val",
         "Paper VGG16 VOC 2012 val",
     ]
-    rows = [
-        [FEATURES[key][0], *ours.get(key, ["", ""])[:2], *paper[key]]
-        for key in FEATURES
-        if key in paper
-    ]
+    rows = [[FEATURES[key][0], *ours.get(key, ["", ""])[:2], *paper[key]] for key in FEATURES if key in paper]
     _write_if_changed(OUT / "table1.csv", _csv_text(header, rows))
 
     header, rows = _read("table1_tinyalexnet_voc2007_per_class.csv")

@@ -172,14 +172,23 @@ def _write_embedded_model_facts():
             ("size", f"{meta['size_bytes']:,} bytes" if "size_bytes" in meta else "?"),
             ("SHA-256", f"``{meta.get('sha256', '?')}``"),
             ("parameters", f"{meta['n_parameters']:,}" if "n_parameters" in meta else "?"),
-            ("input", f"``{meta.get('input_name', '?')}``, {meta.get('input_size', '?')}x"
-                      f"{meta.get('input_size', '?')} {meta.get('channel_order', '?')}"),
-            ("mean / std (RGB, [0, 1] units)",
-             ", ".join(f"{v:.4f}" for v in meta.get("mean", []))
-             + " / " + ", ".join(f"{v:.4f}" for v in meta.get("std", []))),
-            ("Tiny ImageNet val top-1 / top-5",
-             f"{meta['val_top1']:.1%} / {meta['val_top5']:.1%}"
-             if "val_top1" in meta and "val_top5" in meta else "?"),
+            (
+                "input",
+                f"``{meta.get('input_name', '?')}``, {meta.get('input_size', '?')}x"
+                f"{meta.get('input_size', '?')} {meta.get('channel_order', '?')}",
+            ),
+            (
+                "mean / std (RGB, [0, 1] units)",
+                ", ".join(f"{v:.4f}" for v in meta.get("mean", []))
+                + " / "
+                + ", ".join(f"{v:.4f}" for v in meta.get("std", [])),
+            ),
+            (
+                "Tiny ImageNet val top-1 / top-5",
+                f"{meta['val_top1']:.1%} / {meta['val_top5']:.1%}"
+                if "val_top1" in meta and "val_top5" in meta
+                else "?",
+            ),
             ("epochs", str(meta.get("epochs", "?"))),
             ("architecture", meta.get("architecture", "?")),
         ]
@@ -204,9 +213,25 @@ _benchmarks.write()
 
 
 _SUBMODULES = (
-    "transformer", "kernel", "svm", "head", "graph", "network", "cache", "batches", "images",
-    "registry", "model_spec", "download", "state", "datasets", "metrics", "features", "persistence",
-    "sketch", "distributed",
+    "transformer",
+    "kernel",
+    "svm",
+    "head",
+    "graph",
+    "network",
+    "cache",
+    "batches",
+    "images",
+    "registry",
+    "model_spec",
+    "download",
+    "state",
+    "datasets",
+    "metrics",
+    "features",
+    "persistence",
+    "sketch",
+    "distributed",
 )
 
 
@@ -246,8 +271,13 @@ def _resolve_reexport(app, env, node, contnode):
         if wanted is not None and obj is not wanted:
             continue
         found = domain.resolve_xref(
-            env, node["refdoc"], app.builder, node["reftype"],
-            f"{candidate}.{name}", node, contnode,
+            env,
+            node["refdoc"],
+            app.builder,
+            node["reftype"],
+            f"{candidate}.{name}",
+            node,
+            contnode,
         )
         if found is not None:
             return found

@@ -69,9 +69,11 @@ def main(scheduler, workdir):
         start = time.perf_counter()
         Z_train = to_zarr(dask_transform(fish, train_paths, chunk_size=128), folder / "train.zarr")
         Z_test = to_zarr(dask_transform(fish, test_paths, chunk_size=128), folder / "test.zarr")
-        print(f"extracted {Z_train.shape[0] + Z_test.shape[0]} images in {time.perf_counter() - start:.1f} s: "
-              f"{Z_train.dtype['forward'].shape[0]} x {Z_train.dtype['backward'].shape[0]} gradients, "
-              f"stored in {Z_train.numblocks[0]} + {Z_test.numblocks[0]} chunks")
+        print(
+            f"extracted {Z_train.shape[0] + Z_test.shape[0]} images in {time.perf_counter() - start:.1f} s: "
+            f"{Z_train.dtype['forward'].shape[0]} x {Z_train.dtype['backward'].shape[0]} gradients, "
+            f"stored in {Z_train.numblocks[0]} + {Z_test.numblocks[0]} chunks"
+        )
 
         # 2. Sketch on the workers, and a linear model trained block by block.
         sketch = TensorSketch(n_components=4096, random_state=0).fit(Z_train[:1].compute())
@@ -79,25 +81,32 @@ def main(scheduler, workdir):
         y_train_blocks = da.from_array(y_train, chunks=(F_train.chunks[0],))
         model = Incremental(SGDClassifier(alpha=1e-4, random_state=0), scoring="accuracy", random_state=0)
         start = time.perf_counter()
-        for epoch in range(5):
+        for _epoch in range(5):
             model.partial_fit(F_train, y_train_blocks, classes=np.arange(10))
         accuracy = model.score(F_test, da.from_array(y_test, chunks=(F_test.chunks[0],)))
-        print(f"sketch + SGDClassifier, 5 passes with Incremental: {time.perf_counter() - start:.1f} s, "
-              f"test accuracy {accuracy:.3f}")
+        print(
+            f"sketch + SGDClassifier, 5 passes with Incremental: {time.perf_counter() - start:.1f} s, "
+            f"test accuracy {accuracy:.3f}"
+        )
 
         # The exact kernel SVM for comparison (small n: it fits in memory).
         exact = TraceKernelSVC().fit(Z_train.compute(), y_train).score(Z_test.compute(), y_test)
         print(f"TraceKernelSVC on the same features: test accuracy {exact:.3f}")
 
         # 3. Model selection on the cluster through joblib's Dask backend.
-        pipe = make_pipeline(DeepFisherTransformer("tinyalexnet"), TensorSketch(4096, random_state=0),
-                             SGDClassifier(random_state=0))
+        pipe = make_pipeline(
+            DeepFisherTransformer("tinyalexnet"),
+            TensorSketch(4096, random_state=0),
+            SGDClassifier(random_state=0),
+        )
         grid = {"deepfishertransformer__layer": [6, 7], "sgdclassifier__alpha": [1e-4, 1e-3]}
         start = time.perf_counter()
         with joblib.parallel_backend("dask"):
             search = GridSearchCV(pipe, grid, cv=3, n_jobs=-1).fit(train_images[:600], y_train[:600])
-        print(f"GridSearchCV on the cluster: {time.perf_counter() - start:.1f} s, best {search.best_params_}, "
-              f"CV accuracy {search.best_score_:.3f}")
+        print(
+            f"GridSearchCV on the cluster: {time.perf_counter() - start:.1f} s, best {search.best_params_}, "
+            f"CV accuracy {search.best_score_:.3f}"
+        )
     if cluster is not None:
         cluster.close()
 
@@ -105,8 +114,11 @@ def main(scheduler, workdir):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Extraction and training on a Dask cluster.")
     parser.add_argument("--scheduler", help="address of a running scheduler; default: a LocalCluster")
-    parser.add_argument("--workdir", help="folder for the PNG files and Zarr stores (kept); "
-                        "default: a temporary folder, deleted at the end")
+    parser.add_argument(
+        "--workdir",
+        help="folder for the PNG files and Zarr stores (kept); "
+        "default: a temporary folder, deleted at the end",
+    )
     args = parser.parse_args()
     if args.workdir:
         main(args.scheduler, args.workdir)

@@ -11,8 +11,8 @@ SVM (the linear kernel for activations, the trace kernel for gradients).
 We compare, on real scanned digits and the embedded ``"tinyalexnet"``:
 
 * :math:`x_6` and :math:`x_7`: the ReLU outputs of fc6 and fc7;
-* :math:`\partial E / \partial W_6 = x_5 \delta_6^\top` and
-  :math:`\partial E / \partial W_7 = x_6 \delta_7^\top`: the gradient
+* :math:`\\partial E / \\partial W_6 = x_5 \\delta_6^\top` and
+  :math:`\\partial E / \\partial W_7 = x_6 \\delta_7^\top`: the gradient
   features of fc6 and fc7 (:math:`x_5` is pool5).
 
 Each class gets its average precision, one-vs-rest, from the SVM's

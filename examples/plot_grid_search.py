@@ -60,10 +60,7 @@ search = GridSearchCV(
 )
 start = time.perf_counter()
 search.fit(X_train, y_train)
-print(
-    f"{len(search.cv_results_['params'])} candidates x 3 folds "
-    f"in {time.perf_counter() - start:.1f} s"
-)
+print(f"{len(search.cv_results_['params'])} candidates x 3 folds in {time.perf_counter() - start:.1f} s")
 print("best:", search.best_params_)
 print(f"best mean CV accuracy: {search.best_score_:.3f}")
 test_accuracy = search.score(X_test, y_test)
@@ -75,9 +72,7 @@ print(f"test accuracy of the refitted best: {test_accuracy:.3f}")
 
 results = search.cv_results_
 scores = np.empty((len(layers), len(temperatures)))
-for params, score in zip(
-    results["params"], results["mean_test_score"]
-):
+for params, score in zip(results["params"], results["mean_test_score"]):
     i = layers.index(params["fish__layer"])
     j = temperatures.index(params["fish__temperature"])
     scores[i, j] = score

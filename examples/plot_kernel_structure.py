@@ -3,7 +3,7 @@
 The structure of the trace kernel
 ====================================
 
-For rank-1 gradients :math:`\partial E / \partial W = x \delta^\top` the trace kernel factorises
+For rank-1 gradients :math:`\\partial E / \\partial W = x \\delta^\top` the trace kernel factorises
 (the paper's Eq. 12):
 
 .. math::

@@ -74,8 +74,10 @@ for i, m in enumerate(components):
             svc = SVC(C=1.0, kernel="precomputed").fit(F_train @ F_train.T, y_train)
             svc_accuracy[i, seed] = svc.score(F_test @ F_train.T, y_test)
             linear_accuracy[i, seed] = LinearSVC(C=1.0).fit(F_train, y_train).score(F_test, y_test)
-    print(f"{m:5d} components: Gram error {errors[i].mean():.3f}, accuracy "
-          f"{svc_accuracy[i].mean():.3f} (SVC), {linear_accuracy[i].mean():.3f} (LinearSVC)")
+    print(
+        f"{m:5d} components: Gram error {errors[i].mean():.3f}, accuracy "
+        f"{svc_accuracy[i].mean():.3f} (SVC), {linear_accuracy[i].mean():.3f} (LinearSVC)"
+    )
 
 # %%
 # The curves
@@ -97,10 +99,11 @@ ax_error.set_ylabel(r"relative Gram error $\|ZZ^T - K\|_F / \|K\|_F$")
 ax_error.set_title("Kernel approximation")
 ax_error.legend()
 
-for accuracy, label in [(svc_accuracy, 'SVC(kernel="linear") on the sketch'),
-                        (linear_accuracy, "LinearSVC on the sketch")]:
-    ax_accuracy.errorbar(components, accuracy.mean(1), yerr=accuracy.std(1), fmt="o-", capsize=3,
-                         label=label)
+for accuracy, label in [
+    (svc_accuracy, 'SVC(kernel="linear") on the sketch'),
+    (linear_accuracy, "LinearSVC on the sketch"),
+]:
+    ax_accuracy.errorbar(components, accuracy.mean(1), yerr=accuracy.std(1), fmt="o-", capsize=3, label=label)
 ax_accuracy.axhline(exact_accuracy, color="k", linestyle="--", label="TraceKernelSVC (exact kernel)")
 ax_accuracy.set_xscale("log")
 ax_accuracy.set_xlabel("n_components m")

@@ -63,25 +63,29 @@ class TinyAlexNet(nn.Module):
     -> conv4, conv5 -> pool -> 4x4 = pool5 (c5 * 16 values).
     """
 
-    def __init__(self, widths=(32, 64, 128, 192, 128), fc=512, n_classes=200,
-                 dropout=0.3):
+    def __init__(self, widths=(32, 64, 128, 192, 128), fc=512, n_classes=200, dropout=0.3):
         super().__init__()
         c1, c2, c3, c4, c5 = widths
         self.features = nn.Sequential(
-            *conv_bn(3, c1), nn.MaxPool2d(2),
-            *conv_bn(c1, c2), *conv_bn(c2, c3), nn.MaxPool2d(2),
-            *conv_bn(c3, c4), *conv_bn(c4, c5), nn.MaxPool2d(2),
+            *conv_bn(3, c1),
+            nn.MaxPool2d(2),
+            *conv_bn(c1, c2),
+            *conv_bn(c2, c3),
+            nn.MaxPool2d(2),
+            *conv_bn(c3, c4),
+            *conv_bn(c4, c5),
+            nn.MaxPool2d(2),
         )
         self.pool5_dim = c5 * 4 * 4
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(self.pool5_dim, fc),   # fc6
+            nn.Linear(self.pool5_dim, fc),  # fc6
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(fc, fc),               # fc7
+            nn.Linear(fc, fc),  # fc7
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
-            nn.Linear(fc, n_classes),        # fc8 (logits)
+            nn.Linear(fc, n_classes),  # fc8 (logits)
         )
 
     def forward(self, x):
@@ -98,8 +102,7 @@ def fold_batchnorm(model):
     i = 0
     while i < len(layers):
         m = layers[i]
-        if (isinstance(m, nn.Conv2d) and i + 1 < len(layers)
-                and isinstance(layers[i + 1], nn.BatchNorm2d)):
+        if isinstance(m, nn.Conv2d) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.BatchNorm2d):
             fused.append(fuse_conv_bn_eval(m, layers[i + 1]))
             i += 2
         else:
@@ -135,8 +138,8 @@ def augment(xb, gen, pad=4):
     xp = F.pad(xb, (pad, pad, pad, pad))
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-    iy = (dy[:, None] + torch.arange(h)[None, :])          # (B, H)
-    ix = (dx[:, None] + torch.arange(w)[None, :])          # (B, W)
+    iy = dy[:, None] + torch.arange(h)[None, :]  # (B, H)
+    ix = dx[:, None] + torch.arange(w)[None, :]  # (B, W)
     bi = torch.arange(b)[:, None, None]
     # advanced indexing: (B, H, W, C) -> (B, C, H, W)
     out = xp.permute(0, 2, 3, 1)[bi, iy[:, :, None], ix[:, None, :]]
@@ -152,9 +155,9 @@ def evaluate(model, x_val, y_val, mean, std, bs=500):
     model.eval()
     top1 = top5 = 0
     for i in range(0, len(x_val), bs):
-        logits = model(normalise(x_val[i:i + bs], mean, std))
+        logits = model(normalise(x_val[i : i + bs], mean, std))
         t5 = logits.topk(5, dim=1).indices
-        y = y_val[i:i + bs]
+        y = y_val[i : i + bs]
         top1 += (t5[:, 0] == y).sum().item()
         top5 += (t5 == y[:, None]).any(1).sum().item()
     return top1 / len(x_val), top5 / len(x_val)
@@ -179,10 +182,8 @@ def parse_args(argv=None):
     p.add_argument("--fc", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--subset", type=int, default=0,
-                   help="smoke test: use only this many train/val images")
-    p.add_argument("--bench", type=int, default=0,
-                   help="time this many training iterations and exit")
+    p.add_argument("--subset", type=int, default=0, help="smoke test: use only this many train/val images")
+    p.add_argument("--bench", type=int, default=0, help="time this many training iterations and exit")
     return p.parse_args(argv)
 
 
@@ -196,8 +197,7 @@ def main(argv=None):
     widths = tuple(int(w) for w in args.widths.split(","))
     model = TinyAlexNet(widths, args.fc, 200, args.dropout)
     n_params = sum(p.numel() for p in model.parameters())
-    log(f"model: widths={widths} pool5={model.pool5_dim} fc={args.fc} "
-        f"params={n_params:,}")
+    log(f"model: widths={widths} pool5={model.pool5_dim} fc={args.fc} params={n_params:,}")
 
     train = load(args.data_dir / "tinyimagenet32_train.npz")
     val = load(args.data_dir / "tinyimagenet32_val.npz")
@@ -205,7 +205,7 @@ def main(argv=None):
     if args.subset:
         rs = np.random.RandomState(args.seed)
         for d in (train, val):
-            keep = np.sort(rs.permutation(len(d["images"]))[:args.subset])
+            keep = np.sort(rs.permutation(len(d["images"]))[: args.subset])
             d["images"], d["labels"] = d["images"][keep], d["labels"][keep]
     x_tr, y_tr = to_tensor(train["images"]), torch.from_numpy(train["labels"].astype(np.int64))
     x_val, y_val = to_tensor(val["images"]), torch.from_numpy(val["labels"].astype(np.int64))
@@ -215,8 +215,10 @@ def main(argv=None):
     del f
     mean = torch.tensor(mean_np, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(std_np, dtype=torch.float32).view(1, 3, 1, 1)
-    log(f"train {tuple(x_tr.shape)} val {tuple(x_val.shape)} "
-        f"mean={np.round(mean_np, 4).tolist()} std={np.round(std_np, 4).tolist()}")
+    log(
+        f"train {tuple(x_tr.shape)} val {tuple(x_val.shape)} "
+        f"mean={np.round(mean_np, 4).tolist()} std={np.round(std_np, 4).tolist()}"
+    )
 
     n = len(x_tr)
     steps_per_epoch = n // args.batch_size  # drop the last partial batch
@@ -225,12 +227,19 @@ def main(argv=None):
     for _, prm in model.named_parameters():
         (no_decay if prm.ndim <= 1 else decay).append(prm)
     opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": args.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, momentum=args.momentum, nesterov=True)
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        momentum=args.momentum,
+        nesterov=True,
+    )
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=args.lr, total_steps=max(total_steps, args.bench or 1),
-        pct_start=0.15, div_factor=10.0, final_div_factor=100.0)
+        opt,
+        max_lr=args.lr,
+        total_steps=max(total_steps, args.bench or 1),
+        pct_start=0.15,
+        div_factor=10.0,
+        final_div_factor=100.0,
+    )
     crit = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
 
     t0 = time.time()
@@ -241,7 +250,7 @@ def main(argv=None):
         run_loss = run_acc = 0.0
         te = time.time()
         for it in range(steps_per_epoch):
-            idx = perm[it * args.batch_size:(it + 1) * args.batch_size]
+            idx = perm[it * args.batch_size : (it + 1) * args.batch_size]
             xb = augment(normalise(x_tr[idx], mean, std), gen)
             yb = y_tr[idx]
             logits = model(xb)
@@ -254,18 +263,23 @@ def main(argv=None):
             run_acc += (logits.argmax(1) == yb).float().mean().item()
             if args.bench and it + 1 == args.bench:
                 dt = time.time() - te
-                log(f"bench: {args.bench} its in {dt:.1f}s -> "
-                    f"{dt / args.bench * steps_per_epoch:.0f} s/epoch")
+                log(
+                    f"bench: {args.bench} its in {dt:.1f}s -> {dt / args.bench * steps_per_epoch:.0f} s/epoch"
+                )
                 return
             if (it + 1) % 100 == 0:
-                log(f"  epoch {epoch + 1} it {it + 1}/{steps_per_epoch} "
+                log(
+                    f"  epoch {epoch + 1} it {it + 1}/{steps_per_epoch} "
                     f"loss {run_loss / (it + 1):.3f} "
-                    f"elapsed {time.time() - t0:.0f}s")
+                    f"elapsed {time.time() - t0:.0f}s"
+                )
         top1, top5 = evaluate(model, x_val, y_val, mean, std)
         history.append((epoch + 1, top1, top5))
-        log(f"epoch {epoch + 1}/{args.epochs} loss {run_loss / steps_per_epoch:.3f} "
+        log(
+            f"epoch {epoch + 1}/{args.epochs} loss {run_loss / steps_per_epoch:.3f} "
             f"train_acc {run_acc / steps_per_epoch:.3f} lr {sched.get_last_lr()[0]:.4f} "
-            f"val top1 {top1:.4f} top5 {top5:.4f} elapsed {time.time() - t0:.0f}s")
+            f"val top1 {top1:.4f} top5 {top5:.4f} elapsed {time.time() - t0:.0f}s"
+        )
     train_seconds = time.time() - t0
 
     # ------------------------------------------------------------------ export
@@ -279,10 +293,17 @@ def main(argv=None):
         d = (fused(dummy) - model(dummy)).abs().max().item()
     log(f"BN folding: max abs diff {d:.2e}")
     torch.onnx.export(
-        fused, dummy, str(onnx_path), dynamo=False, opset_version=17,
-        input_names=["input"], output_names=["logits"],
+        fused,
+        dummy,
+        str(onnx_path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
         dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-        do_constant_folding=True, training=torch.onnx.TrainingMode.EVAL)
+        do_constant_folding=True,
+        training=torch.onnx.TrainingMode.EVAL,
+    )
 
     import onnx
     import onnxruntime as ort
@@ -299,19 +320,17 @@ def main(argv=None):
     with torch.no_grad():
         ref = model(xv).numpy()
     out = sess.run(["logits"], {"input": xv.numpy()})[0]
-    log(f"onnxruntime vs torch on 16 val images: max abs diff "
-        f"{np.abs(out - ref).max():.2e}")
+    log(f"onnxruntime vs torch on 16 val images: max abs diff {np.abs(out - ref).max():.2e}")
     pred = []
     for i in range(0, len(x_val), 500):
-        lo = sess.run(["logits"], {"input": normalise(x_val[i:i + 500], mean, std).numpy()})[0]
+        lo = sess.run(["logits"], {"input": normalise(x_val[i : i + 500], mean, std).numpy()})[0]
         pred.append(np.argsort(-lo, axis=1)[:, :5])
     pred = np.concatenate(pred)
     yv = y_val.numpy()
     ort_top1 = float((pred[:, 0] == yv).mean())
     ort_top5 = float((pred == yv[:, None]).any(1).mean())
     top1, top5 = history[-1][1], history[-1][2]
-    log(f"onnxruntime val top1 {ort_top1:.4f} top5 {ort_top5:.4f} "
-        f"(torch {top1:.4f} / {top5:.4f})")
+    log(f"onnxruntime val top1 {ort_top1:.4f} top5 {ort_top5:.4f} (torch {top1:.4f} / {top5:.4f})")
 
     data = onnx_path.read_bytes()
     meta = {
@@ -339,11 +358,11 @@ def main(argv=None):
             f"max-pool after conv1, conv3, conv5; pool5 {widths[-1]}x4x4="
             f"{model.pool5_dim}; fc6 {args.fc}, fc7 {args.fc}, fc8 200 logits; "
             f"ReLU+Dropout({args.dropout}) between FC layers; BN folded into "
-            f"the convs in the ONNX file"),
+            f"the convs in the ONNX file"
+        ),
         "training_command": "nice -n 5 python scripts/train_embedded.py "
-                            + " ".join(sys.argv[1:] if argv is None else argv),
-        "history": [{"epoch": e, "val_top1": round(a, 4), "val_top5": round(b, 4)}
-                    for e, a, b in history],
+        + " ".join(sys.argv[1:] if argv is None else argv),
+        "history": [{"epoch": e, "val_top1": round(a, 4), "val_top5": round(b, 4)} for e, a, b in history],
     }
     meta["training_command"] = meta["training_command"].strip()
     json_path.write_text(json.dumps(meta, indent=1) + "\n")

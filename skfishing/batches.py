@@ -222,8 +222,7 @@ def _check_tensor(X, input_shape, dtype, preprocessing):
                 "preprocessing."
             )
         raise ValueError(
-            f"X has shape {X.shape} but the network expects "
-            f"({', '.join(map(str, expected))}).{hint}"
+            f"X has shape {X.shape} but the network expects ({', '.join(map(str, expected))}).{hint}"
         )
     return X
 
@@ -278,9 +277,7 @@ def _describe(image):
 def _image_error(exc, image, index):
     message = f"image {index} ({_describe(image)}): {exc}"
     if isinstance(exc, Image.DecompressionBombError):
-        return ValueError(
-            f"{message}. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS."
-        )
+        return ValueError(f"{message}. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS.")
     if isinstance(image, _PATH_TYPES) and os.path.isfile(image):
         if os.path.getsize(image) == 0:
             message += " (the file is empty)"

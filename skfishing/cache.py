@@ -45,8 +45,8 @@ import threading
 import uuid
 import warnings
 from collections import OrderedDict
-from numbers import Integral
 from concurrent.futures import ThreadPoolExecutor
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +183,11 @@ class DiskStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            warnings.warn(f"cache entry {os.fsdecode(path)} cannot be read ({exc}); recomputing it",
-                          CorruptCacheWarning, stacklevel=3)
+            warnings.warn(
+                f"cache entry {os.fsdecode(path)} cannot be read ({exc}); recomputing it",
+                CorruptCacheWarning,
+                stacklevel=3,
+            )
             return None
         body, checksum = data[:-_CHECKSUM_LENGTH], data[-_CHECKSUM_LENGTH:]
         problem = None
@@ -197,11 +200,16 @@ class DiskStore:
                 problem = f"it is not a valid .npy file ({exc})"
             else:
                 if value.dtype != np.dtype(dtype) or value.shape != tuple(shape):
-                    problem = (f"it holds {value.dtype} values of shape {value.shape}, "
-                               f"not {np.dtype(dtype)} of shape {tuple(shape)}")
+                    problem = (
+                        f"it holds {value.dtype} values of shape {value.shape}, "
+                        f"not {np.dtype(dtype)} of shape {tuple(shape)}"
+                    )
         if problem is not None:
-            warnings.warn(f"cache entry {os.fsdecode(path)} is corrupt: {problem}; recomputing it",
-                          CorruptCacheWarning, stacklevel=3)
+            warnings.warn(
+                f"cache entry {os.fsdecode(path)} is corrupt: {problem}; recomputing it",
+                CorruptCacheWarning,
+                stacklevel=3,
+            )
             return None
         return value
 
@@ -490,4 +498,6 @@ def derived_keys(keys, context):
         None where ``keys`` has None.
     """
     prefix = blake3(context.encode()).digest()
-    return [None if key is None else blake3(prefix + key.encode()).hexdigest(length=_KEY_LENGTH) for key in keys]
+    return [
+        None if key is None else blake3(prefix + key.encode()).hexdigest(length=_KEY_LENGTH) for key in keys
+    ]

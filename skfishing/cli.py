@@ -78,8 +78,7 @@ def _stat(path, what):
     except FileNotFoundError:
         if os.path.islink(path):
             raise FileNotFoundError(
-                f"{what} {_quoted(path)} is a broken symbolic link (to "
-                f"{_quoted(os.readlink(path))})"
+                f"{what} {_quoted(path)} is a broken symbolic link (to {_quoted(os.readlink(path))})"
             ) from None
         raise FileNotFoundError(f"no such image file or folder: {_quoted(path)}") from None
     except OSError as exc:
@@ -143,9 +142,7 @@ def collect_images(arguments):
         elif stat.S_ISREG(mode):
             paths.append(argument)
         else:
-            raise ValueError(
-                f"{_quoted(argument)} is {_not_regular(mode)}, not an image file"
-            )
+            raise ValueError(f"{_quoted(argument)} is {_not_regular(mode)}, not an image file")
     return paths
 
 
@@ -180,9 +177,7 @@ def _read_preprocessing(path):
     try:
         meta = json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise OSError(
-            f"cannot read preprocessing file {_quoted(path)}: {exc.strerror or exc}"
-        ) from None
+        raise OSError(f"cannot read preprocessing file {_quoted(path)}: {exc.strerror or exc}") from None
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
         raise ValueError(f"preprocessing file {_quoted(path)} is not valid JSON: {exc}") from None
     if not isinstance(meta, dict):
@@ -196,8 +191,7 @@ def _read_preprocessing(path):
         close = difflib.get_close_matches(key, _PREPROCESSING_FIELDS, n=1, cutoff=0.75)
         if key not in _PREPROCESSING_FIELDS and close:
             raise ValueError(
-                f"preprocessing file {_quoted(path)}: unknown key {key!r}; did you mean "
-                f"{close[0]!r}?"
+                f"preprocessing file {_quoted(path)}: unknown key {key!r}; did you mean {close[0]!r}?"
             )
     return {key: meta[key] for key in _PREPROCESSING_FIELDS if key in meta}
 
@@ -212,9 +206,7 @@ def _model(args):
     is then registered, for this process, under the name given to --model.
     """
     options = {
-        field: getattr(args, field)
-        for field in _PREPROCESSING_FIELDS
-        if getattr(args, field) is not None
+        field: getattr(args, field) for field in _PREPROCESSING_FIELDS if getattr(args, field) is not None
     }
     model = args.model
     given = options or args.preprocessing is not None
@@ -227,9 +219,7 @@ def _model(args):
             flags = [f"--{field.replace('_', '-')}" for field in options]
             if args.preprocessing is not None:
                 flags.append("--preprocessing")
-            reason = (
-                "is registered with its own preprocessing" if registered else "is not a file"
-            )
+            reason = "is registered with its own preprocessing" if registered else "is not a file"
             raise ValueError(
                 f"{', '.join(flags)} {'applies' if len(flags) == 1 else 'apply'} only to an "
                 f"unregistered ONNX file given to --model; {_quoted(model)} {reason}"
@@ -256,7 +246,10 @@ def _model(args):
             where = f" (read from {_quoted(sidecar)}{' and the options' if options else ''})"
         raise ValueError(f"preprocessing of {_quoted(model)}{where}: {exc}") from None
     register_model(
-        model, path, preprocessing=preprocessing, description="given on the command line",
+        model,
+        path,
+        preprocessing=preprocessing,
+        description="given on the command line",
         overwrite=True,
     )
     return model
@@ -339,8 +332,7 @@ def _add_common(parser, model_help):
     parser.add_argument(
         "--cache-dir",
         metavar="DIR",
-        help="folder of downloaded models (default: $SKFISHING_CACHE_DIR, "
-        "else the user cache folder)",
+        help="folder of downloaded models (default: $SKFISHING_CACHE_DIR, else the user cache folder)",
     )
     parser.add_argument(
         "--no-progress",
@@ -359,25 +351,23 @@ def _add_common(parser, model_help):
         "that their shorter side is RESIZE, the central SIZE x SIZE square is "
         "cropped, and each 0-255 pixel value p becomes (p * SCALE - MEAN) / STD.",
     )
-    group.add_argument(
-        "--preprocessing", metavar="FILE.json", help="JSON file of the preprocessing"
-    )
+    group.add_argument("--preprocessing", metavar="FILE.json", help="JSON file of the preprocessing")
     group.add_argument("--size", type=int, help="side of the square network input")
+    group.add_argument("--resize", type=int, help="shorter side after resizing (default: SIZE)")
+    group.add_argument("--channel-order", choices=("RGB", "BGR"), help="channel order (default: RGB)")
+    group.add_argument("--scale", type=float, help="factor applied to 0-255 pixels first (default: 1/255)")
     group.add_argument(
-        "--resize", type=int, help="shorter side after resizing (default: SIZE)"
-    )
-    group.add_argument(
-        "--channel-order", choices=("RGB", "BGR"), help="channel order (default: RGB)"
-    )
-    group.add_argument(
-        "--scale", type=float, help="factor applied to 0-255 pixels first (default: 1/255)"
-    )
-    group.add_argument(
-        "--mean", type=float, nargs=3, metavar=("R", "G", "B"),
+        "--mean",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
         help="subtracted after scaling, in RGB order (default: 0 0 0)",
     )
     group.add_argument(
-        "--std", type=float, nargs=3, metavar=("R", "G", "B"),
+        "--std",
+        type=float,
+        nargs=3,
+        metavar=("R", "G", "B"),
         help="divides after the mean, in RGB order (default: 1 1 1)",
     )
 
@@ -391,8 +381,7 @@ def build_parser():
     """
     parser = argparse.ArgumentParser(
         prog="skfishing",
-        description="Deep Fishing gradient features of pretrained networks "
-        "(Gordo et al., BMVC 2015).",
+        description="Deep Fishing gradient features of pretrained networks (Gordo et al., BMVC 2015).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -411,9 +400,7 @@ def build_parser():
         "must accept a new file and it must not be one of the images.",
     )
     extract.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    extract.add_argument(
-        "-o", "--output", required=True, metavar="FILE", help="the .npz file to write"
-    )
+    extract.add_argument("-o", "--output", required=True, metavar="FILE", help="the .npz file to write")
     _add_common(extract, "registered model name or ONNX file")
     extract.add_argument(
         "--layer",
@@ -422,21 +409,15 @@ def build_parser():
         help="FC layer in the paper's numbering (classifier = 8), or an FC "
         "layer name of the graph (default: 7)",
     )
-    extract.add_argument(
-        "--temperature", type=float, default=2.0, help="softmax temperature (default: 2)"
-    )
+    extract.add_argument("--temperature", type=float, default=2.0, help="softmax temperature (default: 2)")
     extract.add_argument(
         "--features",
         choices=("gradient", "activation", "probabilities"),
         default="gradient",
         help="kind of features (default: gradient)",
     )
-    extract.add_argument(
-        "--batch-size", type=int, default=32, help="images per network run (default: 32)"
-    )
-    extract.add_argument(
-        "--overwrite", action="store_true", help="replace FILE if it exists"
-    )
+    extract.add_argument("--batch-size", type=int, default=32, help="images per network run (default: 32)")
+    extract.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
     extract.set_defaults(handler=_extract)
 
     models = commands.add_parser(

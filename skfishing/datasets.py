@@ -97,9 +97,7 @@ def _read_split(path):
     for number, line in _read_lines(path):
         fields = line.split()
         if len(fields) != 1:
-            raise ValueError(
-                f"{path}, line {number}: expected one image id, got {line!r}."
-            )
+            raise ValueError(f"{path}, line {number}: expected one image id, got {line!r}.")
         if fields[0] in seen:
             raise ValueError(f"{path}, line {number}: duplicate id {fields[0]!r}.")
         seen.add(fields[0])
@@ -116,14 +114,12 @@ def _read_class_labels(path, index):
         fields = line.split()
         if len(fields) != 2 or fields[1] not in ("1", "-1", "0"):
             raise ValueError(
-                f"{path}, line {number}: expected '<image id> <label>' with "
-                f"label 1, -1 or 0; got {line!r}."
+                f"{path}, line {number}: expected '<image id> <label>' with label 1, -1 or 0; got {line!r}."
             )
         image_id, label = fields
         if image_id not in index:
             raise ValueError(
-                f"{path}, line {number}: image id {image_id!r} is not in the "
-                "split's image list."
+                f"{path}, line {number}: image id {image_id!r} is not in the split's image list."
             )
         row = index[image_id]
         if labels[row] != 2:
@@ -132,8 +128,7 @@ def _read_class_labels(path, index):
     missing = [image_id for image_id, row in index.items() if labels[row] == 2]
     if missing:
         raise ValueError(
-            f"{path} has no label for {len(missing)} image(s) of the split, "
-            f"e.g. {missing[:_MAX_LISTED]}."
+            f"{path} has no label for {len(missing)} image(s) of the split, e.g. {missing[:_MAX_LISTED]}."
         )
     return labels
 
@@ -269,19 +264,13 @@ def load_voc2012(root, split="trainval"):
 def _load_voc(root, split, year):
     """Image paths and labels of split ``split`` of the VOC release ``year``."""
     if not isinstance(split, str) or not split or any(c in split for c in "/\\"):
-        raise ValueError(
-            f"split must be the name of an image set such as 'trainval'; got "
-            f"{split!r}."
-        )
+        raise ValueError(f"split must be the name of an image set such as 'trainval'; got {split!r}.")
     folder = _voc_folder(Path(root).expanduser(), year)
     main = folder / "ImageSets" / "Main"
     ids = _read_split(main / f"{split}.txt")
     index = {image_id: row for row, image_id in enumerate(ids)}
     raw = np.column_stack(
-        [
-            _read_class_labels(main / f"{name}_{split}.txt", index)
-            for name in VOC2007_CLASSES
-        ]
+        [_read_class_labels(main / f"{name}_{split}.txt", index) for name in VOC2007_CLASSES]
     )
     images = [folder / "JPEGImages" / f"{image_id}.jpg" for image_id in ids]
     missing = [str(path) for path in images if not path.is_file()]
@@ -365,8 +354,7 @@ def load_voc2007_npz(path, split=None):
     n = len(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
-            f"{path}: images must be uint8 of shape (N, H, W, 3); got "
-            f"{images.dtype} {images.shape}."
+            f"{path}: images must be uint8 of shape (N, H, W, 3); got {images.dtype} {images.shape}."
         )
     n_classes = len(arrays["classes"])
     for key, shape in [
@@ -376,9 +364,7 @@ def load_voc2007_npz(path, split=None):
         ("ids", (n,)),
     ]:
         if arrays[key].shape != shape:
-            raise ValueError(
-                f"{path}: {key} must have shape {shape}; got {arrays[key].shape}."
-            )
+            raise ValueError(f"{path}: {key} must have shape {shape}; got {arrays[key].shape}.")
     if split in (None, "trainval"):
         rows = np.arange(n)
     else:
@@ -438,11 +424,7 @@ def load_digits_images(size=32):
     if size != 8:
         grey = np.stack(
             [
-                np.asarray(
-                    Image.fromarray(image).resize(
-                        (size, size), Image.Resampling.BILINEAR
-                    )
-                )
+                np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
                 for image in grey
             ]
         )

@@ -107,8 +107,7 @@ def _load_voc(data, quick):
         train, test = load_voc2007_npz(path, "train"), load_voc2007_npz(path, "val")
     else:
         raise ValueError(
-            f"data must be a VOCdevkit folder or a .npz archive of VOC2007 "
-            f"images; got {str(path)!r}."
+            f"data must be a VOCdevkit folder or a .npz archive of VOC2007 images; got {str(path)!r}."
         )
     if quick:
         rng = np.random.default_rng(_SEED)
@@ -159,17 +158,13 @@ def _report(results):
     ]
     for row in results.rows:
         tau = "-" if row.temperature is None else f"{row.temperature:g}"
-        lines.append(
-            f"{row.feature:<8}  {row.kind:<8}  {row.layer:>5}  {tau:>4}  "
-            f"{row.score:>13.4f}"
-        )
+        lines.append(f"{row.feature:<8}  {row.kind:<8}  {row.layer:>5}  {tau:>4}  {row.score:>13.4f}")
     grid = results.grid
     best = grid.best_params
     grid_text = " x ".join(f"{k.split('__')[1]} {v}" for k, v in PARAM_GRID.items())
     lines += [
         "",
-        f"Grid search on the gradient pipeline ({grid_text}; {CV_FOLDS}-fold CV "
-        "on the training images):",
+        f"Grid search on the gradient pipeline ({grid_text}; {CV_FOLDS}-fold CV on the training images):",
         f"  best layer={best['fish__layer']}, temperature="
         f"{best['fish__temperature']:g}: CV {metric} {grid.cv_score:.4f}, "
         f"test {metric} {grid.test_score:.4f}",
@@ -180,9 +175,7 @@ def _report(results):
     }
     lines.append(
         "Best forward row: {0.feature} ({0.score:.4f}); best gradient row: "
-        "{1.feature} ({1.score:.4f}).".format(
-            best_rows["forward"], best_rows["gradient"]
-        )
+        "{1.feature} ({1.score:.4f}).".format(best_rows["forward"], best_rows["gradient"])
     )
     return "\n".join(lines)
 

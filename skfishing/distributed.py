@@ -43,9 +43,7 @@ def _dask():
         import dask
         import dask.array as da
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "skfishing.distributed needs dask: pip install 'skfishing[dask]'"
-        ) from exc
+        raise ImportError("skfishing.distributed needs dask: pip install 'skfishing[dask]'") from exc
     return dask, da
 
 
@@ -352,9 +350,17 @@ def from_zarr(store):
         metadata=source or None,
     )
     return da.blockwise(
-        _join_fields, "i", forward, "ia", backward, "ib",
-        dtype=dtype, meta=np.empty(0, dtype=dtype), concatenate=True,
-        join_dtype=dtype, name="skfishing-join",
+        _join_fields,
+        "i",
+        forward,
+        "ia",
+        backward,
+        "ib",
+        dtype=dtype,
+        meta=np.empty(0, dtype=dtype),
+        concatenate=True,
+        join_dtype=dtype,
+        name="skfishing-join",
     )
 
 

@@ -98,9 +98,7 @@ def _source_of(features, transformer):
             for key in SOURCE_KEYS
             if recorded.get(key) != source.get(key)
         )
-        raise ValueError(
-            f"features come from another model or setting than transformer: {differ}."
-        )
+        raise ValueError(f"features come from another model or setting than transformer: {differ}.")
     return source
 
 
@@ -131,8 +129,7 @@ def _check_features(features):
     for name, array in arrays.items():
         if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
             raise ValueError(
-                f"features {name!r} must have at least one row and one column; got shape "
-                f"{array.shape}."
+                f"features {name!r} must have at least one row and one column; got shape {array.shape}."
             )
         _check_finite(array, f"features {name!r}")
     return arrays, kind
@@ -171,14 +168,11 @@ def _check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=T
     path = Path(file)
     if path.is_dir():
         raise IsADirectoryError(
-            f"output {str(path)!r} is a folder; give a file name, such as "
-            f"{str(path / 'features.npz')!r}"
+            f"output {str(path)!r} is a folder; give a file name, such as {str(path / 'features.npz')!r}"
         )
     if os.path.lexists(path):
         if not overwrite:
-            raise FileExistsError(
-                f"output file {str(path)!r} exists; {how_to_overwrite} to replace it"
-            )
+            raise FileExistsError(f"output file {str(path)!r} exists; {how_to_overwrite} to replace it")
         if path.exists() and not path.is_file():
             raise OSError(
                 f"output {str(path)!r} exists and is not a regular file (a FIFO, "
@@ -204,9 +198,7 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     existing file is replaced only once the new one is complete.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=".part", dir=path.parent
-    )
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     try:
         with os.fdopen(descriptor, "wb") as handle:
             np.savez(handle, **arrays)
@@ -249,8 +241,7 @@ def _feature_arrays(features, transformer=None, paths=None):
         paths = [os.fspath(path) for path in paths]
         if len(paths) != n_samples or not all(isinstance(path, str) for path in paths):
             raise ValueError(
-                f"paths must hold one str path per row of features ({n_samples}); got "
-                f"{len(paths)} items."
+                f"paths must hold one str path per row of features ({n_samples}); got {len(paths)} items."
             )
         arrays["paths"] = np.array(paths, dtype=str).reshape(n_samples)
     if transformer is not None and isinstance(transformer.model, (str, os.PathLike)):
@@ -401,8 +392,7 @@ def load_features(file):
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(
-            f"{str(path)!r} is not a features file written by skfishing extract or "
-            f"save_features: {exc}"
+            f"{str(path)!r} is not a features file written by skfishing extract or save_features: {exc}"
         ) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"{str(path)!r} is a .npy file, not a .npz features file.")
@@ -416,9 +406,7 @@ def load_features(file):
 def _read_features(archive, path):
     files = set(archive.files)
     if "format" in files and _scalar(archive, "format", "U", path) != FORMAT:
-        raise ValueError(
-            f"unknown format {archive['format'].item()!r} (this version reads {FORMAT!r})."
-        )
+        raise ValueError(f"unknown format {archive['format'].item()!r} (this version reads {FORMAT!r}).")
     if {"forward", "backward"} <= files:
         blocks = {name: archive[name] for name in ("forward", "backward")}
     elif "features" in files:
@@ -432,27 +420,37 @@ def _read_features(archive, path):
     for name, block in blocks.items():
         if block.ndim != 2 or block.dtype.kind != "f" or 0 in block.shape:
             raise ValueError(
-                f"array {name!r} must be a non-empty 2-D float array; got {block.dtype} "
-                f"{block.shape}."
+                f"array {name!r} must be a non-empty 2-D float array; got {block.dtype} {block.shape}."
             )
         if n_samples is not None and len(block) != n_samples:
-            raise ValueError(
-                f"'forward' has {n_samples} rows but 'backward' has {len(block)}."
-            )
+            raise ValueError(f"'forward' has {n_samples} rows but 'backward' has {len(block)}.")
         n_samples = len(block)
         _check_finite(block, f"array {name!r}")
-    data = Bunch(features=None, kind=None, paths=None, model=None, model_sha256=None,
-                 layer=None, temperature=None, labels=None, source=None)
-    for key, kind in (("kind", "U"), ("model", "U"), ("model_sha256", "U"),
-                      ("layer", "iu"), ("temperature", "f")):
+    data = Bunch(
+        features=None,
+        kind=None,
+        paths=None,
+        model=None,
+        model_sha256=None,
+        layer=None,
+        temperature=None,
+        labels=None,
+        source=None,
+    )
+    for key, kind in (
+        ("kind", "U"),
+        ("model", "U"),
+        ("model_sha256", "U"),
+        ("layer", "iu"),
+        ("temperature", "f"),
+    ):
         if key in files:
             data[key] = _scalar(archive, key, kind, path)
     if "paths" in files:
         paths = archive["paths"]
         if paths.dtype.kind != "U" or paths.shape != (n_samples,):
             raise ValueError(
-                f"'paths' must hold {n_samples} str paths, one per row; got {paths.dtype} "
-                f"{paths.shape}."
+                f"'paths' must hold {n_samples} str paths, one per row; got {paths.dtype} {paths.shape}."
             )
         data.paths = paths
     if "labels" in files:
@@ -469,8 +467,11 @@ def _read_features(archive, path):
         if data.layer is None or data.temperature is None:
             raise ValueError("'model_sha256' is given without 'layer' and 'temperature'.")
         data.layer, data.temperature = int(data.layer), float(data.temperature)
-        data.source = {"model_sha256": data.model_sha256, "layer": data.layer,
-                       "temperature": data.temperature}
+        data.source = {
+            "model_sha256": data.model_sha256,
+            "layer": data.layer,
+            "temperature": data.temperature,
+        }
         if data.labels is not None:
             data.source["labels"] = data.labels
     if gradient:

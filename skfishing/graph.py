@@ -76,7 +76,9 @@ _CONSTRAINTS = {
 
 def _validated(*names, **more):
     """``validate_params`` for the parameters ``names`` of a graph builder."""
-    return validate_params({**{n: _CONSTRAINTS[n] for n in names}, **more}, prefer_skip_nested_validation=True)
+    return validate_params(
+        {**{n: _CONSTRAINTS[n] for n in names}, **more}, prefer_skip_nested_validation=True
+    )
 
 
 #: Graph input holding the temperature :math:`\tau` (a scalar with a default).
@@ -255,9 +257,7 @@ def _input_sum(parts, value_info, opset):
     from_state=["boolean"],
     input_sum=["boolean"],
 )
-def build_model(
-    model, head, outputs, *, from_state=False, temperature=2.0, labels=None, input_sum=False
-):
+def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labels=None, input_sum=False):
     """A graph from the network input (or the state) to the requested tensors.
 
     Only what the outputs need is kept: the trunk and the head up to them,
@@ -306,9 +306,7 @@ def build_model(
     nodes, read = _needed(parts.nodes, names, stop)
     inits = [i for i in parts.inits if i.name in read]
     tensors = [i for i in inits if i.name in (TEMPERATURE, LABELS)]
-    extra_inputs = [
-        helper.make_tensor_value_info(i.name, parts.elem, list(i.dims)) for i in tensors
-    ]
+    extra_inputs = [helper.make_tensor_value_info(i.name, parts.elem, list(i.dims)) for i in tensors]
     output_infos = [parts.info(t) for t in outputs]
     if from_state:
         inputs = [parts.info(t) for t in state if t.name in read]

@@ -183,10 +183,7 @@ class FCHead:
         """One line per layer, for error messages."""
         lines = [f"  activation {self.input_number}: head input '{self.input_name}'"]
         for layer in self.layers:
-            lines.append(
-                f"  layer {layer.number}: '{layer.name}' "
-                f"({layer.n_inputs} -> {layer.n_outputs})"
-            )
+            lines.append(f"  layer {layer.number}: '{layer.name}' ({layer.n_inputs} -> {layer.n_outputs})")
         return "\n".join(lines)
 
 

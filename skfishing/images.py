@@ -106,10 +106,7 @@ class ImagePreprocessing:
             if field == "resize" and value is None:
                 continue
             if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(
-                    f"ImagePreprocessing.{field} must be a positive integer, "
-                    f"got {value!r}."
-                )
+                raise ValueError(f"ImagePreprocessing.{field} must be a positive integer, got {value!r}.")
             object.__setattr__(self, field, int(value))
         if self.resize is not None and self.resize < self.size:
             raise ValueError(
@@ -118,13 +115,11 @@ class ImagePreprocessing:
             )
         if self.channel_order not in ("RGB", "BGR"):
             raise ValueError(
-                "ImagePreprocessing.channel_order must be 'RGB' or 'BGR', "
-                f"got {self.channel_order!r}."
+                f"ImagePreprocessing.channel_order must be 'RGB' or 'BGR', got {self.channel_order!r}."
             )
         if not _is_positive_real(self.scale):
             raise ValueError(
-                "ImagePreprocessing.scale must be a positive finite number, "
-                f"got {self.scale!r}."
+                f"ImagePreprocessing.scale must be a positive finite number, got {self.scale!r}."
             )
         object.__setattr__(self, "scale", float(self.scale))
         for field in ("mean", "std"):
@@ -139,8 +134,7 @@ class ImagePreprocessing:
             ):
                 kind = "positive finite" if positive else "finite"
                 raise ValueError(
-                    f"ImagePreprocessing.{field} must be 3 {kind} numbers "
-                    f"(RGB order), got {value!r}."
+                    f"ImagePreprocessing.{field} must be 3 {kind} numbers (RGB order), got {value!r}."
                 )
             object.__setattr__(self, field, values)
         _check_float32(self)
@@ -152,12 +146,7 @@ class ImagePreprocessing:
 
 
 def _is_positive_real(value):
-    return (
-        isinstance(value, Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
 def _check_float32(preprocessing):
@@ -264,8 +253,7 @@ def _check_image_kind(image):
         _check_image_array(image)
     elif not isinstance(image, (*_PATH_TYPES, Image.Image)):
         raise TypeError(
-            "An image must be a file path, a PIL.Image.Image or a uint8 array, "
-            f"got {type(image).__name__}."
+            f"An image must be a file path, a PIL.Image.Image or a uint8 array, got {type(image).__name__}."
         )
 
 
@@ -277,10 +265,7 @@ def _check_image_array(array):
             "(n_samples, *input_shape)."
         )
     if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(
-            "Image arrays must have shape (H, W), (H, W, 3) or (H, W, 4), "
-            f"got {array.shape}."
-        )
+        raise ValueError(f"Image arrays must have shape (H, W), (H, W, 3) or (H, W, 4), got {array.shape}.")
     if 0 in array.shape:
         raise ValueError(f"Image array is empty, shape {array.shape}.")
 
@@ -304,15 +289,18 @@ def _check_regular_file(path):
     if stat.S_ISDIR(mode):
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
     kind = (
-        "a named pipe (FIFO)" if stat.S_ISFIFO(mode)
-        else "a socket" if stat.S_ISSOCK(mode)
-        else "a character device" if stat.S_ISCHR(mode)
-        else "a block device" if stat.S_ISBLK(mode)
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a character device"
+        if stat.S_ISCHR(mode)
+        else "a block device"
+        if stat.S_ISBLK(mode)
         else "a special file"
     )
     raise OSError(
-        f"{os.fspath(path)!r} is {kind}, not a regular file; only regular "
-        "files are read as images."
+        f"{os.fspath(path)!r} is {kind}, not a regular file; only regular files are read as images."
     )
 
 
@@ -356,8 +344,12 @@ def _load(image, preprocessing=None):
     if orientation in _TRANSPOSING_ORIENTATIONS:
         stored_size = stored_size[::-1]
     box = _crop_box(*stored_size, preprocessing)
-    box = ((box[0] + dx) / reduction, (box[1] + dy) / reduction,
-           (box[2] + dx) / reduction, (box[3] + dy) / reduction)
+    box = (
+        (box[0] + dx) / reduction,
+        (box[1] + dy) / reduction,
+        (box[2] + dx) / reduction,
+        (box[3] + dy) / reduction,
+    )
     return img, box
 
 
@@ -488,11 +480,7 @@ def preprocess_image(image, preprocessing, *, out=None):
     _check_image_kind(image)
     if out is not None:
         shape = preprocessing.input_shape
-        if (
-            out.shape != shape
-            or out.dtype not in (np.float32, np.float64)
-            or not out.flags.writeable
-        ):
+        if out.shape != shape or out.dtype not in (np.float32, np.float64) or not out.flags.writeable:
             raise ValueError(
                 f"out must be a writeable float32 or float64 array of shape {shape}, "
                 f"got a{'' if out.flags.writeable else ' read-only'} {out.dtype} "

@@ -171,21 +171,16 @@ def _stack_rows(rows, name):
 
 def _check_structured(X, name):
     if X.ndim != 1:
-        raise ValueError(
-            f"{name} must be a structured array of shape (n_samples,), "
-            f"got shape {X.shape}."
-        )
+        raise ValueError(f"{name} must be a structured array of shape (n_samples,), got shape {X.shape}.")
     if sorted(X.dtype.names) != sorted(_FIELDS):
         raise ValueError(
-            f"{name} must have exactly the fields 'forward' and 'backward', "
-            f"got {X.dtype.names}."
+            f"{name} must have exactly the fields 'forward' and 'backward', got {X.dtype.names}."
         )
     for field in _FIELDS:
         dtype = X.dtype[field]
         if dtype.base.kind != "f" or dtype.ndim != 1 or dtype.shape[0] == 0:
             raise ValueError(
-                f"{name} field {field!r} must be a non-empty 1-D subarray of "
-                f"floats, got dtype {dtype}."
+                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, got dtype {dtype}."
             )
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
@@ -212,14 +207,12 @@ def _check_same_layout(X, name, reference, reference_name):
     if not _is_structured(X):
         if X.shape[1] != reference.shape[1]:
             raise ValueError(
-                f"{name} has {X.shape[1]} features but {reference_name} has "
-                f"{reference.shape[1]}."
+                f"{name} has {X.shape[1]} features but {reference_name} has {reference.shape[1]}."
             )
         return
     for field in _FIELDS:
         width, expected = X.dtype[field].shape[0], reference.dtype[field].shape[0]
         if width != expected:
             raise ValueError(
-                f"{name} has field {field!r} of width {width} but "
-                f"{reference_name} has {expected}."
+                f"{name} has field {field!r} of width {width} but {reference_name} has {expected}."
             )

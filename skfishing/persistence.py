@@ -56,6 +56,7 @@ TRUSTED_TYPES = tuple(
     )
 )
 
+
 def _skops():
     try:
         import skops.io

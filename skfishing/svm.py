@@ -200,9 +200,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
         self.estimators_ = [clone(svc).fit(gram, t) for t in targets]
         del gram
         self.n_iter_ = np.concatenate([s.n_iter_ for s in self.estimators_])
-        self.support_ = np.unique(
-            np.concatenate([s.support_ for s in self.estimators_])
-        )
+        self.support_ = np.unique(np.concatenate([s.support_ for s in self.estimators_]))
         self.support_vectors_ = X[self.support_]
         self.feature_source_ = _source(X)
         coefs = [_pairwise_coefficients(s, self.support_) for s in self.estimators_]
@@ -275,9 +273,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
             as ``SVC.predict`` on the full test-train kernel.
         """
         if self.break_ties and self.decision_function_shape == "ovo":
-            raise ValueError(
-                "break_ties must be False when decision_function_shape is 'ovo'"
-            )
+            raise ValueError("break_ties must be False when decision_function_shape is 'ovo'")
         decision = self._pairwise_decision(X)
         if self._multilabel():
             labels = self.estimators_[0].classes_

@@ -163,7 +163,11 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "providers": [list, tuple, None],
         "allow_tf32": ["boolean"],
-        "n_jobs": [Interval(Integral, None, -1, closed="right"), Interval(Integral, 1, None, closed="left"), None],
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "progress": ["boolean"],
         "cache_dir": [str, os.PathLike, None],
         "memory": [str, os.PathLike, FeatureCache, None],
@@ -420,7 +424,9 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         )
         keys = cache.sample_keys(X, context)
         labels_id = None if labels is None else labels.tobytes().hex()
-        output_keys = derived_keys(keys, f"{[t.name for t in outputs]}|{float(self.temperature)!r}|{labels_id}")
+        output_keys = derived_keys(
+            keys, f"{[t.name for t in outputs]}|{float(self.temperature)!r}|{labels_id}"
+        )
         n_samples = len(keys)
         writer.allocate(n_samples)
         widths = [network.head.width(t) for t in outputs]

@@ -15,8 +15,18 @@ def _init(name, array):
     return numpy_helper.from_array(np.asarray(array), name)
 
 
-def mlp_model(widths=(6, 5, 4, 3), *, seed=0, dtype=np.float32, trans_b=0, matmul=False,
-              dropout=False, softmax=False, flatten=False, opset=17):
+def mlp_model(
+    widths=(6, 5, 4, 3),
+    *,
+    seed=0,
+    dtype=np.float32,
+    trans_b=0,
+    matmul=False,
+    dropout=False,
+    softmax=False,
+    flatten=False,
+    opset=17,
+):
     """A tabular MLP ``widths[0] -> ... -> widths[-1]`` with ReLU between layers.
 
     Returns (model, weights, biases) with weights stored as (in, out).
@@ -41,7 +51,9 @@ def mlp_model(widths=(6, 5, 4, 3), *, seed=0, dtype=np.float32, trans_b=0, matmu
             nodes.append(helper.make_node("Add", [f"b{i}", f"mm{i}"], [f"y{i}"]))
         else:
             inits += [_init(f"W{i}", W.T.copy() if trans_b else W), _init(f"b{i}", bias)]
-            nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"y{i}"], transB=trans_b, name=f"fc{i}"))
+            nodes.append(
+                helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"y{i}"], transB=trans_b, name=f"fc{i}")
+            )
         x = f"y{i}"
         if i < n_layers - 1:
             nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
@@ -54,7 +66,11 @@ def mlp_model(widths=(6, 5, 4, 3), *, seed=0, dtype=np.float32, trans_b=0, matmu
         nodes.append(helper.make_node("Softmax", [x], ["prob"], axis=1))
         outputs = [helper.make_tensor_value_info("prob", elem, ["N", widths[-1]])]
     graph = helper.make_graph(
-        nodes, "mlp", [helper.make_tensor_value_info("input", elem, ["N", widths[0]])], outputs, initializer=inits
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", elem, ["N", widths[0]])],
+        outputs,
+        initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
@@ -74,19 +90,24 @@ def any_width_model(*, seed=0):
         helper.make_node(op, ["input"], [op], axes=[1], keepdims=1)
         for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2")
     ]
-    nodes.append(helper.make_node("Concat", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2"], ["stats"], axis=1))
+    nodes.append(
+        helper.make_node("Concat", ["ReduceMean", "ReduceMax", "ReduceMin", "ReduceL2"], ["stats"], axis=1)
+    )
     inits, x = [], "stats"
     widths = (4, 6, 5, 3)
     for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
-        inits += [_init(f"W{i}", (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)),
-                  _init(f"b{i}", rng.normal(scale=0.3, size=b).astype(np.float32))]
+        inits += [
+            _init(f"W{i}", (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32)),
+            _init(f"b{i}", rng.normal(scale=0.3, size=b).astype(np.float32)),
+        ]
         nodes.append(helper.make_node("Gemm", [x, f"W{i}", f"b{i}"], [f"y{i}"], name=f"fc{i}"))
         x = f"y{i}"
         if i < 2:
             nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
             x = f"r{i}"
     graph = helper.make_graph(
-        nodes, "any-width",
+        nodes,
+        "any-width",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", "d"])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["N", 3])],
         initializer=inits,
@@ -107,19 +128,31 @@ def caffe_alexnet_model(*, seed=0, n_classes=7):
     conv_w = (rng.normal(size=(4, 3, 3, 3)) / 3).astype(np.float32)
     conv_b = rng.normal(scale=0.1, size=4).astype(np.float32)
     widths = [4 * 3 * 3, 10, 9, n_classes]  # pool5 is (4, 3, 3)
-    weights = [(rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:])]
+    weights = [
+        (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:])
+    ]
     biases = [rng.normal(scale=0.3, size=b).astype(np.float32) for b in widths[1:]]
-    inits = [_init("conv1_w_0", conv_w), _init("conv1_b_0", conv_b), _init("OC2_DUMMY_1", np.array([1, 36], np.int64))]
+    inits = [
+        _init("conv1_w_0", conv_w),
+        _init("conv1_b_0", conv_b),
+        _init("OC2_DUMMY_1", np.array([1, 36], np.int64)),
+    ]
     nodes = [
-        helper.make_node("Conv", ["data_0", "conv1_w_0", "conv1_b_0"], ["conv1_1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["data_0", "conv1_w_0", "conv1_b_0"], ["conv1_1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["conv1_1"], ["conv1_2"]),
-        helper.make_node("MaxPool", ["conv1_2"], ["pool5_1"], kernel_shape=[3, 3], strides=[3, 3], pads=[0, 0, 1, 1]),
+        helper.make_node(
+            "MaxPool", ["conv1_2"], ["pool5_1"], kernel_shape=[3, 3], strides=[3, 3], pads=[0, 0, 1, 1]
+        ),
         helper.make_node("Reshape", ["pool5_1", "OC2_DUMMY_1"], ["OC2_DUMMY_0"]),
     ]
     x = "OC2_DUMMY_0"
     for i, name in enumerate(["fc6", "fc7", "fc8"]):
         inits += [_init(f"{name}_w_0", weights[i].T.copy()), _init(f"{name}_b_0", biases[i])]
-        nodes.append(helper.make_node("Gemm", [x, f"{name}_w_0", f"{name}_b_0"], [f"{name}_1"], transB=1, name=name))
+        nodes.append(
+            helper.make_node("Gemm", [x, f"{name}_w_0", f"{name}_b_0"], [f"{name}_1"], transB=1, name=name)
+        )
         x = f"{name}_1"
         if i < 2:
             nodes += [
@@ -138,7 +171,13 @@ def caffe_alexnet_model(*, seed=0, n_classes=7):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
     model.ir_version = 7
     onnx.checker.check_model(model, full_check=True)
-    return model, conv_w, conv_b, [w.astype(np.float64) for w in weights], [b.astype(np.float64) for b in biases]
+    return (
+        model,
+        conv_w,
+        conv_b,
+        [w.astype(np.float64) for w in weights],
+        [b.astype(np.float64) for b in biases],
+    )
 
 
 def numpy_fisher(x, weights, biases, temperature=2.0, labels=None):
@@ -187,19 +226,36 @@ def torch_model(kind, *, seed=0, n_classes=10, double=False):
     torch.manual_seed(seed)
     if kind == "alexnet":
         net = nn.Sequential(
-            nn.Conv2d(3, 6, 5, stride=2, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 6, 5, stride=2, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(6, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
             nn.Flatten(),
-            nn.Dropout(), nn.Linear(32, 24), nn.ReLU(),
-            nn.Dropout(), nn.Linear(24, 20), nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(32, 24),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(24, 20),
+            nn.ReLU(),
             nn.Linear(20, n_classes),
         )
     elif kind == "vgg":
         net = nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(),
-            nn.Linear(24, 30), nn.ReLU(), nn.Dropout(),
-            nn.Linear(30, 25), nn.ReLU(), nn.Dropout(),
+            nn.Conv2d(3, 4, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(4, 6, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d((2, 2)),
+            nn.Flatten(),
+            nn.Linear(24, 30),
+            nn.ReLU(),
+            nn.Dropout(),
+            nn.Linear(30, 25),
+            nn.ReLU(),
+            nn.Dropout(),
             nn.Linear(25, n_classes),
         )
     else:
@@ -220,8 +276,16 @@ def torch_model(kind, *, seed=0, n_classes=10, double=False):
     example = torch.zeros(1, 3, 16, 16, dtype=torch.float64 if double else torch.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, example, buf, dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17)
+        torch.onnx.export(
+            net,
+            example,
+            buf,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+            opset_version=17,
+        )
     return net, onnx.load_from_string(buf.getvalue())
 
 

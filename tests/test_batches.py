@@ -3,8 +3,8 @@
 import contextlib
 import io
 import os
-import sys
 import pathlib
+import sys
 import threading
 import time
 
@@ -31,7 +31,6 @@ def _collect(*args, **kwargs):
 def _save(img, path, **kwargs):
     img.save(path, **kwargs)
     return str(path)
-
 
 
 # -- same picture, any input kind ----------------------------------------------
@@ -99,10 +98,7 @@ def test_dtype_of_image_batches():
 
 
 def _good_paths(tmp_path, n):
-    return [
-        _save(Image.fromarray(_rgb(10, 10, i)), tmp_path / f"ok{i}.png")
-        for i in range(n)
-    ]
+    return [_save(Image.fromarray(_rgb(10, 10, i)), tmp_path / f"ok{i}.png") for i in range(n)]
 
 
 def _truncated_jpeg(tmp_path):
@@ -202,9 +198,7 @@ def test_invalid_X(X, preprocessing, error, match):
 
 
 def test_preprocessing_must_match_network_input():
-    with pytest.raises(
-        ValueError, match=r"produces samples of shape \(3, 8, 8\).*\(3, 9, 9\)"
-    ):
+    with pytest.raises(ValueError, match=r"produces samples of shape \(3, 8, 8\).*\(3, 9, 9\)"):
         iter_batches([_rgb(8, 8)], (3, 9, 9), PREP)
     n, _ = iter_batches([_rgb(8, 8)], (3, None, None), PREP)  # dynamic dims
     assert n == 1
@@ -253,9 +247,7 @@ def test_array_cast_to_dtype():
     assert _collect(np.ones((2, 4, 4, 3), np.uint8), (4, 4, 3), None)[0] == 2
 
 
-@pytest.mark.parametrize(
-    "value, what", [(np.nan, "NaN"), (np.inf, "infinity"), (1e300, "infinity")]
-)
+@pytest.mark.parametrize("value, what", [(np.nan, "NaN"), (np.inf, "infinity"), (1e300, "infinity")])
 def test_non_finite_sample_is_named(value, what):
     X = np.zeros((2000, 3))
     X[1500, 1] = value  # in the second chunk of the check
@@ -300,7 +292,9 @@ def _numbered_pngs(tmp_path, n):
 
 def test_order_preserved_with_parallel_decoding(tmp_path):
     delays = np.random.default_rng(0).uniform(0, 0.005, 40)
-    X = [_Slow(path, delay) for path, delay in zip(_numbered_pngs(tmp_path, 40), delays)]  # out-of-order completion
+    X = [
+        _Slow(path, delay) for path, delay in zip(_numbered_pngs(tmp_path, 40), delays)
+    ]  # out-of-order completion
     n, batches = _collect(X, SHAPE, ImagePreprocessing(8, scale=1.0), batch_size=6, n_jobs=4)
     out = np.concatenate(batches)
     np.testing.assert_array_equal(out[:, 0, 0, 0], np.arange(40))
@@ -366,9 +360,7 @@ def test_skip_arrays():
     np.testing.assert_array_equal(np.concatenate(batches), X[~skip])
     n, batches = _collect(X, (2,), None, batch_size=3, skip=np.zeros(7, bool))
     assert all(np.shares_memory(b, X) for b in batches)
-    with pytest.raises(
-        ValueError, match=r"skip must be a boolean array of shape \(7,\)"
-    ):
+    with pytest.raises(ValueError, match=r"skip must be a boolean array of shape \(7,\)"):
         iter_batches(X, (2,), skip=[0, 1])
 
 

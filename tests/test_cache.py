@@ -64,8 +64,13 @@ def test_clones_share_one_forward_pass_per_sample(trunk_runs):
     cold = clone(base).fit_transform(X)
     assert sum(trunk_runs) == 10
     # other layers, temperatures and labels reuse the states of the first clone
-    for params in [dict(), dict(layer=6), dict(temperature=4.0), dict(layer=8, temperature=1.0),
-                   dict(labels=np.eye(7)[2])]:
+    for params in [
+        dict(),
+        dict(layer=6),
+        dict(temperature=4.0),
+        dict(layer=8, temperature=1.0),
+        dict(labels=np.eye(7)[2]),
+    ]:
         cached = clone(base).set_params(**params).fit_transform(X)
         direct = DeepFisherTransformer(MODEL, batch_size=3).set_params(**{"layer": 7, **params}).transform(X)
         _assert_same(cached, direct)
@@ -102,7 +107,12 @@ def test_head_outputs_are_computed_once_per_sample_and_parameters(trunk_runs, he
     fold = clone(base).transform(X[3:8])  # a cross-validation fold: nothing to recompute
     assert sum(head_runs) == 10
     _assert_same(fold, full[3:8])
-    for params in [dict(temperature=4.0), dict(layer=7), dict(labels=np.eye(7)[2]), dict(labels=np.eye(7)[3])]:
+    for params in [
+        dict(temperature=4.0),
+        dict(layer=7),
+        dict(labels=np.eye(7)[2]),
+        dict(labels=np.eye(7)[3]),
+    ]:
         before = sum(head_runs)
         clone(base).set_params(**params).transform(X)
         assert sum(head_runs) == before + 10, params
@@ -232,7 +242,9 @@ def test_the_checks_of_disk_entries_can_fail(tmp_path):
     (tmp_path / "b.npy").write_bytes((tmp_path / "a.npy").read_bytes())
     with pytest.warns(CorruptCacheWarning, match="b.npy is corrupt: its checksum"):
         assert store.get("b", np.float32, (5,)) is None
-    with pytest.warns(CorruptCacheWarning, match="holds float32 values of shape \\(5,\\), not float32 of shape \\(6,\\)"):
+    with pytest.warns(
+        CorruptCacheWarning, match="holds float32 values of shape \\(5,\\), not float32 of shape \\(6,\\)"
+    ):
         assert store.get("a", np.float32, (6,)) is None
     assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]  # still a .npy file
 

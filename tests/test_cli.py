@@ -15,7 +15,6 @@ from skfishing.cli import collect_images, main
 from skfishing.datasets import load_digits_images
 
 
-
 @pytest.fixture
 def pngs(tmp_path):
     """Five digit pictures as PNG files (RGB, grey and palette modes)."""
@@ -49,7 +48,17 @@ def test_extract_gradient_matches_transformer(tiny_cnn, pngs, tmp_path, capsys):
     Z = fish.fit_transform(pngs)
     with np.load(out, allow_pickle=False) as saved:
         assert sorted(saved.files) == sorted(
-            ["format", "forward", "backward", "paths", "model", "model_sha256", "layer", "temperature", "kind"]
+            [
+                "format",
+                "forward",
+                "backward",
+                "paths",
+                "model",
+                "model_sha256",
+                "layer",
+                "temperature",
+                "kind",
+            ]
         )
         np.testing.assert_array_equal(saved["forward"], Z["forward"])
         np.testing.assert_array_equal(saved["backward"], Z["backward"])
@@ -69,8 +78,20 @@ def test_extract_folder_and_activation(tiny_cnn, pngs, tmp_path):
     upper = folder / "ZZZ.PNG"
     shutil.copy(pngs[1], upper)
     out = tmp_path / "x5.npz"
-    argv = ["extract", str(folder), pngs[0], "--model", tiny_cnn, "--features", "activation",
-            "--layer", "5", "-o", str(out), "--no-progress"]
+    argv = [
+        "extract",
+        str(folder),
+        pngs[0],
+        "--model",
+        tiny_cnn,
+        "--features",
+        "activation",
+        "--layer",
+        "5",
+        "-o",
+        str(out),
+        "--no-progress",
+    ]
     assert main(argv) == 0
     expected = sorted(pngs + [str(upper)]) + [pngs[0]]
     assert collect_images([str(folder), pngs[0]]) == expected
@@ -221,10 +242,14 @@ def test_console_script(tmp_path):
     missing = tmp_path / "nope.png"
     failed = subprocess.run(
         [script, "extract", str(missing), "-o", str(tmp_path / "f.npz")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert failed.returncode == 1
-    assert failed.stderr.strip().splitlines() == [f"skfishing: error: no such image file or folder: {str(missing)!r}"]
+    assert failed.stderr.strip().splitlines() == [
+        f"skfishing: error: no such image file or folder: {str(missing)!r}"
+    ]
 
 
 def test_model_file_with_the_embedded_models_metadata_layout(pngs, tmp_path, restore_models):

@@ -21,14 +21,13 @@ import os
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
 import pytest
-
 from conftest import models_restored
 from PIL import Image
 
@@ -175,63 +174,151 @@ E = "skfishing extract"
 
 CLI_CASES = [
     # -- --model FILE.onnx and its preprocessing -------------------------------
-    CliCase("model-file-without-preprocessing", "CLI: model file", f"{E} IMAGES --model net.onnx  (no net.json)",
-            _extract(_images, "--model", lambda e: str(e.bare), "-o", lambda e: e.out()),
-            r"the model file '[^']*bare\.onnx' is not registered, so its image preprocessing is unknown: "
-            r"give --size .* or write them to '[^']*bare\.json'"),
-    CliCase("model-file-with-sidecar", "CLI: model file", f"{E} IMAGES --model net.onnx  (with net.json)",
-            _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.out("sidecar.npz")),
-            check=_same_as_reference, early=False,
-            note="the preprocessing is read from net.json beside the model"),
-    CliCase("model-file-with-options", "CLI: model file", f"{E} IMAGES --model net.onnx --size 16",
-            _extract(_images, "--model", lambda e: str(e.bare), "--size", str(SIZE), "-o", lambda e: e.out("options.npz")),
-            check=_same_as_reference, early=False, note="the preprocessing is given by options"),
-    CliCase("model-file-json-typo", "CLI: model file", f'{E} IMAGES --model net.onnx  (net.json: {{"szie": 16}})',
-            _extract(_images, "--model", _sidecar("typo", '{"szie": 16}'), "-o", lambda e: e.out()),
-            r"preprocessing file '[^']*typo\.json': unknown key 'szie'; did you mean 'size'\?"),
-    CliCase("model-file-json-invalid", "CLI: model file", f"{E} IMAGES --model net.onnx  (net.json is not JSON)",
-            _extract(_images, "--model", _sidecar("broken", "size = 16"), "-o", lambda e: e.out()),
-            r"preprocessing file '[^']*broken\.json' is not valid JSON"),
-    CliCase("model-file-bad-std", "CLI: model file", f"{E} IMAGES --model net.onnx --std 0 1 1",
-            _extract(_images, "--model", lambda e: str(e.net), "--std", "0", "1", "1", "-o", lambda e: e.out()),
-            r"preprocessing of '[^']*net\.onnx' \(read from '[^']*net\.json' and the options\): "
-            r"ImagePreprocessing\.std must be 3 positive finite numbers"),
-    CliCase("registered-model-with-options", "CLI: model file", f"{E} IMAGES --model tinyalexnet --size 64",
-            _extract(_images, "--model", "tinyalexnet", "--size", "64", "-o", lambda e: e.out()),
-            r"--size applies only to an unregistered ONNX file given to --model; 'tinyalexnet' is "
-            r"registered with its own preprocessing"),
+    CliCase(
+        "model-file-without-preprocessing",
+        "CLI: model file",
+        f"{E} IMAGES --model net.onnx  (no net.json)",
+        _extract(_images, "--model", lambda e: str(e.bare), "-o", lambda e: e.out()),
+        r"the model file '[^']*bare\.onnx' is not registered, so its image preprocessing is unknown: "
+        r"give --size .* or write them to '[^']*bare\.json'",
+    ),
+    CliCase(
+        "model-file-with-sidecar",
+        "CLI: model file",
+        f"{E} IMAGES --model net.onnx  (with net.json)",
+        _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.out("sidecar.npz")),
+        check=_same_as_reference,
+        early=False,
+        note="the preprocessing is read from net.json beside the model",
+    ),
+    CliCase(
+        "model-file-with-options",
+        "CLI: model file",
+        f"{E} IMAGES --model net.onnx --size 16",
+        _extract(
+            _images,
+            "--model",
+            lambda e: str(e.bare),
+            "--size",
+            str(SIZE),
+            "-o",
+            lambda e: e.out("options.npz"),
+        ),
+        check=_same_as_reference,
+        early=False,
+        note="the preprocessing is given by options",
+    ),
+    CliCase(
+        "model-file-json-typo",
+        "CLI: model file",
+        f'{E} IMAGES --model net.onnx  (net.json: {{"szie": 16}})',
+        _extract(_images, "--model", _sidecar("typo", '{"szie": 16}'), "-o", lambda e: e.out()),
+        r"preprocessing file '[^']*typo\.json': unknown key 'szie'; did you mean 'size'\?",
+    ),
+    CliCase(
+        "model-file-json-invalid",
+        "CLI: model file",
+        f"{E} IMAGES --model net.onnx  (net.json is not JSON)",
+        _extract(_images, "--model", _sidecar("broken", "size = 16"), "-o", lambda e: e.out()),
+        r"preprocessing file '[^']*broken\.json' is not valid JSON",
+    ),
+    CliCase(
+        "model-file-bad-std",
+        "CLI: model file",
+        f"{E} IMAGES --model net.onnx --std 0 1 1",
+        _extract(_images, "--model", lambda e: str(e.net), "--std", "0", "1", "1", "-o", lambda e: e.out()),
+        r"preprocessing of '[^']*net\.onnx' \(read from '[^']*net\.json' and the options\): "
+        r"ImagePreprocessing\.std must be 3 positive finite numbers",
+    ),
+    CliCase(
+        "registered-model-with-options",
+        "CLI: model file",
+        f"{E} IMAGES --model tinyalexnet --size 64",
+        _extract(_images, "--model", "tinyalexnet", "--size", "64", "-o", lambda e: e.out()),
+        r"--size applies only to an unregistered ONNX file given to --model; 'tinyalexnet' is "
+        r"registered with its own preprocessing",
+    ),
     # -- the output file ----------------------------------------------------------
-    CliCase("output-is-a-folder", "CLI: output", f"{E} IMAGES -o FOLDER",
-            _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: str(e.root)),
-            r"output '[^']*' is a folder; give a file name, such as '[^']*features\.npz'"),
-    CliCase("output-folder-unwritable", "CLI: output", f"{E} IMAGES -o READ_ONLY_FOLDER/feats.npz",
-            _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.unwritable_folder() + "/feats.npz"),
-            r"cannot write in the output folder '[^']*': Permission denied"),
-    CliCase("output-is-an-input", "CLI: output", f"{E} IMAGES -o IMAGES/image0.png --overwrite",
-            _extract(_images, "--model", lambda e: str(e.net), "-o", _first_image, "--overwrite"),
-            r"output file '[^']*image0\.png' is input image 0 \('[^']*image0\.png'\); choose another output file name"),
-    CliCase("output-is-a-fifo", "CLI: output", f"{E} IMAGES -o FIFO --overwrite",
-            _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.fifo("out.npz"), "--overwrite"),
-            r"output '[^']*out\.npz' exists and is not a regular file \(a FIFO, device or socket\)"),
+    CliCase(
+        "output-is-a-folder",
+        "CLI: output",
+        f"{E} IMAGES -o FOLDER",
+        _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: str(e.root)),
+        r"output '[^']*' is a folder; give a file name, such as '[^']*features\.npz'",
+    ),
+    CliCase(
+        "output-folder-unwritable",
+        "CLI: output",
+        f"{E} IMAGES -o READ_ONLY_FOLDER/feats.npz",
+        _extract(
+            _images, "--model", lambda e: str(e.net), "-o", lambda e: e.unwritable_folder() + "/feats.npz"
+        ),
+        r"cannot write in the output folder '[^']*': Permission denied",
+    ),
+    CliCase(
+        "output-is-an-input",
+        "CLI: output",
+        f"{E} IMAGES -o IMAGES/image0.png --overwrite",
+        _extract(_images, "--model", lambda e: str(e.net), "-o", _first_image, "--overwrite"),
+        r"output file '[^']*image0\.png' is input image 0 \('[^']*image0\.png'\); choose another output file name",
+    ),
+    CliCase(
+        "output-is-a-fifo",
+        "CLI: output",
+        f"{E} IMAGES -o FIFO --overwrite",
+        _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.fifo("out.npz"), "--overwrite"),
+        r"output '[^']*out\.npz' exists and is not a regular file \(a FIFO, device or socket\)",
+    ),
     # -- non-regular files and file names -------------------------------------------
-    CliCase("fifo-argument", "CLI: non-regular file", f"{E} FIFO.png",
-            _extract(_first_image, lambda e: e.fifo(), "--model", lambda e: str(e.net), "-o", lambda e: e.out()),
-            r"'[^']*pipe\.png' is a FIFO \(named pipe\), not an image file"),
-    CliCase("fifo-in-folder", "CLI: non-regular file", f"{E} FOLDER  (FOLDER holds a FIFO b.png)",
-            _extract(lambda e: e.folder("with-fifo", lambda f: e.fifo("b.png", f)), "--model", lambda e: str(e.net),
-                     "-o", lambda e: e.out()),
-            r"'[^']*with-fifo/b\.png' in folder '[^']*with-fifo' is a FIFO \(named pipe\), not an image file"),
-    CliCase("device-argument", "CLI: non-regular file", f"{E} /dev/null",
-            _extract("/dev/null", "--model", lambda e: str(e.net), "-o", lambda e: e.out()),
-            r"'/dev/null' is a character device, not an image file"),
-    CliCase("broken-link-in-folder", "CLI: non-regular file", f"{E} FOLDER  (FOLDER holds a broken link b.png)",
-            _extract(lambda e: e.folder("with-link", lambda f: (f / "b.png").symlink_to(f / "gone.png")),
-                     "--model", lambda e: str(e.net), "-o", lambda e: e.out()),
-            r"file '[^']*with-link/b\.png' is a broken symbolic link \(to '[^']*gone\.png'\)"),
-    CliCase("non-utf8-name-in-folder", "CLI: file name", f"{E} FOLDER  (FOLDER holds caf\\xe9.png, Latin-1)",
-            _extract(_non_utf8_folder, "--model", lambda e: str(e.net), "-o", lambda e: e.out("latin1.npz")),
-            check=_non_utf8_result, early=False,
-            note="accepted: any name the file system allows; features keyed by content"),
+    CliCase(
+        "fifo-argument",
+        "CLI: non-regular file",
+        f"{E} FIFO.png",
+        _extract(_first_image, lambda e: e.fifo(), "--model", lambda e: str(e.net), "-o", lambda e: e.out()),
+        r"'[^']*pipe\.png' is a FIFO \(named pipe\), not an image file",
+    ),
+    CliCase(
+        "fifo-in-folder",
+        "CLI: non-regular file",
+        f"{E} FOLDER  (FOLDER holds a FIFO b.png)",
+        _extract(
+            lambda e: e.folder("with-fifo", lambda f: e.fifo("b.png", f)),
+            "--model",
+            lambda e: str(e.net),
+            "-o",
+            lambda e: e.out(),
+        ),
+        r"'[^']*with-fifo/b\.png' in folder '[^']*with-fifo' is a FIFO \(named pipe\), not an image file",
+    ),
+    CliCase(
+        "device-argument",
+        "CLI: non-regular file",
+        f"{E} /dev/null",
+        _extract("/dev/null", "--model", lambda e: str(e.net), "-o", lambda e: e.out()),
+        r"'/dev/null' is a character device, not an image file",
+    ),
+    CliCase(
+        "broken-link-in-folder",
+        "CLI: non-regular file",
+        f"{E} FOLDER  (FOLDER holds a broken link b.png)",
+        _extract(
+            lambda e: e.folder("with-link", lambda f: (f / "b.png").symlink_to(f / "gone.png")),
+            "--model",
+            lambda e: str(e.net),
+            "-o",
+            lambda e: e.out(),
+        ),
+        r"file '[^']*with-link/b\.png' is a broken symbolic link \(to '[^']*gone\.png'\)",
+    ),
+    CliCase(
+        "non-utf8-name-in-folder",
+        "CLI: file name",
+        f"{E} FOLDER  (FOLDER holds caf\\xe9.png, Latin-1)",
+        _extract(_non_utf8_folder, "--model", lambda e: str(e.net), "-o", lambda e: e.out("latin1.npz")),
+        check=_non_utf8_result,
+        early=False,
+        note="accepted: any name the file system allows; features keyed by content",
+    ),
 ]
 
 
@@ -278,6 +365,7 @@ def _partial_files(folder):
 @pytest.mark.parametrize("case", CLI_CASES, ids=[case.id for case in CLI_CASES])
 def test_cli_bad_input(case, env, own_registry, monkeypatch):
     if case.early:
+
         def compute(self, X, y=None):
             raise AssertionError("the network ran before the error")
 

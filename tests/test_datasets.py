@@ -16,12 +16,7 @@ from skfishing.datasets import (
     load_voc2012,
 )
 
-SHARED_VOC = (
-    Path(__file__).resolve().parents[1].parent
-    / "shared"
-    / "data"
-    / "voc2007_trainval64.npz"
-)
+SHARED_VOC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "voc2007_trainval64.npz"
 
 # Split file order on purpose not sorted: the loader keeps the file's order.
 TRAIN_IDS = ["000012", "000005"]
@@ -85,9 +80,7 @@ def test_load_voc2007(devkit, split, ids):
     np.testing.assert_array_equal(voc.labels, expected == 1)
     assert voc.difficult.dtype == bool
     np.testing.assert_array_equal(voc.difficult, expected == 0)
-    assert voc.images == [
-        str(devkit / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids
-    ]
+    assert voc.images == [str(devkit / "VOC2007" / "JPEGImages" / f"{i}.jpg") for i in ids]
     assert all(isinstance(p, str) and Path(p).is_file() for p in voc.images)
     assert voc.classes.tolist() == list(VOC2007_CLASSES)
     assert voc.split.tolist() == [split] * len(ids)
@@ -110,7 +103,9 @@ def test_root_errors(tmp_path):
 
 @pytest.mark.parametrize("split", ["", "../train", None, 3])
 def test_bad_split_name(devkit, split):
-    with pytest.raises(ValueError, match="split must be the name of an image set|'split' parameter of load_voc2007 must be"):
+    with pytest.raises(
+        ValueError, match="split must be the name of an image set|'split' parameter of load_voc2007 must be"
+    ):
         load_voc2007(devkit, split=split)
 
 
@@ -136,9 +131,7 @@ def test_id_not_in_split(devkit):
         load_voc2007(devkit, "val")
 
 
-@pytest.mark.parametrize(
-    "bad_line", ["000017  2", "000017", "000017 1 1", "000017 yes"]
-)
+@pytest.mark.parametrize("bad_line", ["000017  2", "000017", "000017 1 1", "000017 yes"])
 def test_malformed_line(devkit, bad_line):
     path = _class_file(devkit)
     lines = path.read_text().splitlines()
@@ -151,9 +144,7 @@ def test_malformed_line(devkit, bad_line):
 def test_blank_lines_are_skipped(devkit):
     path = _class_file(devkit)
     path.write_text("\n" + path.read_text() + "\n\n")
-    np.testing.assert_array_equal(
-        load_voc2007(devkit, "val").labels, _devkit_labels(VAL_IDS) == 1
-    )
+    np.testing.assert_array_equal(load_voc2007(devkit, "val").labels, _devkit_labels(VAL_IDS) == 1)
 
 
 def test_duplicate_and_missing_ids(devkit):
@@ -200,17 +191,28 @@ def devkit2012(tmp_path):
     main = voc / "ImageSets" / "Main"
     (voc / "JPEGImages").mkdir(parents=True)
     for k, image_id in enumerate(TRAIN_IDS_2012 + VAL_IDS_2012):
-        Image.fromarray(np.full((7, 5, 3), 30 * k, dtype=np.uint8)).save(voc / "JPEGImages" / f"{image_id}.jpg")
-    for split, ids in [("train", TRAIN_IDS_2012), ("val", VAL_IDS_2012), ("trainval", TRAIN_IDS_2012 + VAL_IDS_2012)]:
+        Image.fromarray(np.full((7, 5, 3), 30 * k, dtype=np.uint8)).save(
+            voc / "JPEGImages" / f"{image_id}.jpg"
+        )
+    for split, ids in [
+        ("train", TRAIN_IDS_2012),
+        ("val", VAL_IDS_2012),
+        ("trainval", TRAIN_IDS_2012 + VAL_IDS_2012),
+    ]:
         _write(main / f"{split}.txt", ids)
         labels = _labels_2012(ids)
         for c, name in enumerate(VOC2012_CLASSES):
-            _write(main / f"{name}_{split}.txt", [f"{i} {'' if v < 0 else ' '}{v}" for i, v in zip(ids, labels[:, c])])
+            _write(
+                main / f"{name}_{split}.txt",
+                [f"{i} {'' if v < 0 else ' '}{v}" for i, v in zip(ids, labels[:, c])],
+            )
     return root
 
 
-@pytest.mark.parametrize("split, ids", [("train", TRAIN_IDS_2012), ("val", VAL_IDS_2012),
-                                        ("trainval", TRAIN_IDS_2012 + VAL_IDS_2012)])
+@pytest.mark.parametrize(
+    "split, ids",
+    [("train", TRAIN_IDS_2012), ("val", VAL_IDS_2012), ("trainval", TRAIN_IDS_2012 + VAL_IDS_2012)],
+)
 def test_load_voc2012(devkit2012, split, ids):
     voc = load_voc2012(devkit2012, split)
     expected = _labels_2012(ids)
@@ -221,8 +223,10 @@ def test_load_voc2012(devkit2012, split, ids):
     assert voc.images == [str(devkit2012 / "VOC2012" / "JPEGImages" / f"{i}.jpg") for i in ids]
     assert voc.classes.tolist() == list(VOC2007_CLASSES) and voc.split.tolist() == [split] * len(ids)
     # the same devkit's VOC2007 is read by the other loader, and vice versa
-    assert load_voc2007(devkit2012, split).ids.tolist() == {"train": TRAIN_IDS, "val": VAL_IDS,
-                                                            "trainval": TRAIN_IDS + VAL_IDS}[split]
+    assert (
+        load_voc2007(devkit2012, split).ids.tolist()
+        == {"train": TRAIN_IDS, "val": VAL_IDS, "trainval": TRAIN_IDS + VAL_IDS}[split]
+    )
     from_folder = load_voc2012(devkit2012 / "VOC2012", split)
     assert from_folder.images == voc.images
 
@@ -266,9 +270,7 @@ def archive(tmp_path):
 @pytest.mark.parametrize("split", [None, "trainval", "train", "val"])
 def test_load_npz(archive, split):
     path, arrays = archive
-    rows = (
-        np.arange(6) if split in (None, "trainval") else arrays["split"] == split
-    )
+    rows = np.arange(6) if split in (None, "trainval") else arrays["split"] == split
     voc = load_voc2007_npz(path, split=split)
     np.testing.assert_array_equal(voc.images, arrays["images"][rows])
     assert voc.images.dtype == np.uint8
@@ -327,9 +329,7 @@ def test_digits_images_original_size():
     digits = load_digits()
     data = load_digits_images(size=8)
     assert data.images.shape == (1797, 8, 8, 3) and data.images.dtype == np.uint8
-    np.testing.assert_array_equal(
-        data.images[..., 1], np.rint(digits.images * 255 / 16).astype(np.uint8)
-    )
+    np.testing.assert_array_equal(data.images[..., 1], np.rint(digits.images * 255 / 16).astype(np.uint8))
     np.testing.assert_array_equal(data.target, digits.target)
     np.testing.assert_array_equal(data.target_names, np.arange(10))
 
@@ -351,5 +351,7 @@ def test_digits_images_upsampled():
 
 @pytest.mark.parametrize("size", [4, 7.5, "32", True])
 def test_digits_images_bad_size(size):
-    with pytest.raises(ValueError, match=r"'size' parameter of load_digits_images must be an int in the range \[8, inf\)"):
+    with pytest.raises(
+        ValueError, match=r"'size' parameter of load_digits_images must be an int in the range \[8, inf\)"
+    ):
         load_digits_images(size=size)

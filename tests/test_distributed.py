@@ -21,6 +21,7 @@ da = pytest.importorskip("dask.array")
 distributed = pytest.importorskip("distributed")
 pytest.importorskip("zarr")
 
+import dask_helpers  # noqa: E402
 import joblib  # noqa: E402
 from distributed import Client, Event, LocalCluster, Queue, get_task_stream  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -28,7 +29,6 @@ from sklearn.linear_model import SGDClassifier  # noqa: E402
 from sklearn.model_selection import GridSearchCV, StratifiedKFold  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
 
-import dask_helpers  # noqa: E402
 from skfishing import DeepFisherTransformer, TensorSketch  # noqa: E402
 from skfishing.datasets import load_digits_images  # noqa: E402
 from skfishing.distributed import dask_transform, from_zarr, to_zarr  # noqa: E402
@@ -43,10 +43,16 @@ def client():
     # run with the threads (and the float rounding) of this process.
     environ = dict(os.environ)
     try:
-        with LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster, Client(cluster) as client:
+        with (
+            LocalCluster(
+                n_workers=2,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             yield client
     finally:
         os.environ.clear()
@@ -103,7 +109,9 @@ def test_cluster_features_are_bit_identical_and_each_worker_loads_the_network_on
     assert client.run(dask_helpers.session_log) == log
 
 
-def test_killed_worker_blocks_are_retried_without_losing_or_repeating_rows(client, paths, reference, tmp_path):
+def test_killed_worker_blocks_are_retried_without_losing_or_repeating_rows(
+    client, paths, reference, tmp_path
+):
     release = Event("release", client=client)
     release.clear()
     started = Queue("started", client=client)
@@ -148,8 +156,10 @@ def test_store_reopens_lazily_in_a_fresh_process(client, paths, reference, tmp_p
 def test_sketch_and_incremental_training_on_the_cluster(client, paths, reference, digits, tmp_path):
     dask_ml_wrappers = pytest.importorskip("dask_ml.wrappers")
     y = digits[1]
-    Z = to_zarr(dask_transform(DeepFisherTransformer("tinyalexnet", layer=7), paths, chunk_size=12),
-                tmp_path / "features.zarr")
+    Z = to_zarr(
+        dask_transform(DeepFisherTransformer("tinyalexnet", layer=7), paths, chunk_size=12),
+        tmp_path / "features.zarr",
+    )
     sketch = TensorSketch(n_components=256, random_state=0).fit(Z[:1].compute())
     F = dask_transform(sketch, Z)
     assert F.shape == (N_IMAGES, 256) and F.chunks[0] == (12,) * 4
@@ -205,8 +215,9 @@ def test_incomplete_or_foreign_store_is_refused(tmp_path):
 def test_unfitted_estimators_are_refused_but_the_transformer_is_fitted_on_a_copy():
     from sklearn.exceptions import NotFittedError
 
-    with dask.config.set(scheduler="synchronous"), pytest.raises(
-        NotFittedError, match="needs a fitted TensorSketch"
+    with (
+        dask.config.set(scheduler="synchronous"),
+        pytest.raises(NotFittedError, match="needs a fitted TensorSketch"),
     ):
         dask_transform(TensorSketch(8), np.ones((4, 3)))
     # the stateless transformer is fitted on a copy: the caller's object is unchanged

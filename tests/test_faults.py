@@ -311,7 +311,11 @@ def test_full_disk_leaves_no_partial_cache_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         DeepFisherTransformer(MODEL, layer=7, memory=folder).fit_transform(X)
     monkeypatch.setattr(cache_module.np, "save", real_save)
-    assert len(list(folder.glob("*.npy"))) == 5 and not list(folder.glob("*.tmp")) and not list(folder.glob(".*"))
+    assert (
+        len(list(folder.glob("*.npy"))) == 5
+        and not list(folder.glob("*.tmp"))
+        and not list(folder.glob(".*"))
+    )
     clear_caches()  # the 5 complete files and the recomputed rest are exact
     Z = DeepFisherTransformer(MODEL, layer=7, memory=folder).fit_transform(X)
     for name in ("forward", "backward"):
@@ -368,8 +372,9 @@ def _swap_keeping_size_and_mtime(path, data):
 
 def test_same_size_same_mtime_swaps_give_fresh_features_or_a_refusal(tmp_path):
     """cp -p, rsync -a and tar keep size and mtime: neither the model nor an image may go stale."""
-    from onnx_models import tiny_cnn_model
     from PIL import Image
+
+    from onnx_models import tiny_cnn_model
 
     model = tmp_path / "model.onnx"
     onnx.save(tiny_cnn_model(seed=1), model)

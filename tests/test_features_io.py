@@ -104,7 +104,9 @@ def test_save_refuses_bad_features_and_keeps_the_old_file(fitted, digits, tmp_pa
     with pytest.raises(ValueError, match=r"paths must hold one str path per row of features \(5\); got 4"):
         save_features(out, Z, fitted, paths=["a"] * 4, overwrite=True)
     other = DeepFisherTransformer(tiny_cnn, layer=6).fit(images[:5])
-    with pytest.raises(ValueError, match=r"another model or setting than transformer: layer 7 \(transformer: 6\)"):
+    with pytest.raises(
+        ValueError, match=r"another model or setting than transformer: layer 7 \(transformer: 6\)"
+    ):
         save_features(out, Z, other, overwrite=True)
     activation = DeepFisherTransformer(tiny_cnn, features="activation").fit(images[:5])
     with pytest.raises(ValueError, match="computes 'activation' features but features is a structured array"):
@@ -141,7 +143,9 @@ def test_load_errors_name_the_file(tmp_path):
     np.savez(tmp_path / "paths.npz", features=np.ones((3, 2), np.float32), paths=np.array(["a", "b"]))
     with pytest.raises(ValueError, match=r"'paths' must hold 3 str paths"):
         load_features(tmp_path / "paths.npz")
-    np.savez(tmp_path / "future.npz", features=np.ones((3, 2), np.float32), format=np.array("skfishing-features-9"))
+    np.savez(
+        tmp_path / "future.npz", features=np.ones((3, 2), np.float32), format=np.array("skfishing-features-9")
+    )
     with pytest.raises(ValueError, match="unknown format 'skfishing-features-9'"):
         load_features(tmp_path / "future.npz")
     np.save(tmp_path / "plain.npy", np.ones((3, 2)))
@@ -182,9 +186,21 @@ def test_cli_file_loader_classifier_equals_the_in_memory_pipeline(tiny_cnn, tiny
     assert script is not None, "the skfishing console script is not installed"
     for split in ("train", "test"):
         done = subprocess.run(
-            [script, "extract", str(tmp_path / split), "--model", str(model), "--temperature", "3",
-             "-o", str(tmp_path / f"{split}.npz"), "--no-progress"],
-            capture_output=True, text=True, timeout=300,
+            [
+                script,
+                "extract",
+                str(tmp_path / split),
+                "--model",
+                str(model),
+                "--temperature",
+                "3",
+                "-o",
+                str(tmp_path / f"{split}.npz"),
+                "--no-progress",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert done.returncode == 0, done.stderr
     train_data, test_data = load_features(tmp_path / "train.npz"), load_features(tmp_path / "test.npz")

@@ -23,7 +23,9 @@ def _tensor(head, key):
     kind, k = key
     if kind == "activation":
         return Tensor("y" if k == head.numbers[-1] else "x", k)
-    return {"forward": Tensor("x", k - 1), "backward": Tensor("delta", k), "preactivation": Tensor("y", k)}[kind]
+    return {"forward": Tensor("x", k - 1), "backward": Tensor("delta", k), "preactivation": Tensor("y", k)}[
+        kind
+    ]
 
 
 def _run(net, X, keys, *, via_state=False, **options):
@@ -36,6 +38,7 @@ def _run(net, X, keys, *, via_state=False, **options):
         values, _ = net.run(X, tensors, **options)
     by_tensor = dict(zip(tensors, values))
     return [by_tensor[_tensor(net.head, key)] for key in keys]
+
 
 VARIANTS = {
     "gemm": {},
@@ -76,7 +79,9 @@ def test_head_outputs_match_numpy(variant, temperature, via_state):
         np.testing.assert_allclose(outputs["activation", first - 1 + j], act, atol=tol * 10, rtol=0)
     logits = acts[-1]
     probs = np.exp(logits - logits.max(1, keepdims=True))
-    np.testing.assert_allclose(outputs["probabilities"], probs / probs.sum(1, keepdims=True), atol=tol, rtol=0)
+    np.testing.assert_allclose(
+        outputs["probabilities"], probs / probs.sum(1, keepdims=True), atol=tol, rtol=0
+    )
 
 
 def test_labels_input_overrides_uniform_default():
@@ -122,7 +127,8 @@ def test_gradient_matches_central_finite_differences(temperature):
                 plus[j][a, b] += eps
                 minus[j][a, b] -= eps
                 numeric[:, a, b] = (
-                    _cross_entropy(X, plus, biases, temperature) - _cross_entropy(X, minus, biases, temperature)
+                    _cross_entropy(X, plus, biases, temperature)
+                    - _cross_entropy(X, minus, biases, temperature)
                 ) / (2 * eps)
         np.testing.assert_allclose(analytic, numeric, atol=1e-8, rtol=0)
 
@@ -187,7 +193,9 @@ def _graph(nodes, inits, out, in_shape=("N", 4, 2, 2)):
 
 def test_graph_without_fc_head_is_rejected_naming_the_node():
     model = _graph([helper.make_node("GlobalAveragePool", ["x"], ["y"], name="gap")], {}, "y")
-    with pytest.raises(HeadStructureError, match="GlobalAveragePool node 'gap'.*not by a fully connected layer"):
+    with pytest.raises(
+        HeadStructureError, match="GlobalAveragePool node 'gap'.*not by a fully connected layer"
+    ):
         find_fc_head(model)
 
 
@@ -211,7 +219,9 @@ def test_computed_weight_is_rejected():
         helper.make_node("Gemm", ["f", "W"], ["y"], name="fc"),
     ]
     model = _graph(nodes, {"Wt": np.ones((3, 16))}, "y")
-    with pytest.raises(HeadStructureError, match="Gemm node 'fc' takes its weight 'W' from a computed tensor"):
+    with pytest.raises(
+        HeadStructureError, match="Gemm node 'fc' takes its weight 'W' from a computed tensor"
+    ):
         find_fc_head(model)
 
 
@@ -245,8 +255,14 @@ def test_old_opset_is_rejected_with_a_fix():
 )
 def test_random_fc_heads_match_numpy(widths, trans_b, matmul, dropout, softmax, flatten, temperature, seed):
     model, weights, biases = mlp_model(
-        tuple(widths), seed=seed, dtype=np.float64, trans_b=trans_b, matmul=matmul,
-        dropout=dropout, softmax=softmax, flatten=flatten,
+        tuple(widths),
+        seed=seed,
+        dtype=np.float64,
+        trans_b=trans_b,
+        matmul=matmul,
+        dropout=dropout,
+        softmax=softmax,
+        flatten=flatten,
     )
     net = get_network(model, CPU)
     assert net.head.numbers == tuple(range(9 - len(weights), 9))

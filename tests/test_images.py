@@ -98,9 +98,7 @@ def test_preprocessing_normalises_fields():
 def test_normalisation_and_channel_order(channel_order):
     pixels = _rgb(4, 4)
     mean, std = (10.0, 20.0, 30.0), (2.0, 4.0, 8.0)
-    prep = ImagePreprocessing(
-        4, channel_order=channel_order, scale=0.5, mean=mean, std=std
-    )
+    prep = ImagePreprocessing(4, channel_order=channel_order, scale=0.5, mean=mean, std=std)
     out = preprocess_image(pixels, prep)
     expected = (pixels * 0.5 - np.array(mean)) / np.array(std)  # RGB order
     if channel_order == "BGR":
@@ -146,16 +144,12 @@ def test_central_crop_keeps_aspect_ratio(landscape):
     # square of the image is the green band. Squashing the whole image, or
     # cropping off centre, would bring red or blue in.
     band = np.zeros((60, 60, 3), dtype=np.uint8)
-    pixels = np.concatenate(
-        [band + [255, 0, 0], band + [0, 255, 0], band + [0, 0, 255]], 1
-    )
+    pixels = np.concatenate([band + [255, 0, 0], band + [0, 255, 0], band + [0, 0, 255]], 1)
     pixels = pixels.astype(np.uint8)
     if not landscape:
         pixels = pixels.transpose(1, 0, 2).copy()
     out = preprocess_image(pixels, ImagePreprocessing(16, resize=20, scale=1.0))
-    np.testing.assert_array_equal(
-        out, np.array([0, 255, 0])[:, None, None] + np.zeros((16, 16))
-    )
+    np.testing.assert_array_equal(out, np.array([0, 255, 0])[:, None, None] + np.zeros((16, 16)))
 
 
 def test_one_pixel_image():
@@ -177,9 +171,7 @@ def test_extreme_aspect_ratio_does_not_build_the_resized_image():
 
 
 def _mode_cases():
-    rgba = np.array(
-        [[[255, 0, 0, 0], [0, 0, 255, 255], [0, 0, 0, 128]]], dtype=np.uint8
-    )
+    rgba = np.array([[[255, 0, 0, 0], [0, 0, 255, 255], [0, 0, 0, 128]]], dtype=np.uint8)
     palette = Image.new("P", (2, 1))
     palette.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
     palette.putdata([0, 1])
@@ -231,9 +223,7 @@ def _mode_cases():
     ]
 
 
-@pytest.mark.parametrize(
-    "name, img, expected", _mode_cases(), ids=lambda v: str(v)[:16]
-)
+@pytest.mark.parametrize("name, img, expected", _mode_cases(), ids=lambda v: str(v)[:16])
 def test_modes_convert_to_rgb(name, img, expected):
     rgb = load_image(img)
     assert rgb.mode == "RGB"
@@ -277,14 +267,10 @@ def test_exif_orientation_is_applied(tmp_path):
 
 def test_animated_gif_gives_first_frame(tmp_path):
     frames = [Image.new("RGB", (8, 8), colour) for colour in ("red", "blue", "lime")]
-    path = _save(
-        frames[0], tmp_path / "anim.gif", save_all=True, append_images=frames[1:]
-    )
+    path = _save(frames[0], tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
     with Image.open(path) as img:
         assert img.n_frames == 3
     assert np.all(np.asarray(load_image(path)) == [255, 0, 0])
-
-
 
 
 # -- the fast paths are the reference pipeline ------------------------------------
@@ -495,7 +481,9 @@ def test_large_jpeg_decoded_at_reduced_scale(tmp_path, height, width, orientatio
 )
 def test_other_jpeg_kinds_decoded_at_reduced_scale(tmp_path, mode, options):
     prep = ImagePreprocessing(32, resize=40, mean=IMAGENET_MEAN, std=IMAGENET_STD)
-    path = _save(Image.fromarray(_detailed(331, 420)).convert(mode), tmp_path / "x.jpg", quality=90, **options)
+    path = _save(
+        Image.fromarray(_detailed(331, 420)).convert(mode), tmp_path / "x.jpg", quality=90, **options
+    )
     img, _ = _load(path, prep)
     assert img.mode == "RGB" and img.size == (105, 83)  # 1/4 scale
     difference = np.abs(preprocess_image(path, prep) - _reference(path, prep))

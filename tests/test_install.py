@@ -9,8 +9,10 @@ from skfishing import state
 
 
 @pytest.mark.cuda  # the real default_providers, not the CPU one of conftest
-@pytest.mark.parametrize("installed, warns", [(["onnxruntime"], False), (["onnxruntime-gpu"], False),
-                                              (["onnxruntime", "onnxruntime-gpu"], True)])
+@pytest.mark.parametrize(
+    "installed, warns",
+    [(["onnxruntime"], False), (["onnxruntime-gpu"], False), (["onnxruntime", "onnxruntime-gpu"], True)],
+)
 def test_both_onnxruntime_builds_installed_is_a_warning_that_says_what_to_do(monkeypatch, installed, warns):
     monkeypatch.setattr(network, "_installed_onnxruntimes", lambda: installed)
     state.clear()  # the installation is checked once per process

@@ -108,16 +108,28 @@ def test_changed_external_weights_are_refused_in_a_fresh_process(data, tmp_path)
     folder = tmp_path / "model"
     folder.mkdir()
     path = folder / "cnn.onnx"
-    onnx.save(caffe_alexnet_model(seed=5)[0], path, save_as_external_data=True,
-              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(
+        caffe_alexnet_model(seed=5)[0],
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     pipe = _pipe(path, layer=7).fit(X, y)
     dump = tmp_path / "pipe.joblib"
     joblib.dump(pipe, dump)
     onnx_bytes = path.read_bytes()
     other = tmp_path / "other"
     other.mkdir()
-    onnx.save(caffe_alexnet_model(seed=6)[0], other / "cnn.onnx", save_as_external_data=True,
-              all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(
+        caffe_alexnet_model(seed=6)[0],
+        other / "cnn.onnx",
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="weights.bin",
+        size_threshold=0,
+    )
     assert (other / "cnn.onnx").read_bytes() == onnx_bytes  # only the weights differ
     (folder / "weights.bin").write_bytes((other / "weights.bin").read_bytes())
     script = textwrap.dedent(
@@ -130,8 +142,9 @@ def test_changed_external_weights_are_refused_in_a_fresh_process(data, tmp_path)
         """
     )
     np.save(tmp_path / "X.npy", X)
-    out = subprocess.run([sys.executable, "-c", script], check=True, cwd=Path(__file__).parent,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", script], check=True, cwd=Path(__file__).parent, capture_output=True, text=True
+    ).stdout
     assert "has changed since this transformer was fitted" in out
     (folder / "weights.bin").unlink()
     with pytest.raises(FileNotFoundError, match="keeps weights in 'weights.bin', which is missing"):

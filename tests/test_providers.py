@@ -80,9 +80,19 @@ def _unit_features(model, X, providers, **params):
     return [Z[f] for f in ("forward", "backward")] if Z.dtype.names else [Z]
 
 
-@pytest.mark.parametrize("kind, layer", [("gradient", 6), ("gradient", 7), ("gradient", 8),
-                                         ("activation", 5), ("activation", 6), ("activation", 7),
-                                         ("activation", 8), ("probabilities", 8)])
+@pytest.mark.parametrize(
+    "kind, layer",
+    [
+        ("gradient", 6),
+        ("gradient", 7),
+        ("gradient", 8),
+        ("activation", 5),
+        ("activation", 6),
+        ("activation", 7),
+        ("activation", 8),
+        ("probabilities", 8),
+    ],
+)
 @pytest.mark.parametrize("model", ["tinyalexnet", "caffe-alexnet"])
 @pytest.mark.cuda
 @needs_cuda
@@ -119,7 +129,9 @@ def test_cuda_sessions_run_without_tf32_and_cached_path_agrees():
 def test_cuda_grid_search_and_bad_input():
     X = load_digits_images(size=32)
     images, y = X.images[:90], X.target[:90] % 2
-    pipe = Pipeline([("fish", DeepFisherTransformer("tinyalexnet", providers=[CUDA])), ("svc", TraceKernelSVC())])
+    pipe = Pipeline(
+        [("fish", DeepFisherTransformer("tinyalexnet", providers=[CUDA])), ("svc", TraceKernelSVC())]
+    )
     search = GridSearchCV(pipe, {"fish__layer": [6, 7], "fish__temperature": [1.0, 2.0]}, cv=3).fit(images, y)
     assert search.best_score_ > 0.6
     fish = clone(pipe.named_steps["fish"])

@@ -61,8 +61,14 @@ def _calls():
     y = np.array([0, 1, 0, 1])
 
     def iterate(**params):
-        n, batches = iter_batches(**{"X": [X_IMAGES[0]], "input_shape": (3, 32, 32),
-                                     "preprocessing": ImagePreprocessing(32), **params})
+        n, batches = iter_batches(
+            **{
+                "X": [X_IMAGES[0]],
+                "input_shape": (3, 32, 32),
+                "preprocessing": ImagePreprocessing(32),
+                **params,
+            }
+        )
         return list(batches)
 
     def dask(**params):
@@ -81,7 +87,9 @@ def _calls():
         "skfishing.graph.add_backward": [lambda **p: add_backward(MODEL, **p)],
         "skfishing.graph.build_model": [lambda **p: build_model(MODEL, _head(), [Tensor("delta", 7)], **p)],
         "skfishing.graph.build_head_model": [lambda **p: build_head_model(_head(), **p)],
-        "skfishing.graph.build_backward_model": [lambda **p: build_backward_model(**{"head": _head(), "layer": 7, **p})],
+        "skfishing.graph.build_backward_model": [
+            lambda **p: build_backward_model(**{"head": _head(), "layer": 7, **p})
+        ],
         "skfishing.images.ImagePreprocessing": [lambda **p: ImagePreprocessing(**{"size": 8, **p})],
         "skfishing.registry.register_model": [
             lambda **p: register_model("public-api", url="https://127.0.0.1/x.onnx", sha256="0" * 64, **p)
@@ -94,7 +102,9 @@ def _calls():
         "skfishing.cache.FeatureCache": [lambda **p: FeatureCache(**p)],
         "skfishing.datasets.load_digits_images": [lambda **p: load_digits_images(**p)],
         "skfishing.distributed.dask_transform": [dask],
-        "skfishing.features.gradient_dtype": [lambda **p: gradient_dtype(**{"forward_dim": 3, "backward_dim": 2, **p})],
+        "skfishing.features.gradient_dtype": [
+            lambda **p: gradient_dtype(**{"forward_dim": 3, "backward_dim": 2, **p})
+        ],
     }
 
 
@@ -121,7 +131,11 @@ def _public_callables():
         module = importlib.import_module(module_name)
         for name in getattr(module, "__all__", []):
             obj = getattr(module, name)
-            if callable(obj) and not inspect.ismodule(obj) and getattr(obj, "__module__", "").startswith("skfishing"):
+            if (
+                callable(obj)
+                and not inspect.ismodule(obj)
+                and getattr(obj, "__module__", "").startswith("skfishing")
+            ):
                 found[f"{obj.__module__}.{obj.__qualname__}"] = obj
     return found
 
@@ -135,13 +149,21 @@ def _numeric_parameters(obj):
     return names
 
 
-CASES = [(qualname, name) for qualname, obj in sorted(_public_callables().items()) for name in _numeric_parameters(obj)]
+CASES = [
+    (qualname, name)
+    for qualname, obj in sorted(_public_callables().items())
+    for name in _numeric_parameters(obj)
+]
 
 
 def test_the_walk_finds_the_public_api():
     found = _public_callables()
-    assert {"skfishing.transformer.DeepFisherTransformer", "skfishing.kernel.trace_kernel",
-            "skfishing.sketch.TensorSketch", "skfishing.registry.register_model"} <= set(found)
+    assert {
+        "skfishing.transformer.DeepFisherTransformer",
+        "skfishing.kernel.trace_kernel",
+        "skfishing.sketch.TensorSketch",
+        "skfishing.registry.register_model",
+    } <= set(found)
     assert len(CASES) >= 25
 
 

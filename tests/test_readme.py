@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,13 +30,13 @@ def rst_blocks(text):
             continue
         indent = len(match.group(1))
         body = []
-        for following in lines[i + 1:]:
+        for following in lines[i + 1 :]:
             if following.strip() and len(following) - len(following.lstrip()) <= indent:
                 break
             body.append(following)
         code = "\n".join(body)
         options = re.match(r"(\s*:[\w-]+:.*\n)*", code + "\n").group(0)  # directive options
-        blocks.append((match.group(2), _dedent(code[len(options):])))
+        blocks.append((match.group(2), _dedent(code[len(options) :])))
     return blocks
 
 
@@ -64,8 +63,10 @@ def same_output(got, expected, tolerance=0.01):
     words_got, words_expected = re.split(number, got.strip()), re.split(number, expected.strip())
     numbers_got = [float(v) for v in re.findall(number, got)]
     numbers_expected = [float(v) for v in re.findall(number, expected)]
-    return words_got == words_expected and len(numbers_got) == len(numbers_expected) and all(
-        abs(a - b) <= tolerance for a, b in zip(numbers_got, numbers_expected)
+    return (
+        words_got == words_expected
+        and len(numbers_got) == len(numbers_expected)
+        and all(abs(a - b) <= tolerance for a, b in zip(numbers_got, numbers_expected))
     )
 
 
@@ -83,11 +84,15 @@ def test_quick_start_runs_and_prints_what_the_page_shows(tmp_path):
     marker = "\n# --- skfishing-readme-block-end ---\n"
     program = "".join(code + f"print({marker.strip()[2:]!r})\n" for code, _ in pairs)
     done = subprocess.run(
-        [sys.executable, "-c", program], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+        [sys.executable, "-c", program],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
     )
     assert done.returncode == 0, f"{name}: the code blocks fail:\n{done.stderr[-3000:]}"
     outputs = done.stdout.split(marker.strip()[2:] + "\n")
-    for (code, expected), got in zip(pairs, outputs):
+    for (_code, expected), got in zip(pairs, outputs):
         if expected is not None:
             assert same_output(got, expected), f"{name} shows\n{expected}\nbut the code prints\n{got}"
 

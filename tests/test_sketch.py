@@ -15,9 +15,9 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.utils.estimator_checks import parametrize_with_checks
+from test_kernel import explicit, factorized
 
 from skfishing import TensorSketch, trace_kernel
-from test_kernel import explicit, factorized
 
 
 def explicit_count_sketch(X, hashes, signs, m):
@@ -121,8 +121,9 @@ def test_blocks_do_not_change_the_result():
     whole = sketch.transform(Z)
     with config_context(working_memory=1e-3):  # one row per block
         assert_allclose(sketch.transform(Z), whole, rtol=1e-5, atol=1e-6)
-    assert_allclose(np.vstack([sketch.transform(Z[i : i + 7]) for i in range(0, 50, 7)]), whole,
-                    rtol=1e-5, atol=1e-6)
+    assert_allclose(
+        np.vstack([sketch.transform(Z[i : i + 7]) for i in range(0, 50, 7)]), whole, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_peak_memory_is_output_plus_one_block():
@@ -177,8 +178,11 @@ def test_feature_names_and_n_features_in():
     "fit_on, X, message",
     [
         (factorized(5, 8, 6), factorized(5, 8, 7), "field 'backward' of width 7 but the data TensorSketch"),
-        (factorized(5, 8, 6), np.ones((5, 48)), "X is a 2-D array but the data TensorSketch was fitted on is a "
-                                                "structured array"),
+        (
+            factorized(5, 8, 6),
+            np.ones((5, 48)),
+            "X is a 2-D array but the data TensorSketch was fitted on is a structured array",
+        ),
         (np.ones((5, 48)), factorized(5, 8, 6), "X is a structured array but the data TensorSketch"),
         (np.ones((5, 48)), np.ones((5, 47)), "X has 47 features, but TensorSketch is expecting 48"),
     ],
@@ -215,7 +219,9 @@ def test_pipeline_grid_search_and_joblib_persistence(tmp_path):
             make_pipeline(
                 TensorSketch(params["tensorsketch__n_components"], random_state=0),
                 SGDClassifier(alpha=params["sgdclassifier__alpha"], random_state=0),
-            ).fit(Z[train], y[train]).score(Z[test], y[test])
+            )
+            .fit(Z[train], y[train])
+            .score(Z[test], y[test])
             for train, test in folds
         ]
         assert score == pytest.approx(np.mean(manual), abs=1e-12)

@@ -2,9 +2,9 @@ import pickle
 
 import joblib
 import numpy as np
-from sklearn.base import clone
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.base import clone
 from sklearn.model_selection import (
     GridSearchCV,
     KFold,
@@ -15,7 +15,6 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import skfishing.svm
-from skfishing.cache import clear_caches
 from skfishing.kernel import trace_kernel
 from skfishing.svm import TraceKernelSVC
 
@@ -37,9 +36,7 @@ def explicit(Z):
 
 def labels(Z, n_classes):
     """Classes that depend on the outer-product features, with 10% noise."""
-    score = explicit(Z) @ np.random.default_rng(7).normal(
-        size=(explicit(Z).shape[1], n_classes)
-    )
+    score = explicit(Z) @ np.random.default_rng(7).normal(size=(explicit(Z).shape[1], n_classes))
     y = score.argmax(axis=1)
     flip = np.random.default_rng(8).random(len(Z)) < 0.1
     y[flip] = (y[flip] + 1) % n_classes
@@ -47,9 +44,7 @@ def labels(Z, n_classes):
 
 
 def multilabel(Z, n_labels=4):
-    score = explicit(Z) @ np.random.default_rng(9).normal(
-        size=(explicit(Z).shape[1], n_labels)
-    )
+    score = explicit(Z) @ np.random.default_rng(9).normal(size=(explicit(Z).shape[1], n_labels))
     return (score > 0.1).astype(int)
 
 
@@ -78,9 +73,7 @@ def test_same_decisions_as_linear_svc_on_explicit_features(n_classes):
     # float32 rounding (~1e-7), hence decision values agree to 1e-5.
     ours = TraceKernelSVC(C=10.0, tol=1e-8).fit(Z, y)
     reference = SVC(kernel="linear", C=10.0, tol=1e-8).fit(explicit(Z), y)
-    assert_allclose(
-        ours.decision_function(Zt), reference.decision_function(explicit(Zt)), atol=1e-5
-    )
+    assert_allclose(ours.decision_function(Zt), reference.decision_function(explicit(Zt)), atol=1e-5)
     assert_array_equal(ours.predict(Zt), reference.predict(explicit(Zt)))
     assert_array_equal(ours.classes_, reference.classes_)
     assert ours.n_features_in_ == reference.n_features_in_ == 6 * 5
@@ -156,17 +149,12 @@ def test_multilabel_shares_one_gram_and_matches_per_label_svcs(monkeypatch):
     clf = TraceKernelSVC(C=3.0, class_weight="balanced").fit(Z, Y)
     assert calls == [(len(Z), None)]  # one Gram matrix for the five SVMs
     gram, test = trace_kernel(Z), trace_kernel(Zt, Z)
-    by_hand = [
-        SVC(kernel="precomputed", C=3.0, class_weight="balanced").fit(gram, y)
-        for y in Y.T
-    ]
+    by_hand = [SVC(kernel="precomputed", C=3.0, class_weight="balanced").fit(gram, y) for y in Y.T]
     expected = np.column_stack([svc.decision_function(test) for svc in by_hand])
     decision = clf.decision_function(Zt)
     assert decision.shape == (25, 5)
     assert_allclose(decision, expected, atol=1e-6)
-    assert_array_equal(
-        clf.predict(Zt), np.column_stack([svc.predict(test) for svc in by_hand])
-    )
+    assert_array_equal(clf.predict(Zt), np.column_stack([svc.predict(test) for svc in by_hand]))
     assert_array_equal(clf.classes_, np.arange(5))
 
 
@@ -179,9 +167,7 @@ def test_multilabel_column_with_one_class_is_rejected():
 
 
 def test_single_class_is_rejected_before_computing_the_gram(monkeypatch):
-    monkeypatch.setattr(
-        skfishing.svm, "trace_kernel", lambda *a, **kw: pytest.fail("Gram computed")
-    )
+    monkeypatch.setattr(skfishing.svm, "trace_kernel", lambda *a, **kw: pytest.fail("Gram computed"))
     with pytest.raises(ValueError, match=r"y has 1 class \('cat'\)"):
         TraceKernelSVC().fit(factorized(10), ["cat"] * 10)
 
@@ -208,17 +194,13 @@ def test_predict_on_other_layout_raises(X_test, message):
 
 def test_structured_input_after_2d_fit_raises():
     clf = TraceKernelSVC().fit(explicit(factorized(40)), labels(factorized(40), 2))
-    with pytest.raises(
-        ValueError, match="X is a structured array but the training data"
-    ):
+    with pytest.raises(ValueError, match="X is a structured array but the training data"):
         clf.decision_function(factorized(3))
 
 
 def test_break_ties_with_ovo_raises():
     Z = factorized(40)
-    clf = TraceKernelSVC(break_ties=True, decision_function_shape="ovo").fit(
-        Z, labels(Z, 3)
-    )
+    clf = TraceKernelSVC(break_ties=True, decision_function_shape="ovo").fit(Z, labels(Z, 3))
     with pytest.raises(ValueError, match="break_ties must be False"):
         clf.predict(Z)
 
@@ -230,27 +212,19 @@ def test_grid_search_and_cross_val_predict_on_structured_input():
     assert search.best_params_["C"] in (0.1, 1.0, 10.0)
     assert search.best_estimator_.support_vectors_.dtype == Z.dtype
     cv = KFold(3, shuffle=True, random_state=0)
-    decision = cross_val_predict(
-        TraceKernelSVC(), Z, y, cv=cv, method="decision_function"
-    )
+    decision = cross_val_predict(TraceKernelSVC(), Z, y, cv=cv, method="decision_function")
     assert decision.shape == (90, 3)
     fold = next(cv.split(Z))
-    expected = (
-        TraceKernelSVC().fit(Z[fold[0]], y[fold[0]]).decision_function(Z[fold[1]])
-    )
+    expected = TraceKernelSVC().fit(Z[fold[0]], y[fold[0]]).decision_function(Z[fold[1]])
     assert_allclose(decision[fold[1]], expected)
 
 
 def test_multilabel_average_precision_and_cross_val_predict():
     Z = factorized(120, seed=9)
     Y = multilabel(Z)
-    scores = cross_val_score(
-        TraceKernelSVC(C=10.0), Z, Y, cv=3, scoring="average_precision"
-    )
+    scores = cross_val_score(TraceKernelSVC(C=10.0), Z, Y, cv=3, scoring="average_precision")
     assert scores.shape == (3,) and np.all(scores > 0.6)
-    decision = cross_val_predict(
-        TraceKernelSVC(), Z, Y, cv=3, method="decision_function"
-    )
+    decision = cross_val_predict(TraceKernelSVC(), Z, Y, cv=3, method="decision_function")
     assert decision.shape == Y.shape
 
 

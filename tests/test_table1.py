@@ -15,7 +15,9 @@ VOC = ROOT.parent / "shared" / "data" / "voc2007_trainval64.npz"
 pytestmark = [
     pytest.mark.shared_data,
     pytest.mark.skipif(not VOC.exists(), reason="../shared/data/voc2007_trainval64.npz is absent"),
-    pytest.mark.skipif("tinyalexnet" not in [m.name for m in list_models()], reason="embedded model not built"),
+    pytest.mark.skipif(
+        "tinyalexnet" not in [m.name for m in list_models()], reason="embedded model not built"
+    ),
 ]
 
 

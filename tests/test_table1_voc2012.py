@@ -35,7 +35,9 @@ def devkit(tmp_path):
             values = [1 if (k + c) % 5 == 0 else (0 if (k + c) % 5 == 1 else -1) for k in range(len(ids))]
             (main / f"{name}_{split}.txt").write_text("".join(f"{i} {v:2d}\n" for i, v in zip(ids, values)))
         for i in ids:
-            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(voc / "JPEGImages" / f"{i}.jpg")
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+                voc / "JPEGImages" / f"{i}.jpg"
+            )
     return tmp_path / "VOCdevkit"
 
 

@@ -41,9 +41,8 @@ def test_caffe_style_head_matches_torch_autograd():
     model, _, _, weights, biases = caffe_alexnet_model()
     X = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
     pool5 = DeepFisherTransformer(model, layer=5, features="activation").fit(X)
-    from skfishing.network import get_network
-
     from skfishing.head import Tensor
+    from skfishing.network import get_network
 
     (flat,), _ = get_network(model, ["CPUExecutionProvider"]).run(X, (Tensor("x", 5),))
     flat = flat.astype(np.float64)
@@ -113,7 +112,10 @@ def test_labels_parameter_is_used():
 def test_missing_layer_error_lists_the_layers():
     model, _, _ = mlp_model()
     X = np.zeros((2, 6), np.float32)
-    with pytest.raises(ValueError, match=r"layer=3 does not exist for features='gradient' in this model \(valid: \[6, 7, 8\]\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"layer=3 does not exist for features='gradient' in this model \(valid: \[6, 7, 8\]\)",
+    ):
         DeepFisherTransformer(model, layer=3).fit(X)
     with pytest.raises(ValueError, match="(?s)no FC layer named 'fc9'.*layer 6: 'fc0'"):
         DeepFisherTransformer(model, layer="fc9").fit(X)
@@ -242,9 +244,16 @@ def test_n_jobs_zero_is_rejected():
 # -- scikit-learn's output API ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("features, layer, prefix, width", [
-    ("activation", 5, "x5", 256), ("activation", 6, "x6", 64), ("activation", 7, "x7", 32),
-    ("activation", 8, "y8", 10), ("probabilities", 7, "prob8", 10)])
+@pytest.mark.parametrize(
+    "features, layer, prefix, width",
+    [
+        ("activation", 5, "x5", 256),
+        ("activation", 6, "x6", 64),
+        ("activation", 7, "x7", 32),
+        ("activation", 8, "y8", 10),
+        ("probabilities", 7, "prob8", 10),
+    ],
+)
 def test_feature_names_out_and_pandas_output(tiny_cnn, features, layer, prefix, width):
     pd = pytest.importorskip("pandas")
     images = np.random.default_rng(5).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
@@ -253,15 +262,21 @@ def test_feature_names_out_and_pandas_output(tiny_cnn, features, layer, prefix, 
     assert list(names[:2]) == [f"{prefix}_0", f"{prefix}_1"] and len(names) == width
     frame = fish.set_output(transform="pandas").transform(images)
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(names)
-    np.testing.assert_array_equal(frame.to_numpy(), clone(fish).set_output(transform="default").transform(images))
+    np.testing.assert_array_equal(
+        frame.to_numpy(), clone(fish).set_output(transform="default").transform(images)
+    )
 
 
 def test_feature_union_of_two_layers_keeps_the_names(tiny_cnn):
     from sklearn.pipeline import FeatureUnion
 
     images = np.random.default_rng(6).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
-    union = FeatureUnion([(name, DeepFisherTransformer(tiny_cnn, layer=k, features="activation"))
-                          for name, k in (("x6", 6), ("x7", 7))]).fit(images)
+    union = FeatureUnion(
+        [
+            (name, DeepFisherTransformer(tiny_cnn, layer=k, features="activation"))
+            for name, k in (("x6", 6), ("x7", 7))
+        ]
+    ).fit(images)
     names = union.get_feature_names_out()
     assert names[0] == "x6__x6_0" and names[-1] == "x7__x7_31" and len(names) == 64 + 32
 
