@@ -43,6 +43,7 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import LinearSVC
 
 from skfishing import DeepFisherTransformer, TensorSketch, TraceKernelSVC
+from skfishing.cache import FeatureCache
 from skfishing.datasets import load_voc2007, load_voc2007_npz, load_voc2012
 from skfishing.metrics import average_precision_report
 
@@ -87,10 +88,20 @@ def load(data, max_per_split=None, seed=0, dataset="voc2007"):
     return train, val
 
 
-def features(model, kind, layer, images, *, temperature=2.0, batch_size=64, progress=False):
-    """One part of a row, L2-normalised (probabilities are normalised here)."""
+def features(model, kind, layer, images, *, temperature=2.0, batch_size=64, progress=False, memory=None):
+    """One part of a row, L2-normalised (probabilities are normalised here).
+
+    ``memory``: a FeatureCache shared by the rows, so that the network runs
+    once per image for the whole table.
+    """
     fish = DeepFisherTransformer(
-        model, layer=layer, temperature=temperature, features=kind, batch_size=batch_size, progress=progress
+        model,
+        layer=layer,
+        temperature=temperature,
+        features=kind,
+        batch_size=batch_size,
+        progress=progress,
+        memory=memory,
     )
     Z = fish.fit_transform(images)
     if kind == "probabilities":
@@ -141,10 +152,11 @@ def run_table1(
     gradient rows (see :func:`run_sketch_rows`); none by default.
     """
     results = {}
+    cache = FeatureCache(max_bytes=4 << 30)  # the network runs once per image for all rows
     for name in rows:
         parts = ROWS[name]
         t = time.perf_counter()
-        kw = dict(temperature=temperature, batch_size=batch_size, progress=progress)
+        kw = dict(temperature=temperature, batch_size=batch_size, progress=progress, memory=cache)
         Z_train = row_features(model, parts, train.images, **kw)
         Z_val = row_features(model, parts, val.images, **kw)
         svc = TraceKernelSVC(C=C).fit(Z_train, train.labels)

@@ -232,6 +232,7 @@ _SUBMODULES = (
     "persistence",
     "sketch",
     "distributed",
+    "files",
 )
 
 

@@ -28,6 +28,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import label_binarize
 
 from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing.cache import FeatureCache
 from skfishing.datasets import load_digits_images
 from skfishing.metrics import voc07_average_precision
 
@@ -47,8 +48,10 @@ Y_test = label_binarize(y_test, classes=np.arange(10))
 # -----------------------------
 #
 # Only the transformer's settings change. The network runs once per image:
-# the four pipelines share the forward pass through skfishing's cache, and
-# only the backward pass of the head (for the gradient) reruns.
+# the four pipelines share one :class:`~skfishing.cache.FeatureCache`
+# (``memory=``), and only the small head graph reruns for each setting.
+
+cache = FeatureCache()
 
 settings = {
     "x6 (fc6)": dict(features="activation", layer=6),
@@ -61,7 +64,7 @@ per_class_ap = {}
 for name, params in settings.items():
     pipe = Pipeline(
         [
-            ("fish", DeepFisherTransformer("tinyalexnet", **params)),
+            ("fish", DeepFisherTransformer("tinyalexnet", memory=cache, **params)),
             ("svc", TraceKernelSVC(C=1.0)),
         ]
     )

@@ -40,7 +40,6 @@ from __future__ import annotations
 import io
 import os
 import stat
-import tempfile
 import threading
 import uuid
 import warnings
@@ -54,6 +53,7 @@ from blake3 import blake3
 from sklearn.utils._param_validation import Interval, validate_params
 
 from . import state
+from .files import atomic_path, check_writable_folder
 
 __all__ = [
     "ArrayStore",
@@ -159,15 +159,13 @@ class DiskStore:
         """
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".write-test.", suffix=".tmp")
-            os.close(fd)
-            os.unlink(tmp)
         except OSError as exc:
             raise type(exc)(
                 exc.errno,
-                f"{what}={os.fsdecode(self.directory)!r}: cannot write cache files there "
+                f"{what}={os.fsdecode(self.directory)!r}: cannot create the cache folder "
                 f"({exc.strerror or exc}); pass a writable folder or {what}=None",
             ) from exc
+        check_writable_folder(self.directory, f"the {what}= cache folder")
 
     def _path(self, key):
         return self.directory / f"{key}.npy"
@@ -226,19 +224,11 @@ class DiskStore:
             np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
             body = buffer.getvalue()
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{key}.", suffix=".tmp")
-        except OSError as exc:
-            raise self._error(exc) from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
+            with atomic_path(self._path(key), private=True) as temporary, open(temporary, "wb") as f:
                 f.write(body)
                 f.write(blake3(key.encode() + body).digest())
-            os.replace(tmp, self._path(key))
-        except BaseException as exc:
-            Path(tmp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                raise self._error(exc) from exc
-            raise
+        except OSError as exc:
+            raise self._error(exc) from exc
 
     def _error(self, exc):
         return type(exc)(

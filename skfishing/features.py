@@ -15,7 +15,6 @@ for :class:`~skfishing.TraceKernelSVC`.
 from __future__ import annotations
 
 import os
-import tempfile
 import zipfile
 from numbers import Integral
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 from sklearn.utils import Bunch
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
+
+from .files import atomic_path, check_writable_folder
 
 __all__ = ["gradient_dtype", "save_features", "load_features", "FORMAT", "SOURCE_KEYS"]
 
@@ -181,14 +182,7 @@ def _check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=T
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(f"output folder {str(folder)!r} does not exist")
-    try:
-        descriptor, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=folder)
-    except OSError as exc:
-        raise PermissionError(
-            f"cannot write in the output folder {str(folder)!r}: {exc.strerror or exc}"
-        ) from None
-    os.close(descriptor)
-    os.unlink(probe)
+    check_writable_folder(folder, "the output folder")
 
 
 def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
@@ -198,18 +192,10 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     existing file is replaced only once the new one is complete.
     """
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
+    # the file may have appeared meanwhile: checked again just before the rename
+    with atomic_path(path, check=lambda: _check_output_file(path, overwrite, how_to_overwrite)) as temporary:
+        with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp creates it private
-        _check_output_file(path, overwrite, how_to_overwrite)  # it may have appeared meanwhile
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def _feature_arrays(features, transformer=None, paths=None):

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import warnings
 import zipfile
 
 import onnx
 from sklearn.utils._param_validation import validate_params
 
+from .files import atomic_path
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
 
@@ -114,20 +114,10 @@ def dump(estimator, file, *, overwrite=False):
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(descriptor)
-    try:
-        with warnings.catch_warnings():
-            # NumPy's .npy format drops dtype metadata; TraceKernelSVC keeps it as feature_source_
-            warnings.filterwarnings("ignore", message="metadata on a dtype", category=UserWarning)
-            sio.dump(estimator, temporary)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_path(path) as temporary, warnings.catch_warnings():
+        # NumPy's .npy format drops dtype metadata; TraceKernelSVC keeps it as feature_source_
+        warnings.filterwarnings("ignore", message="metadata on a dtype", category=UserWarning)
+        sio.dump(estimator, temporary)
 
 
 @validate_params(
