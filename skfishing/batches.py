@@ -17,9 +17,10 @@ from numbers import Integral
 
 import numpy as np
 from PIL import Image
+from sklearn.utils._param_validation import Interval, validate_params
 from tqdm.auto import tqdm
 
-from .images import _check_image_array, _preprocess
+from .images import ImagePreprocessing, _check_image_array, _preprocess
 
 __all__ = ["iter_batches"]
 
@@ -32,6 +33,25 @@ _PREFETCH_BATCHES = 2
 _IMAGES_PER_TASK = 8
 
 
+@validate_params(
+    {
+        "X": "no_validation",  # checked below, with messages that name the bad sample
+        "input_shape": [tuple, list],
+        "preprocessing": [ImagePreprocessing, None],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "dtype": "no_validation",
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
+        "progress": ["boolean"],
+        "desc": [str, None],
+        "skip": ["array-like", None],
+        "check_finite": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def iter_batches(
     X,
     input_shape,
@@ -108,8 +128,7 @@ def iter_batches(
         not produce ``input_shape``.
     """
     input_shape = tuple(input_shape)
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    n_jobs = _check_n_jobs(n_jobs)
+    n_jobs = _threads(n_jobs)
     images = _as_images(X, preprocessing)
     if images is None:
         X = _check_tensor(X, input_shape, dtype, preprocessing)
@@ -138,25 +157,34 @@ def iter_batches(
     return n_samples, _with_progress(batches, len(rows), progress, desc)
 
 
-def _check_positive_int(value, name):
-    if not isinstance(value, Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def _check_n_jobs(n_jobs):
+def _threads(n_jobs):
+    """Number of threads for ``n_jobs``, with joblib's conventions (-1: all CPUs)."""
     cpus = os.cpu_count() or 1
     if n_jobs is None:
         return min(4, cpus)
-    if isinstance(n_jobs, Integral) and not isinstance(n_jobs, bool) and n_jobs < 0:
-        return max(1, cpus + 1 + int(n_jobs))  # joblib's convention: -1 is all CPUs
-    if not isinstance(n_jobs, Integral) or isinstance(n_jobs, bool) or n_jobs == 0:
-        raise ValueError(f"n_jobs must be a positive integer, -1 (all CPUs) or None, got {n_jobs!r}.")
+    if n_jobs < 0:
+        return max(1, cpus + 1 + int(n_jobs))
     return int(n_jobs)
+
+
+def _from_frame(X):
+    """The images of a one-column pandas DataFrame, as a list; other input as it is."""
+    if not (hasattr(X, "columns") and hasattr(X, "iloc")):
+        return X
+    if X.shape[1] != 1:
+        raise ValueError(
+            f"X is a DataFrame with {X.shape[1]} columns {list(X.columns)[:5]}; pass the one "
+            "column that holds the images (file paths, PIL images or uint8 arrays), e.g. X['path']."
+        )
+    return list(X.iloc[:, 0])
 
 
 def _as_images(X, preprocessing):
     """Return ``X`` as a sequence of images, or None if it is a tensor."""
+    if preprocessing is not None:
+        X = _from_frame(X)
+    if isinstance(X, np.ndarray) and X.dtype.kind in "US" and preprocessing is not None:
+        X = X.tolist() if X.ndim == 1 else X  # an array of file paths is a list of them
     if isinstance(X, np.ndarray) and X.dtype != object:
         if preprocessing is None or X.dtype != np.uint8:
             return None
@@ -204,11 +232,19 @@ def _check_image_kind(image, index):
 def _check_tensor(X, input_shape, dtype, preprocessing):
     X = np.asarray(X)
     if X.dtype.kind not in "fiu":
-        hint = (
-            " This model has no image preprocessing, so it does not take images."
-            if preprocessing is None
-            else ""
-        )
+        if X.dtype.kind in "US" and preprocessing is not None:
+            hint = f" An array of file paths must be 1-D, one path per sample, got shape {X.shape}."
+        elif X.dtype.kind in "USO" and preprocessing is None:
+            hint = (
+                " This model has no image preprocessing, so it does not take images: register it "
+                "with one (skfishing.register_model(name, path, preprocessing=ImagePreprocessing(...)))."
+            )
+        else:
+            hint = (
+                " This model has no image preprocessing, so it does not take images."
+                if preprocessing is None
+                else ""
+            )
         raise TypeError(f"X must be a numeric array, got dtype {X.dtype}.{hint}")
     expected = ("n_samples",) + tuple("any" if d is None else d for d in input_shape)
     if X.ndim != len(expected) or any(

@@ -260,8 +260,34 @@ class FisherNetwork:
         """
         session = self._session_for(("features", tuple(outputs)))
         feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
-        results = session.run(None, feeds)
+        results = self._run(session, feeds, batch)
         return results[: len(outputs)], (results[len(outputs)] if len(results) > len(outputs) else None)
+
+    def _run(self, session, feeds, batch):
+        """``session.run``, with an error that says what the network was given."""
+        try:
+            return session.run(None, feeds)
+        except Exception as exc:  # onnxruntime's own exception types (Fail, InvalidArgument...)
+            if type(exc).__module__.split(".")[0] != "onnxruntime":
+                raise
+            shape = "(" + ", ".join("any" if d is None else str(d) for d in self.input_shape) + ")"
+            hints = []
+            if None in self.input_shape and len(self.input_shape) == 3:
+                hints.append(
+                    "its height and width are free in the graph, but the FC head fixes them: give images "
+                    "of the size the network was trained for (the preprocessing's size)"
+                )
+            if len(batch) > 1 and ("Reshape" in str(exc) or None not in self.input_shape):
+                hints.append(
+                    "if the graph runs one sample at a time (a batch size of 1 fixed inside it, for "
+                    "example by a constant Reshape), pass batch_size=1"
+                )
+            raise ValueError(
+                f"onnxruntime could not run the network on a batch of shape {batch.shape} ({batch.dtype}); "
+                f"its input '{self.input_name}' takes samples of shape {shape}"
+                + ("".join(f"; {hint}" for hint in hints))
+                + f". onnxruntime said: {exc}"
+            ) from exc
 
     def run_state(self, batch):
         """The states of a batch of network inputs.
@@ -279,7 +305,7 @@ class FisherNetwork:
         input_sum : ndarray of shape (n_samples,) or None
             As in :meth:`run`.
         """
-        results = self._session_for(("state",)).run(None, {self.input_name: batch})
+        results = self._run(self._session_for(("state",)), {self.input_name: batch}, batch)
         n = len(self._state_slices)
         return np.concatenate(results[:n], axis=1), (results[n] if len(results) > n else None)
 

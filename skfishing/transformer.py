@@ -15,7 +15,7 @@ from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, validate_data
 
-from .batches import iter_batches
+from .batches import _from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys
 from .features import gradient_dtype
 from .network import get_network
@@ -366,6 +366,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     def _check_input(self, X, network, preprocessing):
         X = self._check_tabular(X, network, preprocessing, reset=False)
+        if preprocessing is not None:
+            X = _from_frame(X)  # a one-column DataFrame of images: its values, not its column names
         if isinstance(X, (list, tuple)) or (
             not isinstance(X, (np.ndarray, str, bytes, os.PathLike, Image.Image)) and hasattr(X, "__iter__")
         ):

@@ -182,6 +182,12 @@ class Case:
     note: str = ""
 
 
+def _frame(columns):
+    import pandas
+
+    return pandas.DataFrame(columns)
+
+
 def _same_features(reference):
     """A check that the result equals the features of ``reference(env)``."""
 
@@ -424,6 +430,42 @@ CASES = [
         lambda e: (e.fish.transform, (np.zeros((SIZE, SIZE), np.uint8),)),
         ValueError,
         r"A uint8 array is taken as images and must have shape \(n_samples, H, W\).* got \(16, 16\)",
+    ),
+    Case(
+        "array-of-paths",
+        "wrong dtype",
+        T,
+        "transform(np.array(paths))  (dtype <U..)",
+        lambda e: (e.fish.transform, (np.array(e.paths[:3]),)),
+        check=_same_features(lambda e: e.features(e.paths[:3])),
+        note="accepted: a 1-D array of file paths is a list of them",
+    ),
+    Case(
+        "2d-array-of-paths",
+        "wrong shape",
+        T,
+        "transform(np.array(paths).reshape(-1, 1))",
+        lambda e: (e.fish.transform, (np.array(e.paths[:4]).reshape(-1, 1),)),
+        TypeError,
+        r"An array of file paths must be 1-D, one path per sample, got shape \(4, 1\)",
+    ),
+    Case(
+        "dataframe-of-paths",
+        "wrong dtype",
+        T,
+        "transform(pd.DataFrame({'path': paths}))",
+        lambda e: (e.fish.transform, (_frame({"path": e.paths[:3]}),)),
+        check=_same_features(lambda e: e.features(e.paths[:3])),
+        note="accepted: the column's values, not its name",
+    ),
+    Case(
+        "dataframe-two-columns",
+        "wrong shape",
+        T,
+        "transform(pd.DataFrame({'path': ..., 'label': ...}))",
+        lambda e: (e.fish.transform, (_frame({"path": e.paths[:3], "label": [0, 1, 0]}),)),
+        ValueError,
+        r"X is a DataFrame with 2 columns \['path', 'label'\]; pass the one column",
     ),
     Case(
         "nested-lists",
@@ -834,6 +876,21 @@ def _with(Z, field_name, row, value):
 
 #: Bad inputs of issue 8 tested in other files (kind, what, test).
 COVERED_ELSEWHERE = [
+    (
+        "wrong shape",
+        "images of another size for a model whose height and width are free in the graph",
+        "tests/test_transformer.py::test_wrong_size_for_a_model_with_free_height_and_width_says_which_size",
+    ),
+    (
+        "wrong shape",
+        "a trunk that runs one sample at a time (batch fixed to 1 inside the graph)",
+        "tests/test_transformer.py::test_trunk_with_batch_fixed_to_one_suggests_batch_size_1",
+    ),
+    (
+        "non-image",
+        "an empty (0-byte) ONNX file, named",
+        "tests/test_transformer.py::test_empty_onnx_file_is_named",
+    ),
     ("empty input", "empty list or (0, ...) array to iter_batches", "tests/test_batches.py::test_invalid_X"),
     (
         "empty input",

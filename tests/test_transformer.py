@@ -286,3 +286,75 @@ def test_gradient_features_have_no_column_names(tiny_cnn):
     fish = DeepFisherTransformer(tiny_cnn, layer=7)
     assert not hasattr(fish, "get_feature_names_out") and not hasattr(fish, "set_output")
     assert hasattr(clone(fish).set_params(features="activation"), "set_output")
+
+
+# -- inputs the network cannot take: errors that say what to do --------------------------------
+
+
+def _tiny_cnn_variant(*, dynamic_size=False, batch_one_reshape=False):
+    from onnx import helper, numpy_helper
+
+    from onnx_models import tiny_cnn_model
+
+    model = tiny_cnn_model(seed=3)
+    if dynamic_size:
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[2].Clear()
+        dims[2].dim_param = "H"
+        dims[3].Clear()
+        dims[3].dim_param = "W"
+    if batch_one_reshape:  # a trunk that runs one sample at a time: Reshape to a constant (1, 8, 32, 32)
+        conv = next(node for node in model.graph.node if node.output[0] == "c1")
+        conv.output[0] = "c1_raw"
+        model.graph.initializer.append(numpy_helper.from_array(np.array([1, 8, 32, 32], np.int64), "one"))
+        model.graph.node.insert(1, helper.make_node("Reshape", ["c1_raw", "one"], ["c1"]))
+        dims = model.graph.input[0].type.tensor_type.shape.dim
+        dims[0].Clear()
+        dims[0].dim_value = 1
+    return model
+
+
+def test_wrong_size_for_a_model_with_free_height_and_width_says_which_size():
+    X = np.zeros((2, 3, 16, 16), np.float32)
+    fish = DeepFisherTransformer(_tiny_cnn_variant(dynamic_size=True), layer=7)
+    with pytest.raises(
+        ValueError,
+        match=r"batch of shape \(2, 3, 16, 16\).*samples of shape \(3, any, any\).*"
+        r"size the network was trained for.*onnxruntime said",
+    ):
+        fish.transform(X)
+    assert fish.transform(np.zeros((2, 3, 32, 32), np.float32)).shape == (2,)
+
+
+def test_trunk_with_batch_fixed_to_one_suggests_batch_size_1():
+    model = _tiny_cnn_variant(batch_one_reshape=True)
+    X = np.random.default_rng(9).normal(size=(3, 3, 32, 32)).astype(np.float32)
+    with pytest.raises(
+        ValueError, match=r"batch of shape \(3, 3, 32, 32\).*pass batch_size=1.*onnxruntime said"
+    ):
+        DeepFisherTransformer(model, layer=7).transform(X)
+    one_at_a_time = DeepFisherTransformer(model, layer=7, batch_size=1).transform(X)
+    reference = DeepFisherTransformer(_tiny_cnn_variant(), layer=7, batch_size=3).transform(X)
+    np.testing.assert_allclose(one_at_a_time["backward"], reference["backward"], atol=1e-6)
+
+
+def test_empty_onnx_file_is_named(tmp_path):
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'[^']*empty\.onnx' is empty \(0 bytes\), not an ONNX model"):
+        DeepFisherTransformer(str(empty)).fit(np.zeros((2, 3), np.float32))
+
+
+def test_a_graph_that_is_not_a_classifier_names_its_file(tmp_path):
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="only_relu")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 3])],
+    )
+    path = tmp_path / "relu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    with pytest.raises(ValueError, match=r"ONNX model '[^']*relu\.onnx': .*not by a fully connected layer"):
+        DeepFisherTransformer(str(path)).transform(np.zeros((2, 3), np.float32))
