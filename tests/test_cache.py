@@ -352,3 +352,43 @@ def test_non_utf8_file_names_are_keyed_by_content(tmp_path):
     Z = clone(base).transform([path])
     _assert_same(Z, DeepFisherTransformer(model, layer=7).transform([pixels]))
     _assert_same(Z, clone(base).transform([path]))
+
+
+# -- samples without a key, and entries that are not arrays ---------------------------------------
+
+
+def test_samples_without_a_key_are_computed_every_time_and_reported_by_the_loader(tmp_path):
+    cache = FeatureCache()
+    assert repr(cache) == f"FeatureCache(directory=None, max_bytes={1 << 30})"
+    closed = Image.fromarray(np.zeros((32, 32, 3), np.uint8))
+    closed.close()
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    keys = cache.sample_keys(
+        [str(tmp_path / "missing.png"), str(fifo), closed, np.array([object()], dtype=object)], "ctx"
+    )
+    assert keys == [None, None, None, None]
+    assert cache.sample_keys([np.zeros(3)], "ctx") == cache.sample_keys([np.zeros(3)], "ctx") != [None]
+    with pytest.raises(FileNotFoundError, match=r"image 0 \('[^']*missing.png'\)"):
+        DeepFisherTransformer("tinyalexnet", memory=cache).transform([str(tmp_path / "missing.png")])
+
+
+def test_entry_with_a_good_checksum_but_not_an_array_is_refused(tmp_path):
+    from blake3 import blake3
+
+    body = b"not an npy file at all"
+    (tmp_path / "k.npy").write_bytes(body + blake3(b"k" + body).digest())
+    with pytest.warns(CorruptCacheWarning, match="k.npy is corrupt: it is not a valid .npy file"):
+        assert DiskStore(tmp_path).get("k", np.float32, (3,)) is None
+
+
+def test_pickled_clone_attaches_to_the_live_cache_of_its_search(trunk_runs):
+    """Unpickled in the same process (joblib's threads, or a worker running several tasks)."""
+    import pickle
+
+    base = DeepFisherTransformer(MODEL, layer=7)
+    first = clone(base).transform(X)
+    again = pickle.loads(pickle.dumps(clone(base).set_params(layer=6))).transform(X)
+    assert sum(trunk_runs) == 10  # the unpickled clone read the states of the first
+    _assert_same(first, DeepFisherTransformer(MODEL, layer=7).transform(X))
+    _assert_same(again, DeepFisherTransformer(MODEL, layer=6).transform(X))

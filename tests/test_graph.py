@@ -273,3 +273,104 @@ def test_random_fc_heads_match_numpy(widths, trans_b, matmul, dropout, softmax, 
     for (kind, k), value in zip(keys, out):
         expected = (xs if kind == "forward" else deltas)[k - net.head.numbers[0]]
         np.testing.assert_allclose(value, expected, atol=1e-12, rtol=1e-10)
+
+
+# -- heads that cannot be read, and builder arguments that make no sense ------------------------
+
+
+def _mlp_with(change):
+    """An MLP whose graph ``change(graph)`` edits."""
+    model = mlp_model()[0]
+    change(model.graph)
+    return model
+
+
+def _node(graph, name):
+    return next(node for node in graph.node if node.name == name)
+
+
+def _set_attribute(node, **values):
+    node.attribute.extend(helper.make_attribute(key, value) for key, value in values.items())
+
+
+def test_unreadable_heads_say_why():
+    cases = [
+        (lambda g: _set_attribute(_node(g, "fc2"), transA=1), "Gemm node 'fc2' has transA=1"),
+        (lambda g: _swap_bias_for_input(g), "Gemm node 'fc2' has a computed bias"),
+        (
+            lambda g: _cast_weight(g, "W0", np.float64),
+            r"FC weights must share one float dtype, found \['float32', 'float64'\]",
+        ),
+        (lambda g: g.output.pop(), "the ONNX graph has no output"),
+    ]
+    for change, message in cases:
+        with pytest.raises(HeadStructureError, match=message):
+            find_fc_head(_mlp_with(change))
+    with pytest.raises(TypeError, match="model must be an onnx.ModelProto, got str"):
+        find_fc_head("model.onnx")
+    no_opset = mlp_model()[0]
+    no_opset.opset_import[0].domain = "com.example"
+    with pytest.raises(HeadStructureError, match="imports no default-domain ONNX opset"):
+        find_fc_head(no_opset)
+
+
+def _swap_bias_for_input(graph):
+    node = _node(graph, "fc2")
+    graph.input.append(helper.make_tensor_value_info("bias_in", onnx.TensorProto.FLOAT, [3]))
+    node.input[2] = "bias_in"
+
+
+def _cast_weight(graph, name, dtype):
+    init = next(i for i in graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(dtype), name))
+
+
+def test_weights_given_by_constant_nodes_are_read():
+    """Constant nodes (not initializers) hold the weights of some exporters."""
+    model, weights, biases = mlp_model()
+    graph = model.graph
+    for name in ("W1", "b1"):
+        init = next(i for i in graph.initializer if i.name == name)
+        graph.node.insert(0, helper.make_node("Constant", [], [name], value=init))
+        graph.initializer.remove(init)
+    head = find_fc_head(model)
+    np.testing.assert_array_equal(head.layers[1].weight, weights[1].astype(np.float32))
+
+
+def test_builder_arguments_that_make_no_sense_are_refused():
+    from skfishing.graph import build_head_model, build_model, network_input
+
+    model = mlp_model()[0]
+    head = find_fc_head(model)
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\), got \(4,\)"):
+        build_head_model(head, labels=np.ones(4))
+    with pytest.raises(ValueError, match="input_sum needs the network input"):
+        build_model(None, head, [Tensor("delta", 7)], from_state=True, input_sum=True)
+    with pytest.raises(ValueError, match="are state tensors: read them from the state"):
+        build_model(None, head, [Tensor("y", 8)], from_state=True)
+    two_inputs = mlp_model()[0]
+    two_inputs.graph.input.append(helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, ["N", 6]))
+    two_inputs.graph.node[0].input[0] = "extra"  # the first FC layer now reads a second input...
+    two_inputs.graph.node.insert(0, helper.make_node("Add", ["input", "extra"], ["sum"]))
+    two_inputs.graph.node[1].input[0] = "sum"  # ...through an Add of both: the trunk reads two inputs
+    head = find_fc_head(two_inputs)
+    with pytest.raises(
+        ValueError, match=r"the network has 2 inputs \['input', 'extra'\]; one input is supported"
+    ):
+        network_input(two_inputs, head)
+
+
+def test_trunk_and_forward_models_compute_the_network():
+    from skfishing.graph import build_forward_model, build_trunk_model
+
+    model, _, _, weights, biases = caffe_alexnet_model(seed=4)
+    head = find_fc_head(model)
+    X = np.random.default_rng(6).normal(size=(3, 3, 8, 8)).astype(np.float32)
+    trunk = ort.InferenceSession(build_trunk_model(model, head).SerializeToString(), providers=CPU)
+    pool5 = trunk.run(None, {"data_0": X})[0].reshape(3, -1)
+    (expected,), _ = get_network(model, CPU).run(X, (Tensor("x", 5),))
+    np.testing.assert_array_equal(pool5, expected)
+    forward = ort.InferenceSession(build_forward_model(model, head).SerializeToString(), providers=CPU)
+    state = forward.run(None, {"data_0": X})
+    np.testing.assert_allclose(state[1], pool5.astype(np.float64) @ weights[0] + biases[0], atol=1e-4)
+    assert build_trunk_model(*(lambda m: (m, find_fc_head(m)))(mlp_model()[0])) is None  # an MLP has no trunk
