@@ -27,9 +27,9 @@ LAST_LAYER = 8
 #: Prefix of every tensor the head adds, so it never clashes with the network.
 PREFIX = "fish_"
 #: Operators that pass the FC input through unchanged at inference time.
-_PASS_THROUGH = {"Dropout", "Identity"}
+_PASS_THROUGH = frozenset({"Dropout", "Identity"})
 #: Operators that flatten the trunk output into FC input.
-_FLATTEN = {"Flatten", "Reshape"}
+_FLATTEN = frozenset({"Flatten", "Reshape"})
 _MIN_OPSET = 11
 
 

@@ -877,6 +877,39 @@ def _with(Z, field_name, row, value):
 #: Bad inputs of issue 8 tested in other files (kind, what, test).
 COVERED_ELSEWHERE = [
     (
+        "cache",
+        "memory= entry overwritten with zeros, bit-flipped, truncated, given another entry's bytes, "
+        "another dtype or shape: recomputed, with a warning that names the file",
+        "tests/test_cache.py::test_corrupt_disk_entries_are_recomputed_with_a_warning_naming_the_file",
+    ),
+    (
+        "cache",
+        "image or model file replaced by another of the same size and modification time (cp -p, rsync -a): "
+        "fresh features, and a fitted pipeline refuses the new model, also in another process",
+        "tests/test_cache.py::test_replaced_image_file_of_same_size_and_mtime_gives_fresh_features, "
+        "tests/test_faults.py::test_same_size_same_mtime_swaps_give_fresh_features_or_a_refusal",
+    ),
+    (
+        "cache",
+        "PIL images that differ only in palette, transparency or EXIF orientation",
+        "tests/test_cache.py::test_pil_images_that_differ_in_palette_transparency_or_orientation_get_their_own_features",
+    ),
+    (
+        "cache",
+        "an ONNX model's external weights file changed after fit: a pickled pipeline refuses it",
+        "tests/test_pipeline.py::test_changed_external_weights_are_refused_in_a_fresh_process",
+    ),
+    (
+        "cache",
+        "memory= folder that cannot be written: an error naming it, before the network runs",
+        "tests/test_faults.py::test_unusable_forward_cache_folder_fails_early_and_says_memory",
+    ),
+    (
+        "file name",
+        "non-UTF-8 file name with memory=: keyed by content",
+        "tests/test_cache.py::test_non_utf8_file_names_are_keyed_by_content",
+    ),
+    (
         "wrong shape",
         "images of another size for a model whose height and width are free in the graph",
         "tests/test_transformer.py::test_wrong_size_for_a_model_with_free_height_and_width_says_which_size",
