@@ -474,8 +474,8 @@ def main(argv=None):
         print("skfishing: interrupted", file=sys.stderr)
         return 130
     # OSError includes FileNotFoundError and ConnectionError; scikit-learn's
-    # InvalidParameterError is a ValueError.
-    except (ValueError, TypeError, OSError) as exc:
+    # InvalidParameterError is a ValueError; ImportError: onnxruntime is missing.
+    except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"skfishing: error: {exc}", file=sys.stderr)
         return 1
 

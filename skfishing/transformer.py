@@ -18,7 +18,6 @@ from sklearn.utils.validation import _check_feature_names_in, validate_data
 from .batches import _from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys
 from .features import gradient_dtype
-from .network import get_network
 from .registry import resolve_model
 
 __all__ = ["DeepFisherTransformer"]
@@ -304,6 +303,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         return writer.result
 
     def _network(self):
+        from .network import get_network  # onnxruntime: imported on first use (it is an extra)
+
         resolved = resolve_model(self.model, cache_dir=self.cache_dir)
         network = get_network(resolved.source, self.providers, allow_tf32=self.allow_tf32)
         return network, resolved.preprocessing

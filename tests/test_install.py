@@ -32,3 +32,37 @@ def test_both_onnxruntime_builds_installed_is_a_warning_that_says_what_to_do(mon
 
 def test_the_installed_build_is_found():
     assert network._installed_onnxruntimes()  # the suite runs with one of them
+
+
+def test_without_onnxruntime_the_kernel_side_works_and_the_network_says_what_to_install(tmp_path):
+    """A process where onnxruntime cannot be imported, as after pip install . without an extra."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import sys
+        sys.modules["onnxruntime"] = None  # import onnxruntime now fails, as when it is not installed
+        import numpy as np
+        from skfishing import DeepFisherTransformer, TraceKernelSVC, trace_kernel
+        from skfishing.cli import main
+        Z = np.zeros(4, [("forward", "f4", (2,)), ("backward", "f4", (2,))])
+        Z["forward"], Z["backward"] = np.eye(4, 2) + 1, np.eye(4, 2) + 1
+        assert trace_kernel(Z).shape == (4, 4)
+        TraceKernelSVC().fit(Z, [0, 1, 0, 1])
+        try:
+            DeepFisherTransformer().transform(np.zeros((1, 32, 32, 3), np.uint8))
+        except ImportError as exc:
+            print("transform:", exc)
+        sys.exit(main(["demo", "--quick"]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "transform: skfishing runs networks on onnxruntime, which is not installed" in done.stdout
+    assert done.stderr.strip().splitlines() == [
+        "skfishing: error: skfishing runs networks on onnxruntime, which is not installed. Install it with "
+        "pip install 'skfishing[cpu]' (CPU) or pip install 'skfishing[gpu]' (NVIDIA CUDA); see the "
+        "installation page of the documentation."
+    ]
