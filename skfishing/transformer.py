@@ -432,12 +432,11 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         )
         n_samples = len(keys)
         writer.allocate(n_samples)
-        widths = [network.head.width(t) for t in outputs]
+        # the finished (checked, normalised) rows are kept: a hit is a copy
         stored = [None if k is None else cache.outputs.get(k) for k in output_keys]
-        for rows in _chunks([i for i, row in enumerate(stored) if row is not None], self.batch_size):
-            rows = np.asarray(rows)
-            joined = np.stack([stored[i] for i in rows])
-            writer.write(rows, np.split(joined, np.cumsum(widths)[:-1], axis=1), None)
+        hits = np.array([i for i, row in enumerate(stored) if row is not None], dtype=np.intp)
+        if len(hits):
+            writer.copy(hits, np.stack([stored[i] for i in hits]))
 
         todo = [i for i, row in enumerate(stored) if row is None]
         width = network.state_width
@@ -461,8 +460,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             state_rows = np.stack([states[i] if i in states else next(computed) for i in rows])
             values = network.run_from_state(state_rows, outputs, **options)
             writer.write(rows, values, None)
-            joined = np.concatenate(values, axis=1)
-            for i, row in zip(rows, joined):
+            for i, row in zip(rows, writer.written(rows)):
                 if output_keys[i] is not None:
                     cache.outputs.put(output_keys[i], row)
 
@@ -583,6 +581,17 @@ class _Writer:
             self._check_finite(tensor, rows, value, np.isfinite(norms), batch)
             np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)
             field[rows] = block
+
+    def written(self, rows):
+        """The finished rows ``rows``, all fields side by side (float32), for a cache."""
+        return np.concatenate([field[rows] for field in self._fields], axis=1)
+
+    def copy(self, rows, joined):
+        """Write finished rows given as :meth:`written` returns them."""
+        start = 0
+        for field, width in zip(self._fields, self.widths):
+            field[rows] = joined[:, start : start + width]
+            start += width
 
     def _check_finite(self, tensor, rows, value, finite, batch):
         if finite.all():
