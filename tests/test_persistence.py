@@ -7,7 +7,6 @@ import textwrap
 import joblib
 import numpy as np
 import pytest
-import skops.io as sio
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import FeatureUnion, Pipeline, make_pipeline
 from sklearn.preprocessing import Normalizer
@@ -15,6 +14,8 @@ from sklearn.preprocessing import Normalizer
 from skfishing import DeepFisherTransformer, TraceKernelSVC, persistence
 from skfishing.datasets import load_digits_images
 from skfishing.registry import model_path
+
+sio = pytest.importorskip("skops.io")  # the optional extra skops
 
 
 @pytest.fixture(scope="module")

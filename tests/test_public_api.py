@@ -17,10 +17,11 @@ import re
 
 import numpy as np
 import pytest
-from numpydoc.docscrape import ClassDoc, FunctionDoc
 
 import skfishing
 from onnx_models import mlp_model
+
+docscrape = pytest.importorskip("numpydoc.docscrape")  # reads the Parameters sections
 
 NAN, INF = math.nan, math.inf
 X_IMAGES = np.zeros((2, 32, 32, 3), np.uint8)
@@ -141,7 +142,7 @@ def _public_callables():
 
 
 def _numeric_parameters(obj):
-    doc = ClassDoc(obj) if inspect.isclass(obj) else FunctionDoc(obj)
+    doc = docscrape.ClassDoc(obj) if inspect.isclass(obj) else docscrape.FunctionDoc(obj)
     names = []
     for parameter in doc["Parameters"]:
         if re.match(r"(int|float)\b", parameter.type):
