@@ -282,11 +282,14 @@ def extraction(setup, rng):
     if setup.args.skip_torch:
         return
     device = "cuda" if setup.cuda else "cpu"
-    if setup.cuda:  # exact fp32, as skfishing
+    if setup.cuda:  # exact fp32, as skfishing: the older flags and the newer precision settings
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
+        for backend in (torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)):
+            if hasattr(backend, "fp32_precision"):
+                backend.fp32_precision = "ieee"
     net = net.to(device)
-    targets = {False: 2.0 if setup.cuda else 1.5, True: 1.5}
+    targets = {False: ">= 2.0" if setup.cuda else ">= 1.5", True: "none" if setup.cuda else ">= 1.5"}
     for tuned, name in [(False, "loss.backward(), hooks"), (True, "autograd.grad to y7 only")]:
         with torch.enable_grad():
             torch_features(net, X[:batch], batch, device, tuned=tuned)
@@ -303,7 +306,7 @@ def extraction(setup, rng):
         err = max(np.abs(fwd - Z["forward"]).max(), np.abs(bwd - Z["backward"]).max())
         print(f"  torch, {name:<25}{n / t_torch:8.1f} img/s   (max abs diff of features {err:.1e})")
         print(
-            f"  ratio skfishing / that torch    {t_torch / best['ours']:8.3f}   (target >= {targets[tuned]})"
+            f"  ratio skfishing / that torch    {t_torch / best['ours']:8.3f}   (target {targets[tuned]})"
         )
 
 
