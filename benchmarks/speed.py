@@ -305,9 +305,7 @@ def extraction(setup, rng):
         bwd = np.concatenate([b for _, b in feats])
         err = max(np.abs(fwd - Z["forward"]).max(), np.abs(bwd - Z["backward"]).max())
         print(f"  torch, {name:<25}{n / t_torch:8.1f} img/s   (max abs diff of features {err:.1e})")
-        print(
-            f"  ratio skfishing / that torch    {t_torch / best['ours']:8.3f}   (target {targets[tuned]})"
-        )
+        print(f"  ratio skfishing / that torch    {t_torch / best['ours']:8.3f}   (target {targets[tuned]})")
 
 
 def make_inputs(m, rng, folder):
