@@ -148,6 +148,12 @@ def timed(fn, repeat=1):
     return best, result
 
 
+def run_session(session, X, batch):
+    """The network alone: a bare ``session.run`` per batch of ``X``."""
+    for start in range(0, len(X), batch):
+        session.run(None, {"input": X[start : start + batch]})
+
+
 def interleaved(functions, repeat=5):
     """Best time of each function, run in turns so that load hits them alike."""
     for fn in functions.values():
@@ -225,11 +231,9 @@ def host_overhead(setup, rng):
     session = setup.session(path)
     fish = DeepFisherTransformer(path, layer=7, batch_size=batch, providers=setup.providers)
 
-    def bare():
-        for start in range(0, n, batch):
-            session.run(None, {"input": X[start : start + batch]})
-
-    best = interleaved({"bare": bare, "transform": lambda: fish.transform(X)})
+    best = interleaved(
+        {"bare": lambda: run_session(session, X, batch), "transform": lambda: fish.transform(X)}
+    )
     per_image = {name: t / n * 1e6 for name, t in best.items()}
     print(
         f"\n[host overhead] negligible-compute network (global average pool + FC 3-16-16-10), "
@@ -265,11 +269,7 @@ def extraction(setup, rng):
     session = setup.session(path)
     fish = DeepFisherTransformer(path, layer=7, batch_size=batch, providers=setup.providers)
 
-    def forward_only():
-        for start in range(0, n, batch):
-            session.run(None, {"input": X[start : start + batch]})
-
-    best = interleaved({"forward": forward_only, "ours": lambda: fish.transform(X)})
+    best = interleaved({"forward": lambda: run_session(session, X, batch), "ours": lambda: fish.transform(X)})
     Z = fish.transform(X)
     target = 0.9 if setup.cuda else 0.97
     print(

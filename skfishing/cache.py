@@ -20,8 +20,9 @@ input to the features. ``memory=`` asks for a cache explicitly: a folder
 :class:`FeatureCache` object that you create, size and clear yourself.
 
 **Keys are content.** A state is stored under a BLAKE3 key of the model's
-content (SHA-256 of the ONNX file and its external data), the image
-preprocessing and the sample's content: the bytes of an image file (hashed
+content (SHA-256 of the ONNX file and its external data), the execution
+providers and their options (a TF32 result is never returned to an exact
+run), the image preprocessing and the sample's content: the bytes of an image file (hashed
 once per file identity: device, inode, size, modification and change
 times, so a file replaced by another of the same size and modification time
 is hashed again), the pixels, mode, palette, transparency and EXIF
