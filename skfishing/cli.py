@@ -7,7 +7,10 @@ Commands:
     ``.npz`` file with their provenance, read back by
     :func:`skfishing.features.load_features`. ``--model FILE.onnx`` takes
     the image preprocessing of an unregistered network from options or from
-    a JSON file beside it.
+    a JSON file beside it. The features are computed in parts, kept in a
+    folder beside the output until the end, so that a run that stops
+    continues where it stopped when run again (:mod:`skfishing.parts`);
+    ``--skip-bad`` leaves out unreadable images instead of stopping.
 ``skfishing models``
     The registered networks, their size and whether they are on disk.
 ``skfishing demo``
@@ -30,12 +33,15 @@ import stat
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
 from . import __version__
 from .demo import run_demo
 from .features import _check_output_file, _feature_arrays, _write_npz
 from .images import ImagePreprocessing
+from .parts import PartsFolder, parts_folder
 from .registry import get_cache_dir, list_models, model_path, register_model, resolve_model
 from .transformer import DeepFisherTransformer
 
@@ -85,11 +91,12 @@ def _stat(path, what):
         raise OSError(f"cannot read {what} {_quoted(path)}: {exc.strerror or exc}") from None
 
 
-def collect_images(arguments):
+def collect_images(arguments, recursive=False):
     """Expand the IMAGES arguments of ``skfishing extract`` into file paths.
 
     A file is taken as it is (its decoder decides whether it is an image). A
-    folder stands for the files directly inside it (not in sub-folders)
+    folder stands for the files directly inside it (and, with
+    ``recursive``, in its sub-folders, each sorted by name after the files)
     whose extension Pillow can open (``.jpg``, ``.png``, ...; case
     insensitive), sorted by name. The order of the arguments is kept. Only
     regular files (or links to them) are taken: a FIFO, a device or a
@@ -101,6 +108,8 @@ def collect_images(arguments):
     ----------
     arguments : sequence of str
         Files and folders.
+    recursive : bool, default=False
+        Take the images of sub-folders too.
 
     Returns
     -------
@@ -120,30 +129,75 @@ def collect_images(arguments):
     for argument in arguments:
         mode = _stat(argument, "image file or folder").st_mode
         if stat.S_ISDIR(mode):
-            found = []
-            with os.scandir(argument) as entries:
-                children = sorted(os.path.join(argument, entry.name) for entry in entries)
-            for child in children:
-                if os.path.splitext(child)[1].lower() not in extensions:
-                    continue
-                child_mode = _stat(child, "file").st_mode
-                if stat.S_ISDIR(child_mode):
-                    continue
-                if not stat.S_ISREG(child_mode):
-                    raise ValueError(
-                        f"{_quoted(child)} in folder {_quoted(argument)} is "
-                        f"{_not_regular(child_mode)}, not an image file; move it out "
-                        "of the folder or list the image files explicitly"
-                    )
-                found.append(child)
+            found = _folder_images(argument, extensions, recursive)
             if not found:
-                raise ValueError(f"no image file in folder {_quoted(argument)}")
+                raise ValueError(f"no image file in folder {_quoted(argument)}{_subfolder_hint(argument)}")
             paths += found
         elif stat.S_ISREG(mode):
             paths.append(argument)
         else:
             raise ValueError(f"{_quoted(argument)} is {_not_regular(mode)}, not an image file")
     return paths
+
+
+def _folder_images(folder, extensions, recursive, seen=None):
+    """The image files of ``folder`` (sorted), then those of its sub-folders with ``recursive``."""
+    found, folders = [], []
+    with os.scandir(folder) as entries:
+        children = sorted(os.path.join(folder, entry.name) for entry in entries)
+    for child in children:
+        if recursive and os.path.isdir(child):
+            folders.append(child)
+            continue
+        if os.path.splitext(child)[1].lower() not in extensions:
+            continue
+        child_mode = _stat(child, "file").st_mode
+        if stat.S_ISDIR(child_mode):
+            continue
+        if not stat.S_ISREG(child_mode):
+            raise ValueError(
+                f"{_quoted(child)} in folder {_quoted(folder)} is "
+                f"{_not_regular(child_mode)}, not an image file; move it out "
+                "of the folder or list the image files explicitly"
+            )
+        found.append(child)
+    if seen is None:
+        seen = {(os.stat(folder).st_dev, os.stat(folder).st_ino)}
+    for child in folders:
+        identity = (os.stat(child).st_dev, os.stat(child).st_ino)
+        if identity not in seen:  # a link back up would loop forever
+            seen.add(identity)
+            found += _folder_images(child, extensions, recursive, seen)
+    return found
+
+
+def _subfolder_hint(folder):
+    """What to do with a folder of class sub-folders, for the "no image file" error."""
+    try:
+        with os.scandir(folder) as entries:
+            subfolders = sorted(entry.name for entry in entries if entry.is_dir())
+    except OSError:
+        return ""
+    if not subfolders:
+        return ""
+    shown = " ".join(_shown(os.path.join(folder, name)) for name in subfolders[:3])
+    more = " ..." if len(subfolders) > 3 else ""
+    return (
+        f"; it has {len(subfolders)} sub-folder{'s' if len(subfolders) > 1 else ''}: give them as "
+        f"arguments ({shown}{more}; one output file per class keeps the labels apart), or pass "
+        "--recursive to take the images of every sub-folder"
+    )
+
+
+def _positive(text):
+    """A positive integer option."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 def _layer(text):
@@ -154,12 +208,28 @@ def _layer(text):
         return text
 
 
-def _check_not_an_input(output, images):
-    """Refuse an output file that is one of the input images (even with --overwrite)."""
+def _check_not_an_input(output, images, others=()):
+    """Refuse an output file that is one of the inputs (even with --overwrite).
+
+    Inputs are the images and ``others``, ``(what, path)`` pairs (the model
+    file, its preprocessing JSON file, its external data files). A file is
+    recognised by its identity (device and inode), whatever its spelling:
+    relative or absolute, through a symbolic link, or another hard link.
+    """
     try:
         target = os.stat(output)
     except OSError:
         return  # no such file yet: it cannot be an input
+    for what, path in others:
+        try:
+            found = os.stat(path)
+        except OSError:
+            continue
+        if (found.st_dev, found.st_ino) == (target.st_dev, target.st_ino):
+            raise ValueError(
+                f"output file {_quoted(output)} is the {what} ({_quoted(path)}); choose another "
+                "output file name"
+            )
     for number, image in enumerate(images):
         try:
             found = os.stat(image)
@@ -255,10 +325,137 @@ def _model(args):
     return model
 
 
+def _model_inputs(args):
+    """The files that --model reads, as ``(what, path)``: the ONNX file, its
+    preprocessing JSON file and its external data files."""
+    path = Path(args.model).expanduser()
+    if not path.is_file():
+        try:
+            path = model_path(args.model, cache_dir=args.cache_dir)  # a registered name
+        except (ValueError, KeyError, TypeError, OSError):
+            path = None
+    files = []
+    if path is not None and path.is_file():
+        files += [("model file", path), ("preprocessing file of the model", path.with_suffix(".json"))]
+        try:
+            from . import state
+            from .network import _external_locations, _parse
+
+            digest = state.file_sha256(path)
+            locations = state.memo(("onnx-external", digest), lambda: _external_locations(_parse(path)))
+        except (ValueError, OSError, ImportError):
+            locations = []  # an unreadable model is reported when it is loaded
+        files += [("external data file of the model", path.parent / location) for location in locations]
+    if args.preprocessing is not None:
+        files.append(("preprocessing file", Path(args.preprocessing)))
+    return files
+
+
+#: Output formats of ``skfishing extract``, by extension.
+_OUTPUT_FORMATS = {".npz": "NumPy archive, read by skfishing.features.load_features"}
+
+
+def _check_output_format(output):
+    """Refuse an output whose extension names a format that is not written."""
+    suffix = Path(output).suffix.lower()
+    if suffix in _OUTPUT_FORMATS:
+        return
+    written = ", ".join(f"{ext} ({what})" for ext, what in _OUTPUT_FORMATS.items())
+    found = f"extension {suffix!r}" if suffix else "no extension"
+    hint = f"; name it {_quoted(Path(output).with_suffix('.npz'))}"
+    if suffix == ".zarr":
+        hint += (
+            ", or write a Zarr store in Python with skfishing.distributed.to_zarr "
+            "(see the user guide's scaling page)"
+        )
+    raise ValueError(f"output {_quoted(output)} has {found}; skfishing extract writes {written}{hint}")
+
+
+#: Short names of execution providers accepted by --providers.
+_PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "rocm": "ROCMExecutionProvider",
+    "coreml": "CoreMLExecutionProvider",
+    "dml": "DmlExecutionProvider",
+    "openvino": "OpenVINOExecutionProvider",
+}
+
+
+def _providers(text):
+    """``--providers``: comma-separated provider names, short (cpu, cuda) or onnxruntime's."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one provider, e.g. cuda,cpu")
+    return [_PROVIDER_NAMES.get(name.lower(), name) for name in names]
+
+
+def _describe_providers(network):
+    """Which execution provider runs the network, and whether TF32 is on, as text."""
+    used = network.used_providers()
+    if not used:
+        return "no session yet"
+    name, options = used[0]
+    text = name
+    if name == "CUDAExecutionProvider":
+        text += f" (TF32 {'on' if str(options.get('use_tf32', '1')) == '1' else 'off'})"
+    return text
+
+
+def _describe_model(args, fish, network, preprocessing):
+    """A line saying which model runs, on which provider, for which features."""
+    specs = {spec.name: spec for spec in list_models()}
+    spec = specs.get(args.model)
+    description = f" ({spec.description})" if spec is not None and spec.description else ""
+    shape = "x".join(str(d) for d in network.input_shape)
+    if args.features == "probabilities":
+        what = "class probabilities"
+    else:
+        what = f"{args.features} features of layer {fish.layer_}"
+        if args.features == "gradient":
+            what += f", temperature {args.temperature:g}"
+    return (
+        f"model {_quoted(args.model)}{description}: input {shape}; {what}; on {_describe_providers(network)}"
+    )
+
+
+def _size_note(args, images, preprocessing, n_looked=16):
+    """A note when the images are much larger than a small network's input, else None."""
+    if preprocessing is None or preprocessing.size >= 224:
+        return None
+    sides = []
+    for path in images[:n_looked]:
+        try:
+            with Image.open(path) as image:  # reads the header only
+                sides.append((min(image.size), path, image.size))
+        except Exception:  # noqa: BLE001 - unreadable images are reported when read
+            continue
+    if not sides:
+        return None
+    sides.sort(key=lambda row: row[0])
+    shorter, path, (width, height) = sides[len(sides) // 2]
+    if shorter < 4 * preprocessing.size:
+        return None
+    size = preprocessing.size
+    return (
+        f"skfishing: note: the images are much larger than the {size}x{size} input of "
+        f"{_quoted(args.model)} (e.g. {_quoted(path)} is {width}x{height}) and are shrunk to it; "
+        "for photos the benchmarks recommend --model alexnet (224x224, downloaded once) "
+        "or your own network (--model net.onnx)"
+    )
+
+
+#: Progress bar label of each kind of features.
+_DESC = {"gradient": "gradient features", "activation": "activations", "probabilities": "probabilities"}
+
+
 def _extract(args):
-    images = collect_images(args.images)
+    images = collect_images(args.images, recursive=args.recursive)
     output = Path(args.output)
-    _check_not_an_input(output, images)
+    _check_not_an_input(output, images, _model_inputs(args))
+    if not output.is_dir():  # a folder is reported by _check_output_file
+        _check_output_format(output)
     _check_output_file(output, args.overwrite, "pass --overwrite")
     fish = DeepFisherTransformer(
         _model(args),
@@ -266,20 +463,101 @@ def _extract(args):
         temperature=args.temperature,
         features=args.features,
         batch_size=args.batch_size,
-        progress=args.progress,
+        providers=args.providers,
+        allow_tf32=args.allow_tf32,
+        progress=False,
         cache_dir=args.cache_dir,
     )
-    Z = fish.fit_transform(images)
+    fish.fit(images)
+    network, preprocessing = fish._network()
+    network.prepare(fish._outputs(network))  # builds the session: says which provider runs
+    print(_describe_model(args, fish, network, preprocessing), flush=True)
+    requested = network.providers[0][0]
+    if network.used_providers()[0][0] != requested:
+        print(
+            f"skfishing: warning: {requested} was asked for but onnxruntime runs on "
+            f"{network.used_providers()[0][0]}: see the GPU section of the installation page",
+            file=sys.stderr,
+        )
+    note = _size_note(args, images, preprocessing)
+    if note is not None:
+        print(note, file=sys.stderr)
+    settings = {
+        "model_sha256": fish.model_sha256_,
+        "layer": int(fish.layer_),
+        "temperature": None if args.features == "probabilities" else float(args.temperature),
+        "features": args.features,
+        "preprocessing": repr(preprocessing),
+        "providers": repr(network.providers),
+    }
+    parts = PartsFolder(parts_folder(output), images, settings, args.part_size)
+    n_written = parts.open()
+    if n_written:
+        print(f"resuming from {_shown(parts.folder)}: {n_written} of {parts.n_parts} parts written")
+    single = parts.n_parts == 1  # then the transformer's own progress bar, per batch
+    fish.set_params(progress=args.progress and single)
+    bar = tqdm(
+        total=len(images),
+        desc=f"{_DESC[args.features]} in parts of {args.part_size}",
+        unit="image",
+        disable=None if args.progress and not single else True,
+    )
+
+    def skipped(index, path, message):
+        print(f"skfishing: skipped {message}", file=sys.stderr)
+
+    try:
+        with bar:
+            blocks, left_out = parts.compute(
+                fish, preprocessing, skip_bad=args.skip_bad, on_part=bar.update, on_skip=skipped
+            )
+    except BaseException:
+        if parts.has_parts():
+            args.after_error = (
+                f"skfishing: the finished parts are kept in {_quoted(parts.folder)}: run the same "
+                "command again to continue from there (--skip-bad leaves out unreadable images)"
+            )
+        else:
+            parts.remove()
+        raise
+    left_out_set = set(left_out)
+    kept = [path for i, path in enumerate(images) if i not in left_out_set]
+    Z = _as_features(blocks, fish, network)
+    arrays = _feature_arrays(Z, fish, kept)
+    if args.features == "probabilities":
+        arrays.pop("temperature", None)  # the softmax output does not depend on it
+    if args.skip_bad:
+        arrays["skipped"] = np.array([images[i] for i in left_out], dtype=str).reshape(len(left_out))
+    _write_npz(output, arrays, args.overwrite, "pass --overwrite")
+    parts.remove()
     if args.features == "gradient":
         shape = f"forward {Z['forward'].shape[1]}, backward {Z['backward'].shape[1]}"
+        what = f"gradient features of layer {fish.layer_}"
     else:
         shape = f"{Z.shape[1]} values"
-    _write_npz(output, _feature_arrays(Z, fish, images), args.overwrite, "pass --overwrite")
-    print(
-        f"wrote {_shown(output)}: {args.features} features of layer {fish.layer_} for "
-        f"{len(images)} images ({shape} per image)"
-    )
+        what = "probabilities" if args.features == "probabilities" else f"activations of layer {fish.layer_}"
+    skipped_text = f"; {len(left_out)} unreadable images skipped" if left_out else ""
+    print(f"wrote {_shown(output)}: {what} for {len(kept)} images ({shape} per image){skipped_text}")
     return 0
+
+
+def _as_features(blocks, fish, network):
+    """The transformer's output again, from the arrays of the parts."""
+    if "features" in blocks:
+        return blocks["features"]
+    from .features import gradient_dtype
+
+    source = {
+        "model_sha256": fish.model_sha256_,
+        "layer": int(fish.layer_),
+        "temperature": float(fish.temperature),
+    }
+    Z = np.empty(
+        len(blocks["forward"]),
+        dtype=gradient_dtype(blocks["forward"].shape[1], blocks["backward"].shape[1], source),
+    )
+    Z["forward"], Z["backward"] = blocks["forward"], blocks["backward"]
+    return Z
 
 
 def _size(n_bytes):
@@ -397,10 +675,17 @@ def build_parser():
         "skfishing.features.load_features, ready for TraceKernelSVC. A folder "
         "argument stands for the image files directly inside it, sorted by "
         "name. The output file is checked before any image is read: its folder "
-        "must accept a new file and it must not be one of the images.",
+        "must accept a new file and it must not be one of the inputs (images, "
+        "model, preprocessing file). Features are computed in parts of "
+        "--part-size images, each written to FILE.parts/ as it is done; if the run "
+        "stops (an unreadable image, an error, Ctrl-C), the same command run "
+        "again continues from the finished parts, then writes FILE and removes "
+        "the parts.",
     )
     extract.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
-    extract.add_argument("-o", "--output", required=True, metavar="FILE", help="the .npz file to write")
+    extract.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="the .npz file to write (FILE.npz)"
+    )
     _add_common(extract, "registered model name or ONNX file")
     extract.add_argument(
         "--layer",
@@ -418,6 +703,35 @@ def build_parser():
     )
     extract.add_argument("--batch-size", type=int, default=32, help="images per network run (default: 32)")
     extract.add_argument("--overwrite", action="store_true", help="replace FILE if it exists")
+    extract.add_argument(
+        "--recursive", action="store_true", help="take the images of the sub-folders of a folder too"
+    )
+    extract.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out images that cannot be read (truncated, corrupt, not an image), "
+        "reported on stderr and listed in FILE's 'skipped' array, instead of stopping",
+    )
+    extract.add_argument(
+        "--part-size",
+        type=_positive,
+        default=1024,
+        metavar="N",
+        help="images per part written to FILE.parts/ as the run goes (default: 1024)",
+    )
+    extract.add_argument(
+        "--providers",
+        type=_providers,
+        metavar="LIST",
+        help="onnxruntime execution providers in order of preference, comma-separated: "
+        "cpu, cuda, tensorrt or onnxruntime names such as CUDAExecutionProvider "
+        "(default: cuda,cpu when onnxruntime-gpu is installed, else cpu)",
+    )
+    extract.add_argument(
+        "--allow-tf32",
+        action="store_true",
+        help="on CUDA, let matrix products run in TF32: faster, less exact (default: off)",
+    )
     extract.set_defaults(handler=_extract)
 
     models = commands.add_parser(
@@ -472,12 +786,20 @@ def main(argv=None):
         return args.handler(args)
     except KeyboardInterrupt:
         print("skfishing: interrupted", file=sys.stderr)
+        _after_error(args)
         return 130
     # OSError includes FileNotFoundError and ConnectionError; scikit-learn's
     # InvalidParameterError is a ValueError; ImportError: onnxruntime is missing.
     except (ValueError, TypeError, OSError, ImportError) as exc:
         print(f"skfishing: error: {exc}", file=sys.stderr)
+        _after_error(args)
         return 1
+
+
+def _after_error(args):
+    """Lines a command leaves to print after its error (e.g. where its finished work is)."""
+    if getattr(args, "after_error", None):
+        print(args.after_error, file=sys.stderr)
 
 
 if __name__ == "__main__":

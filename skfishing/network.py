@@ -217,6 +217,26 @@ class FisherNetwork:
                 self._sessions[key] = session
             return session
 
+    def used_providers(self):
+        """The execution providers of the sessions built so far, as onnxruntime reports them.
+
+        onnxruntime may leave out a provider it was given (CUDA without its
+        libraries, for example): this says what runs, first the preferred.
+
+        Returns
+        -------
+        providers : list of (str, dict)
+            Names and options, each provider once; empty before a session is built.
+        """
+        with self._lock:
+            sessions = list(self._sessions.values())
+        used = {}
+        for session in sessions:
+            options = session.get_provider_options()
+            for name in session.get_providers():
+                used.setdefault(name, dict(options.get(name, {})))
+        return list(used.items())
+
     def _feeds(self, session, feeds, temperature, labels):
         # tau and g are initializers that are also graph inputs: onnxruntime
         # lists them as overridable initializers, not as inputs

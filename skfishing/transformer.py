@@ -386,7 +386,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             dtype=network.input_dtype,
             n_jobs=self.n_jobs,
             progress=self.progress,
-            desc="network forward pass",
+            desc="gradient features" if self.features == "gradient" else self.features,
             skip=skip,
             check_finite=False,  # the network checks: see _check_input_sums
         )

@@ -168,7 +168,7 @@ def test_interrupt_exits_130_and_leaves_nothing(tiny_cnn, pngs, tmp_path, capsys
     def interrupted(self, X, y=None):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(DeepFisherTransformer, "fit_transform", interrupted)
+    monkeypatch.setattr(DeepFisherTransformer, "transform", interrupted)
     out = tmp_path / "feats.npz"
     assert main(["extract", *pngs, "--model", tiny_cnn, "-o", str(out)]) == 130
     assert _error_lines(capsys) == ["skfishing: interrupted"]

@@ -369,7 +369,8 @@ def test_cli_bad_input(case, env, own_registry, monkeypatch):
         def compute(self, X, y=None):
             raise AssertionError("the network ran before the error")
 
-        monkeypatch.setattr(DeepFisherTransformer, "fit_transform", compute)
+        for method in ("fit", "transform", "fit_transform"):
+            monkeypatch.setattr(DeepFisherTransformer, method, compute)
     before = _snapshot(env)
     output = case.argv(env)[case.argv(env).index("-o") + 1]
     existed = os.path.lexists(output)
@@ -411,7 +412,8 @@ def test_output_that_is_a_hard_link_to_an_input(env, own_registry, monkeypatch):
     link = env.root / "alias.png"
     if not link.exists():
         os.link(env.paths[1], link)
-    monkeypatch.setattr(DeepFisherTransformer, "fit_transform", lambda *a: pytest.fail("ran"))
+    for method in ("fit", "transform", "fit_transform"):
+        monkeypatch.setattr(DeepFisherTransformer, method, lambda *a: pytest.fail("ran"))
     before = hashlib.sha256(link.read_bytes()).hexdigest()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
