@@ -515,7 +515,8 @@ def _extract(args):
         if parts.has_parts():
             args.after_error = (
                 f"skfishing: the finished parts are kept in {_quoted(parts.folder)}: run the same "
-                "command again to continue from there (--skip-bad leaves out unreadable images)"
+                "command again to continue from there"
+                + ("" if args.skip_bad else " (--skip-bad leaves out unreadable images)")
             )
         else:
             parts.remove()
@@ -524,8 +525,6 @@ def _extract(args):
     kept = [path for i, path in enumerate(images) if i not in left_out_set]
     Z = _as_features(blocks, fish, network)
     arrays = _feature_arrays(Z, fish, kept)
-    if args.features == "probabilities":
-        arrays.pop("temperature", None)  # the softmax output does not depend on it
     if args.skip_bad:
         arrays["skipped"] = np.array([images[i] for i in left_out], dtype=str).reshape(len(left_out))
     _write_npz(output, arrays, args.overwrite, "pass --overwrite")

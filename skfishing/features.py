@@ -235,7 +235,8 @@ def _feature_arrays(features, transformer=None, paths=None):
     if source:
         arrays["model_sha256"] = np.array(str(source["model_sha256"]))
         arrays["layer"] = np.array(int(source["layer"]))
-        arrays["temperature"] = np.array(float(source["temperature"]))
+        if kind != "probabilities":  # the softmax output does not depend on it
+            arrays["temperature"] = np.array(float(source["temperature"]))
         if "labels" in source:
             arrays["labels"] = np.array(source["labels"], dtype=np.float64)
     return arrays
@@ -350,7 +351,9 @@ def load_features(file):
           provenance (None where unknown; ``labels`` is a tuple of floats,
           None for the uniform default);
         - ``source``: dict or None, the provenance as gradient features
-          carry it in their dtype's metadata.
+          carry it in their dtype's metadata;
+        - ``skipped``: ndarray of str or None, the images left out because
+          they could not be read (``skfishing extract --skip-bad``).
 
     Raises
     ------
@@ -422,6 +425,7 @@ def _read_features(archive, path):
         temperature=None,
         labels=None,
         source=None,
+        skipped=None,
     )
     for key, kind in (
         ("kind", "U"),
@@ -439,6 +443,13 @@ def _read_features(archive, path):
                 f"'paths' must hold {n_samples} str paths, one per row; got {paths.dtype} {paths.shape}."
             )
         data.paths = paths
+    if "skipped" in files:
+        skipped = archive["skipped"]
+        if skipped.dtype.kind != "U" or skipped.ndim != 1:
+            raise ValueError(
+                f"'skipped' must be a 1-D array of str paths; got {skipped.dtype} {skipped.shape}."
+            )
+        data.skipped = skipped
     if "labels" in files:
         labels = archive["labels"]
         if labels.ndim != 1 or labels.dtype.kind != "f":
@@ -450,14 +461,18 @@ def _read_features(archive, path):
     elif (data.kind == "gradient") != gradient:
         raise ValueError(f"kind {data.kind!r} does not match the arrays {sorted(blocks)}.")
     if data.model_sha256 is not None:
-        if data.layer is None or data.temperature is None:
+        probabilities = data.kind == "probabilities"  # no temperature: they do not depend on it
+        if data.layer is None or (data.temperature is None and not probabilities):
             raise ValueError("'model_sha256' is given without 'layer' and 'temperature'.")
-        data.layer, data.temperature = int(data.layer), float(data.temperature)
+        data.layer = int(data.layer)
+        data.temperature = None if data.temperature is None else float(data.temperature)
         data.source = {
             "model_sha256": data.model_sha256,
             "layer": data.layer,
             "temperature": data.temperature,
         }
+        if data.temperature is None:
+            del data.source["temperature"]
         if data.labels is not None:
             data.source["labels"] = data.labels
     if gradient:

@@ -234,7 +234,8 @@ class PartsFolder:
                 on_part(stop - start)
         names = [name for part in results for name in part["blocks"]]
         if not names:
-            raise ValueError("no image could be read: all were skipped")
+            self.remove()  # nothing left to resume
+            raise ValueError(f"no image could be read: all {len(self.paths)} were skipped")
         blocks = {}
         for name in dict.fromkeys(names):
             blocks[name] = np.concatenate([p["blocks"][name] for p in results if name in p["blocks"]])

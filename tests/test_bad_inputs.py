@@ -1069,6 +1069,14 @@ COVERED_ELSEWHERE = [
         "labels vector of the wrong shape",
         "tests/test_transformer.py::test_labels_parameter_is_used",
     ),
+    (
+        "CLI: output",
+        "skfishing extract IMAGES --model net.onnx --size 32 -o net.onnx --overwrite, or -o its net.json, "
+        "a --preprocessing file, its external weights or a registered model's file, by any spelling or "
+        "link: refused before the network runs, the file untouched (it became a zip)",
+        "tests/test_cli_outputs.py::test_output_is_never_an_input_of_the_model, "
+        "tests/test_cli_outputs.py::test_output_is_never_the_file_of_a_registered_model",
+    ),
 ]
 
 

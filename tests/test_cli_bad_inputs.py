@@ -269,6 +269,21 @@ CLI_CASES = [
         _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.fifo("out.npz"), "--overwrite"),
         r"output '[^']*out\.npz' exists and is not a regular file \(a FIFO, device or socket\)",
     ),
+    CliCase(
+        "output-is-the-model",
+        "CLI: output",
+        f"{E} IMAGES --model net.onnx -o net.onnx --overwrite",
+        _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: str(e.net), "--overwrite"),
+        r"output file '[^']*net\.onnx' is the model file \('[^']*net\.onnx'\); choose another output file name",
+        note="also its net.json, a --preprocessing file and external weights, by any spelling or link",
+    ),
+    CliCase(
+        "output-extension-not-written",
+        "CLI: output",
+        f"{E} IMAGES -o feats.csv",
+        _extract(_images, "--model", lambda e: str(e.net), "-o", lambda e: e.out("feats.csv")),
+        r"output '[^']*feats\.csv' has extension '\.csv'; skfishing extract writes \.npz \(",
+    ),
     # -- non-regular files and file names -------------------------------------------
     CliCase(
         "fifo-argument",

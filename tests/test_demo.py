@@ -45,6 +45,7 @@ def test_quick_demo_on_digits(tiny_cnn):
             for line in first.text.splitlines()
         ), row.feature
     assert f"test accuracy {grid.test_score:.4f}" in first.text
+    assert "Why not the paper's gap: gradient features gain on PASCAL VOC photos" in first.text
     # A second run, with the network rerun from scratch, gives the same numbers.
     clear_caches()
     second = run_demo(model=tiny_cnn, quick=True, progress=False, out=io.StringIO())
@@ -122,6 +123,7 @@ def test_quick_demo_on_voc_layout(tiny_cnn, tmp_path, source):
     results = run_demo(data, model=tiny_cnn, quick=True, progress=False, out=io.StringIO())
     assert results.metric == "VOC07 mAP"
     assert "VOC07 mAP" in results.text and str(data) in results.text
+    assert "paper's gap" not in results.text  # said for the digits only
     # Quick mode keeps 12 random positives per class and split; the 20
     # columns are 10 digits twice, so each digit keeps 12 to 24 images.
     for n, target in zip((results.n_train, results.n_test), targets):
