@@ -26,7 +26,7 @@ from .batches import _image_error
 from .files import atomic_path
 from .images import preprocess_image
 
-__all__ = ["PartsFolder", "parts_folder"]
+__all__ = ["parts_folder"]  # PartsFolder serves skfishing extract
 
 #: Value of ``format`` in the manifest of a parts folder.
 FORMAT = "skfishing-parts-1"

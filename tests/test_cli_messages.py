@@ -145,3 +145,17 @@ def test_recursive_survives_a_link_loop(tmp_path):
     (tmp_path / "a" / "loop").symlink_to(tmp_path / "a")
     assert collect_images([str(tmp_path / "a")], recursive=True) == paths
     assert Path(paths[0]).is_file()
+
+
+def test_gpu_check_of_the_install_page_runs():
+    """The snippet of docs/install.rst that says which provider runs (here asking for the CPU one)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "install.rst").read_text(encoding="utf-8")
+    start = text.index('   python -c "\n   from skfishing import fetch_model')
+    block = text[start : text.index('"\n', start + 20)]
+    code = "\n".join(line[3:] for line in block.splitlines()[1:])
+    assert "print(net.used_providers()[0][0])" in code
+    namespace = {}
+    printed = []
+    namespace["print"] = printed.append
+    exec(code.replace("CUDAExecutionProvider", "CPUExecutionProvider"), namespace)
+    assert printed == ["CPUExecutionProvider"]
