@@ -135,8 +135,10 @@ class PartsFolder:
 
     def remove(self):
         """Remove the parts and the manifest, and the folder if nothing else is in it."""
-        for part in self.folder.glob("part-*.npz"):
-            part.unlink(missing_ok=True)
+        # with the temporary files of writes that a killed run left behind
+        for pattern in ("part-*.npz", ".part-*.npz.*.part", f".{_MANIFEST}.*.part"):
+            for part in self.folder.glob(pattern):
+                part.unlink(missing_ok=True)
         (self.folder / _MANIFEST).unlink(missing_ok=True)
         try:
             self.folder.rmdir()

@@ -208,3 +208,49 @@ def test_manifest_records_what_the_features_depend_on(tiny_cnn, pngs, tmp_path, 
     assert (settings["layer"], settings["temperature"], settings["features"]) == (6, 2.0, "gradient")
     assert "CPUExecutionProvider" in settings["providers"] and "size=32" in settings["preprocessing"]
     assert manifest["part_size"] == 2
+
+
+KILLED_RUN = """
+import os, signal, sys
+from skfishing import parts
+from skfishing.cli import main
+
+save = parts.PartsFolder._save
+written = []
+
+def save_then_die(self, k, blocks, skipped):
+    save(self, k, blocks, skipped)
+    written.append(k)
+    if len(written) == 2:  # the job is killed while the third part is computed
+        os.kill(os.getpid(), signal.SIGKILL)
+
+parts.PartsFolder._save = save_then_die
+main(sys.argv[1:])
+"""
+
+
+def test_killed_process_resumes(tiny_cnn_file, pngs, tmp_path, capsys, counted, restore_models):
+    """A real SIGKILL: no Python cleanup runs, the finished parts are what is left."""
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "feats.npz"
+    model = str(tmp_path / "net.onnx")
+    (tmp_path / "net.json").write_text(json.dumps({"size": 32}))
+    shutil.copy(tiny_cnn_file, tmp_path / "net.onnx")
+    argv = ["extract", *pngs, "--model", model, "-o", str(out), "--part-size", "2"]
+    env = dict(os.environ, PYTHONPATH=str(root))
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, *argv], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    parts = tmp_path / "feats.npz.parts"
+    assert sorted(p.name for p in parts.glob("part-*")) == ["part-000000.npz", "part-000001.npz"]
+    assert not out.exists()
+    assert main(argv + ["--no-progress"]) == 0
+    assert counted == [2, 1]  # parts 2 and 3 only
+    assert not parts.exists()
+    expected = _reference(model, pngs)  # the command registered the file with net.json
+    with np.load(out) as saved:
+        np.testing.assert_array_equal(saved["forward"], expected["forward"])
+        np.testing.assert_array_equal(saved["backward"], expected["backward"])
