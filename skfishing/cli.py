@@ -131,7 +131,9 @@ def collect_images(arguments, recursive=False):
         if stat.S_ISDIR(mode):
             found = _folder_images(argument, extensions, recursive)
             if not found:
-                raise ValueError(f"no image file in folder {_quoted(argument)}{_subfolder_hint(argument)}")
+                raise ValueError(
+                    f"no image file in folder {_quoted(argument)}{'' if recursive else _subfolder_hint(argument)}"
+                )
             paths += found
         elif stat.S_ISREG(mode):
             paths.append(argument)
@@ -670,10 +672,10 @@ def build_parser():
         "write them to a .npz file: arrays 'forward' and 'backward' (gradient "
         "features) or 'features' (activations, probabilities), one row per "
         "image, plus 'paths', 'model', 'model_sha256', 'layer', 'temperature' "
-        "and 'kind' (the --features value). Read it back in Python with "
-        "skfishing.features.load_features, ready for TraceKernelSVC. A folder "
-        "argument stands for the image files directly inside it, sorted by "
-        "name. The output file is checked before any image is read: its folder "
+        "and 'kind' (the --features value), and 'skipped' with --skip-bad. Read it "
+        "back in Python with skfishing.features.load_features, ready for "
+        "TraceKernelSVC. A folder argument stands for the image files directly "
+        "inside it (with --recursive, in its sub-folders too), sorted by name. The output file is checked before any image is read: its folder "
         "must accept a new file and it must not be one of the inputs (images, "
         "model, preprocessing file). Features are computed in parts of "
         "--part-size images, each written to FILE.parts/ as it is done; if the run "
