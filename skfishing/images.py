@@ -12,7 +12,6 @@ written straight into a row of the batch (``out=``).
 from __future__ import annotations
 
 import errno
-import functools
 import math
 import os
 import stat
@@ -22,6 +21,8 @@ from numbers import Integral, Real
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils._param_validation import validate_params
+
+from . import state
 
 __all__ = [
     "ImagePreprocessing",
@@ -191,9 +192,12 @@ def _check_float32(preprocessing):
             )
 
 
-@functools.lru_cache(maxsize=32)
 def _normalisation(preprocessing):
-    """float32 ``scale``, ``mean`` and ``std`` (``(3, 1, 1)``, channel order)."""
+    """float32 ``scale``, ``mean`` and ``std`` (``(3, 1, 1)``, channel order), made once per process."""
+    return state.memo(("normalisation", preprocessing), lambda: _make_normalisation(preprocessing))
+
+
+def _make_normalisation(preprocessing):
     order = slice(None, None, -1 if preprocessing.channel_order == "BGR" else 1)
     constants = []
     for values in (preprocessing.mean, preprocessing.std):

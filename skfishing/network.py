@@ -232,8 +232,18 @@ class FisherNetwork:
 
         :meth:`run` builds it on first use otherwise; preparing it first
         reports a graph that onnxruntime rejects before any batch is read.
+
+        Parameters
+        ----------
+        outputs : sequence of Tensor
+            The tensors :meth:`run` will compute.
+
+        Returns
+        -------
+        session : onnxruntime.InferenceSession
+            The session, with its providers and their options.
         """
-        self._session_for(("features", tuple(outputs)))
+        return self._session_for(("features", tuple(outputs)))
 
     def run(self, batch, outputs, *, temperature=2.0, labels=None):
         """The requested tensors of a batch of network inputs, in one run.

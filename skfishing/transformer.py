@@ -16,7 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, validate_data
 
 from .batches import _from_frame, iter_batches
-from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys
+from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
 from .features import gradient_dtype
 from .registry import resolve_model
 
@@ -344,7 +344,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             if memory.disk is not None:
                 memory.disk.check_writable()
             return memory, memory.disk
-        if memory is None and self.__dict__.get("_shared_cache") is None:
+        if memory is None and shared_cache(self) is None:
             return None, None
         disk = None
         if memory is not None:
