@@ -12,6 +12,7 @@ written straight into a row of the batch (``out=``).
 from __future__ import annotations
 
 import errno
+import functools
 import math
 import os
 import stat
@@ -21,8 +22,6 @@ from numbers import Integral, Real
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 from sklearn.utils._param_validation import validate_params
-
-from . import state
 
 __all__ = [
     "ImagePreprocessing",
@@ -100,6 +99,14 @@ class ImagePreprocessing:
     scale: float = 1 / 255
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    @functools.cached_property
+    def _constants(self):
+        # kept on the (frozen) object itself: derived from its fields only
+        return _make_normalisation(self)
+
+    def __getstate__(self):  # the fields only: what is derived is made again
+        return {k: v for k, v in self.__dict__.items() if k != "_constants"}
 
     def __post_init__(self):
         for field in ("size", "resize"):
@@ -193,8 +200,8 @@ def _check_float32(preprocessing):
 
 
 def _normalisation(preprocessing):
-    """float32 ``scale``, ``mean`` and ``std`` (``(3, 1, 1)``, channel order), made once per process."""
-    return state.memo(("normalisation", preprocessing), lambda: _make_normalisation(preprocessing))
+    """float32 ``scale``, ``mean`` and ``std`` (``(3, 1, 1)``, channel order), made once per object."""
+    return preprocessing._constants
 
 
 def _make_normalisation(preprocessing):

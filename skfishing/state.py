@@ -33,6 +33,7 @@ import threading
 import warnings
 import weakref
 from collections import OrderedDict
+from collections.abc import Hashable
 from numbers import Integral
 
 import pooch
@@ -85,6 +86,7 @@ class _LRU:
 _shared = {}
 
 
+@validate_params({"name": [str], "create": [callable]}, prefer_skip_nested_validation=True)
 def shared(name, create):
     """The object ``name`` of this process, made by ``create()`` on first use.
 
@@ -133,6 +135,7 @@ def models():
 _networks = _LRU(4)
 
 
+@validate_params({"key": [Hashable], "build": [callable]}, prefer_skip_nested_validation=True)
 def network(key, build):
     """The network stored under ``key``, built by ``build()`` on a miss.
 
@@ -278,6 +281,7 @@ def file_hashes():
     return _file_hashes
 
 
+@validate_params({"path": [str, os.PathLike]}, prefer_skip_nested_validation=True)
 def file_sha256(path):
     """SHA-256 of a file's content, computed once per file identity.
 
@@ -297,6 +301,7 @@ def file_sha256(path):
     return _file_hashes.sha256(path)
 
 
+@validate_params({"key": [Hashable], "compute": [callable]}, prefer_skip_nested_validation=True)
 def memo(key, compute):
     """A value derived from file contents or settings, computed once per ``key``.
 
@@ -322,6 +327,9 @@ def memo(key, compute):
 _estimator_caches = weakref.WeakKeyDictionary()
 
 
+@validate_params(
+    {"estimator": "no_validation", "create": [callable, None]}, prefer_skip_nested_validation=True
+)
 def estimator_cache(estimator, create=None):
     """The cache ``estimator`` shares with its clones, kept for as long as it lives.
 
@@ -353,6 +361,9 @@ _caches = weakref.WeakValueDictionary()
 _kept = _LRU(2)  # caches unpickled in this process, kept alive between tasks
 
 
+@validate_params(
+    {"cache_id": [str], "create": [callable], "keep": ["boolean"]}, prefer_skip_nested_validation=True
+)
 def attach_cache(cache_id, create, *, keep=False):
     """The live cache with id ``cache_id``, or a new one made by ``create()``.
 
