@@ -269,7 +269,8 @@ class FeatureCache:
         runs; None keeps them in memory only.
     max_bytes : int, default=1 GiB
         Memory for states (head outputs get a quarter more); least recently
-        used entries are evicted beyond it. An AlexNet state takes 74 KB.
+        used entries are evicted beyond it. A state is the head input and
+        the FC pre-activations in float32: 4 bytes times their widths.
 
     Attributes
     ----------

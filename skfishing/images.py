@@ -466,13 +466,11 @@ def preprocess_image(image, preprocessing, *, out=None):
     shorter side is at least four times ``resize`` is decoded at 1/2, 1/4 or
     1/8 scale by libjpeg's DCT scaling (Pillow's :meth:`PIL.Image.Image.draft`),
     keeping at least twice ``resize``, and the antialiased resize starts
-    from there. This makes a 12-megapixel photo about three times faster
-    to preprocess for a 224 x 224 network. On synthetic images with strong
-    fine detail the result differs from the full-scale decode by about one
-    8-bit level on average and at most about 9 levels (0.01 to 0.02 and
-    0.16 in units of ImageNet's ``std``); on photos by less (0.006 and 0.07
-    on the 12-megapixel photos of ``benchmarks/preprocessing.py``). JPEG
-    compression at quality 90 itself changes pixels by more.
+    from there: a 12-megapixel photo is preprocessed several times faster
+    for a 224 x 224 network, and the result differs from the full-scale
+    decode by less than JPEG compression at quality 90 changes the pixels
+    (``benchmarks/preprocessing.py`` measures both; the numbers are on the
+    benchmarks page).
 
     An RGB or grey array whose shorter side is already ``resize`` pixels is
     cropped without a copy; everything else is converted once by Pillow.

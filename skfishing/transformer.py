@@ -93,9 +93,9 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     allow_tf32 : bool, default=False
         On the CUDA execution provider, let convolutions and matrix products
-        run in TF32. Faster on recent NVIDIA GPUs, but inexact: unit-norm
-        layer-6/7 features of AlexNet differ from fp32 by up to 0.056
-        (measured on an H200), against 2e-6 without it.
+        run in TF32 (10 significant bits). Faster on recent NVIDIA GPUs, but
+        inexact: unit-norm features differ from fp32 in their third
+        significant digit (the benchmarks page gives the measurements).
 
     n_jobs : int, default=None
         Threads decoding images ahead of the network (image input only);
