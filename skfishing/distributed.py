@@ -30,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from .kernel import _FIELDS
 from .transformer import DeepFisherTransformer
 
-__all__ = ["dask_transform", "to_zarr", "from_zarr"]
+__all__ = ["dask_transform", "to_zarr", "from_zarr", "WORKER_ATTRIBUTE", "ZARR_ATTRIBUTE"]
 
 #: Attribute of a ``distributed.Worker`` that holds its transformers.
 WORKER_ATTRIBUTE = "skfishing_estimators"
