@@ -90,16 +90,16 @@ def random_cnn(path, size=32, widths=(64, 48, 10), channels=8, seed=0):
 def make_transformer(model_path, batch_size, cache_mb):
     """The transformer of one process (registers the random CNN if needed)."""
     from skfishing import DeepFisherTransformer
-    from skfishing.cache import forward_cache
+    from skfishing.cache import FeatureCache
     from skfishing.images import ImagePreprocessing
     from skfishing.registry import register_model
 
-    forward_cache.max_bytes = cache_mb << 20
     name = "tinyalexnet"
     if model_path is not None:
         register_model(RANDOM_NAME, model_path, preprocessing=ImagePreprocessing(size=32), overwrite=True)
         name = RANDOM_NAME
-    return DeepFisherTransformer(name, layer=7, batch_size=batch_size, n_jobs=1)
+    memory = FeatureCache(max_bytes=cache_mb << 20)
+    return DeepFisherTransformer(name, layer=7, batch_size=batch_size, n_jobs=1, memory=memory)
 
 
 def work(chunk_id, X, model_path, batch_size, cache_mb):

@@ -25,6 +25,7 @@ torch (a dev-only dependency) builds and exports the networks. Usage::
     python benchmarks/speed.py                      # CPU, everything
     python benchmarks/speed.py --providers cuda     # on a CUDA machine
     python benchmarks/speed.py --only extraction host-overhead
+    python benchmarks/speed.py --smoke              # tiny sizes: checks that it runs
 """
 
 import argparse
@@ -43,33 +44,35 @@ SECTIONS = ("exactness", "host-overhead", "preprocessing", "extraction", "grid-s
 PREPROCESSING = ImagePreprocessing(224, resize=256, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
 
-def alexnet(n_classes=1000):
+def alexnet(n_classes=1000, width=1):
+    """torchvision's AlexNet layout, random weights; ``width`` divides every layer's width."""
     import torch
     from torch import nn
 
     torch.manual_seed(0)
+    c = [64 // width, 192 // width, 384 // width, 256 // width, 4096 // width]
     return nn.Sequential(
-        nn.Conv2d(3, 64, 11, stride=4, padding=2),
+        nn.Conv2d(3, c[0], 11, stride=4, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(3, 2),
-        nn.Conv2d(64, 192, 5, padding=2),
+        nn.Conv2d(c[0], c[1], 5, padding=2),
         nn.ReLU(),
         nn.MaxPool2d(3, 2),
-        nn.Conv2d(192, 384, 3, padding=1),
+        nn.Conv2d(c[1], c[2], 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(384, 256, 3, padding=1),
+        nn.Conv2d(c[2], c[3], 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(256, 256, 3, padding=1),
+        nn.Conv2d(c[3], c[3], 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(3, 2),
         nn.Flatten(),
         nn.Dropout(),
-        nn.Linear(9216, 4096),
+        nn.Linear(c[3] * 36, c[4]),
         nn.ReLU(),
         nn.Dropout(),
-        nn.Linear(4096, 4096),
+        nn.Linear(c[4], c[4]),
         nn.ReLU(),
-        nn.Linear(4096, n_classes),
+        nn.Linear(c[4], n_classes),
     ).eval()
 
 
@@ -179,6 +182,8 @@ class Setup:
         else:
             self.providers = ["CPUExecutionProvider"]
         self.ort = ort
+        self.width = 16 if args.smoke else 1  # --smoke: a network 16 times narrower
+        self.repeat = 1 if args.smoke else 5
 
     def session(self, path):
         options = self.ort.SessionOptions()
@@ -196,8 +201,8 @@ class Setup:
 def exactness(setup, rng):
     from skfishing import DeepFisherTransformer
 
-    path = setup.network_file("alexnet", alexnet())
-    X = rng.normal(size=(256, 3, 224, 224)).astype(np.float32)
+    path = setup.network_file("alexnet", alexnet(width=setup.width))
+    X = rng.normal(size=(8 if setup.args.smoke else 256, 3, 224, 224)).astype(np.float32)
     print("\n[exactness] CUDA against CPU, AlexNet shape, 256 images, max abs difference of unit-norm rows")
     print(
         f"  {'features':<22}{'TF32 off (default)':>20}{'allow_tf32=True':>18}   (target <= 1e-4 with TF32 off)"
@@ -226,13 +231,14 @@ def host_overhead(setup, rng):
     from skfishing import DeepFisherTransformer
 
     path = setup.network_file("negligible", negligible_network())
-    n, batch = 2048, setup.args.batch_size
+    n, batch = (64 if setup.args.smoke else 2048), setup.args.batch_size
     X = rng.normal(size=(n, 3, 224, 224)).astype(np.float32)
     session = setup.session(path)
     fish = DeepFisherTransformer(path, layer=7, batch_size=batch, providers=setup.providers)
 
     best = interleaved(
-        {"bare": lambda: run_session(session, X, batch), "transform": lambda: fish.transform(X)}
+        {"bare": lambda: run_session(session, X, batch), "transform": lambda: fish.transform(X)},
+        setup.repeat,
     )
     per_image = {name: t / n * 1e6 for name, t in best.items()}
     print(
@@ -254,7 +260,7 @@ def preprocessing(setup, rng):
         print("\n[preprocessing] benchmarks/preprocessing.py not found")
         return
     print()
-    bench.main([])
+    bench.main(["--images", "2", "--large-images", "1", "--rounds", "1"] if setup.args.smoke else [])
 
 
 def extraction(setup, rng):
@@ -262,14 +268,16 @@ def extraction(setup, rng):
 
     from skfishing import DeepFisherTransformer
 
-    net = alexnet()
+    net = alexnet(width=setup.width)
     path = setup.network_file("alexnet", net)
     n, batch = setup.args.throughput_images, setup.args.batch_size
     X = rng.normal(size=(n, 3, 224, 224)).astype(np.float32)
     session = setup.session(path)
     fish = DeepFisherTransformer(path, layer=7, batch_size=batch, providers=setup.providers)
 
-    best = interleaved({"forward": lambda: run_session(session, X, batch), "ours": lambda: fish.transform(X)})
+    best = interleaved(
+        {"forward": lambda: run_session(session, X, batch), "ours": lambda: fish.transform(X)}, setup.repeat
+    )
     Z = fish.transform(X)
     target = 0.9 if setup.cuda else 0.97
     print(
@@ -300,7 +308,7 @@ def extraction(setup, rng):
                     torch.cuda.synchronize()
                 return result
 
-            t_torch, feats = timed(run, 2)
+            t_torch, feats = timed(run, min(2, setup.repeat))
         fwd = np.concatenate([f for f, _ in feats])
         bwd = np.concatenate([b for _, b in feats])
         err = max(np.abs(fwd - Z["forward"]).max(), np.abs(bwd - Z["backward"]).max())
@@ -385,7 +393,7 @@ def grid_search_times(model, X, y, batch_size, providers, naive=False):
 def grid_search(setup, rng):
     from skfishing.registry import register_model
 
-    path = setup.network_file("alexnet", alexnet())
+    path = setup.network_file("alexnet", alexnet(width=setup.width))
     m = setup.args.images
     y = rng.integers(0, 2, size=m)
     kinds = make_inputs(m, rng, setup.tmp)
@@ -433,7 +441,12 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of onnxruntime and torch")
     parser.add_argument("--skip-torch", action="store_true")
     parser.add_argument("--naive", action="store_true", help="also time a grid search without cache (slow)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny sizes and a narrow network: checks that every section runs"
+    )
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.images, args.throughput_images, args.batch_size = 12, 4, 4
 
     import onnxruntime as ort
     import torch

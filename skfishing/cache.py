@@ -65,6 +65,7 @@ __all__ = [
     "clear_caches",
     "content_key",
     "derived_keys",
+    "shared_cache",
 ]
 
 _KEY_LENGTH = 20  # bytes of BLAKE3 digest in a key (40 hexadecimal digits)
@@ -268,7 +269,8 @@ class FeatureCache:
         runs; None keeps them in memory only.
     max_bytes : int, default=1 GiB
         Memory for states (head outputs get a quarter more); least recently
-        used entries are evicted beyond it. An AlexNet state takes 74 KB.
+        used entries are evicted beyond it. A state is the head input and
+        the FC pre-activations in float32: 4 bytes times their widths.
 
     Attributes
     ----------
@@ -291,8 +293,6 @@ class FeatureCache:
         self.states = ArrayStore(max_bytes)
         self.outputs = ArrayStore(max_bytes // 4)
         self.disk = None if directory is None else DiskStore(directory)
-        self._digests = OrderedDict()  # file identity -> content digest
-        self._lock = threading.Lock()
         state.attach_cache(self.cache_id, lambda: self)  # so that clear_caches() reaches it
 
     def __repr__(self):
@@ -305,8 +305,6 @@ class FeatureCache:
         """Forget the in-memory entries (files on disk stay)."""
         self.states.clear()
         self.outputs.clear()
-        with self._lock:
-            self._digests.clear()
 
     def sample_keys(self, X, context):
         """One key per sample of ``X`` (None where a sample has none).
@@ -364,20 +362,10 @@ class FeatureCache:
             return None  # the image loader reports the missing file
         if not stat.S_ISREG(st.st_mode):
             return None  # never open a FIFO or a device: the image loader refuses it
-        identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        with self._lock:
-            digest = self._digests.get(identity)
-        if digest is None:
-            try:
-                with open(path, "rb") as f:
-                    digest = blake3(f.read(), max_threads=1).digest()
-            except OSError:
-                return None
-            with self._lock:
-                self._digests[identity] = digest
-                if len(self._digests) > 1_000_000:
-                    self._digests.popitem(last=False)
-        return digest
+        try:
+            return state.file_hashes().blake3(path)
+        except OSError:
+            return None
 
 
 def _pil_digest(image):
@@ -405,8 +393,10 @@ class SharedCacheMixin:
 
     ``clone(estimator)`` gives the clone the estimator's cache (made on first
     use by ``_make_cache``), so the candidates and folds of a search share it.
-    Pickled, the cache travels as its id: in a joblib worker, the tasks of one
-    search attach to one cache (see :func:`skfishing.state.attach_cache`).
+    The estimator cloned is not changed: its cache is kept for it in
+    :mod:`skfishing.state` (:func:`shared_cache` finds it). Pickled, the
+    cache travels as its id: in a joblib worker, the tasks of one search
+    attach to one cache (see :func:`skfishing.state.attach_cache`).
     """
 
     def __sklearn_clone__(self):
@@ -415,15 +405,19 @@ class SharedCacheMixin:
         return clone
 
     def _own_cache(self):
-        cache = self.__dict__.get("_shared_cache")
+        cache = shared_cache(self)
         if cache is None:
-            made = self._make_cache()
-            cache = self._shared_cache = state.attach_cache(made.cache_id, lambda: made)
+
+            def create():
+                made = self._make_cache()
+                return state.attach_cache(made.cache_id, lambda: made)
+
+            cache = state.estimator_cache(self, create)
         return cache
 
     def __getstate__(self):
         state_ = dict(super().__getstate__())  # a copy: object.__getstate__ may return __dict__
-        cache = state_.get("_shared_cache")
+        cache = shared_cache(self)
         if cache is not None:  # plain values: safe for skops.io too
             state_["_shared_cache"] = ("skfishing-shared-cache", cache.cache_id, cache.max_bytes)
         return state_
@@ -440,6 +434,28 @@ class SharedCacheMixin:
 
             state_["_shared_cache"] = state.attach_cache(cache_id, create, keep=True)
         super().__setstate__(state_)
+
+
+def shared_cache(estimator):
+    """The cache that ``estimator`` shares with its clones, or None if it has none yet.
+
+    A :class:`~skfishing.DeepFisherTransformer` (a
+    :class:`~skfishing.cache.FeatureCache`) or a
+    :class:`~skfishing.TraceKernelSVC` (an :class:`ArrayStore` of Gram
+    matrices) gets one when it is first cloned; an estimator used directly
+    has none.
+
+    Parameters
+    ----------
+    estimator : object
+        Any estimator.
+
+    Returns
+    -------
+    cache : FeatureCache, ArrayStore or None
+    """
+    cache = getattr(estimator, "__dict__", {}).get("_shared_cache")
+    return state.estimator_cache(estimator) if cache is None else cache
 
 
 def clear_caches():

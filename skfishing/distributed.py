@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from numbers import Integral
 
 import joblib
@@ -29,7 +30,7 @@ from sklearn.utils.validation import check_is_fitted
 from .kernel import _FIELDS
 from .transformer import DeepFisherTransformer
 
-__all__ = ["dask_transform", "to_zarr", "from_zarr"]
+__all__ = ["dask_transform", "to_zarr", "from_zarr", "WORKER_ATTRIBUTE", "ZARR_ATTRIBUTE"]
 
 #: Attribute of a ``distributed.Worker`` that holds its transformers.
 WORKER_ATTRIBUTE = "skfishing_estimators"
@@ -53,17 +54,24 @@ class _WorkerEstimators:
     A task receives its transformer as a fresh unpickled copy; the worker
     keeps the first copy of each and hands it to every later task, so that
     what the transformer builds lazily (the network's sessions) is built
-    once per worker, not once per task.
+    once per worker, not once per task. The store lives on the worker
+    object (it goes with the worker) and keeps the ``size`` most recently
+    used estimators.
     """
 
-    def __init__(self):
+    def __init__(self, size=8):
         self.lock = threading.Lock()
-        self.estimators = {}
+        self.size = size
+        self.estimators = OrderedDict()
 
     def get(self, estimator):
         key = joblib.hash(estimator)
         with self.lock:
-            return self.estimators.setdefault(key, estimator)
+            kept = self.estimators.setdefault(key, estimator)
+            self.estimators.move_to_end(key)
+            while len(self.estimators) > self.size:
+                self.estimators.popitem(last=False)
+            return kept
 
 
 def _worker_estimator(estimator):

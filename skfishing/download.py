@@ -6,9 +6,9 @@ the file is written to a temporary name, checked, then moved into place, so
 an interrupted or corrupt download never ends up in the cache. A file lock
 makes concurrent processes download a file once.
 
-Nothing here is module-level state: the memo of file checksums,
-:class:`FileHashes`, belongs to the :class:`~skfishing.registry.ModelRegistry`
-that fetches the files.
+Nothing here is module-level state: the one memo of file checksums of the
+process, a :class:`FileHashes`, lives in :mod:`skfishing.state`
+(:func:`skfishing.state.file_hashes`).
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
-import threading
 import urllib.parse
 
 import pooch
 from sklearn.utils._param_validation import validate_params
 
 from .model_spec import ModelSpec
+from .state import FileHashes
 
 __all__ = ["CACHE_DIR_ENV", "FileHashes", "check_local_file", "get_cache_dir", "retrieve"]
 
@@ -54,71 +54,6 @@ def get_cache_dir(cache_dir=None):
     if cache_dir is None:
         cache_dir = os.environ.get(CACHE_DIR_ENV) or pooch.os_cache("skfishing")
     return pathlib.Path(cache_dir).expanduser()
-
-
-class FileHashes:
-    """SHA-256 of files, each hashed once while it stays the same file.
-
-    A checksum is remembered under the file's ``(st_dev, st_ino, st_size,
-    st_mtime_ns, st_ctime_ns)``. Copying tools keep size and modification
-    time (``cp -p``, ``rsync -a``) but cannot keep the inode change time,
-    which the kernel sets on every write, rename or ``utime``, so a file
-    replaced by another is hashed again (git's index relies on the same
-    fields). A change within one tick of the file system clock of the
-    previous change is not seen (git's "racy" case).
-    """
-
-    def __init__(self):
-        self._digests = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _key(path):
-        stat = os.stat(path)
-        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-
-    @validate_params({"path": [str, os.PathLike]}, prefer_skip_nested_validation=True)
-    def sha256(self, path):
-        """SHA-256 of the file at ``path``, as 64 lowercase hexadecimal digits.
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            An existing file.
-
-        Returns
-        -------
-        sha256 : str
-        """
-        key = self._key(path)
-        with self._lock:
-            digest = self._digests.get(key)
-        if digest is None:
-            digest = pooch.file_hash(str(path), alg="sha256")
-            if self._key(path) == key:  # not changed while it was read
-                with self._lock:
-                    self._digests[key] = digest
-        return digest
-
-    @validate_params({"path": [str, os.PathLike], "sha256": [str]}, prefer_skip_nested_validation=True)
-    def remember(self, path, sha256):
-        """Record the checksum of a file verified by other means (a download).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            An existing file.
-        sha256 : str
-            Its SHA-256, 64 lowercase hexadecimal digits.
-        """
-        key = self._key(path)
-        with self._lock:
-            self._digests[key] = sha256
-
-    def clear(self):
-        """Forget every checksum: files are hashed again."""
-        with self._lock:
-            self._digests.clear()
 
 
 @validate_params(

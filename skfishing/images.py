@@ -100,6 +100,14 @@ class ImagePreprocessing:
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
+    @functools.cached_property
+    def _constants(self):
+        # kept on the (frozen) object itself: derived from its fields only
+        return _make_normalisation(self)
+
+    def __getstate__(self):  # the fields only: what is derived is made again
+        return {k: v for k, v in self.__dict__.items() if k != "_constants"}
+
     def __post_init__(self):
         for field in ("size", "resize"):
             value = getattr(self, field)
@@ -191,9 +199,12 @@ def _check_float32(preprocessing):
             )
 
 
-@functools.lru_cache(maxsize=32)
 def _normalisation(preprocessing):
-    """float32 ``scale``, ``mean`` and ``std`` (``(3, 1, 1)``, channel order)."""
+    """float32 ``scale``, ``mean`` and ``std`` (``(3, 1, 1)``, channel order), made once per object."""
+    return preprocessing._constants
+
+
+def _make_normalisation(preprocessing):
     order = slice(None, None, -1 if preprocessing.channel_order == "BGR" else 1)
     constants = []
     for values in (preprocessing.mean, preprocessing.std):
@@ -455,13 +466,11 @@ def preprocess_image(image, preprocessing, *, out=None):
     shorter side is at least four times ``resize`` is decoded at 1/2, 1/4 or
     1/8 scale by libjpeg's DCT scaling (Pillow's :meth:`PIL.Image.Image.draft`),
     keeping at least twice ``resize``, and the antialiased resize starts
-    from there. This makes a 12-megapixel photo about three times faster
-    to preprocess for a 224 x 224 network. On synthetic images with strong
-    fine detail the result differs from the full-scale decode by about one
-    8-bit level on average and at most about 9 levels (0.01 to 0.02 and
-    0.16 in units of ImageNet's ``std``); on photos by less (0.006 and 0.07
-    on the 12-megapixel photos of ``benchmarks/preprocessing.py``). JPEG
-    compression at quality 90 itself changes pixels by more.
+    from there: a 12-megapixel photo is preprocessed several times faster
+    for a 224 x 224 network, and the result differs from the full-scale
+    decode by less than JPEG compression at quality 90 changes the pixels
+    (``benchmarks/preprocessing.py`` measures both; the numbers are on the
+    benchmarks page).
 
     An RGB or grey array whose shorter side is already ``resize`` pixels is
     cropped without a copy; everything else is converted once by Pillow.

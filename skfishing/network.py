@@ -13,8 +13,8 @@ one set of execution providers. It runs the graphs of
 
 Sessions are built on first use. On the CUDA execution provider, TF32 math
 is off unless ``allow_tf32=True``: onnxruntime turns it on by default, and
-it changes unit-norm layer-6/7 features by up to 0.056 (measured on an H200;
-2e-6 with TF32 off).
+it changes unit-norm features in their third significant digit (the
+measurements are on the :ref:`benchmarks page <benchmarks>`).
 
 :func:`get_network` builds a network once per model content, providers and
 TF32 setting, and keeps a few in :mod:`skfishing.state`, so that cloning an
@@ -109,8 +109,9 @@ def session_providers(providers=None, *, allow_tf32=False):
         None means :func:`default_providers`.
     allow_tf32 : bool, default=False
         Let the CUDA provider compute convolutions and matrix products in
-        TF32 (about 10 significant bits): faster on recent NVIDIA GPUs, but
-        unit-norm features then differ from fp32 by up to about 0.06. Without
+        TF32 (10 significant bits): faster on recent NVIDIA GPUs, but
+        unit-norm features then differ from fp32 in their third significant
+        digit (see the benchmarks page). Without
         it ``use_tf32=0`` is set, unless the options already say.
 
     Returns
@@ -252,8 +253,18 @@ class FisherNetwork:
 
         :meth:`run` builds it on first use otherwise; preparing it first
         reports a graph that onnxruntime rejects before any batch is read.
+
+        Parameters
+        ----------
+        outputs : sequence of Tensor
+            The tensors :meth:`run` will compute.
+
+        Returns
+        -------
+        session : onnxruntime.InferenceSession
+            The session, with its providers and their options.
         """
-        self._session_for(("features", tuple(outputs)))
+        return self._session_for(("features", tuple(outputs)))
 
     def run(self, batch, outputs, *, temperature=2.0, labels=None):
         """The requested tensors of a batch of network inputs, in one run.

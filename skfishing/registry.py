@@ -6,7 +6,7 @@ from the ONNX Model Zoo mirror, and the metadata files of the networks shipped
 with the package), read once when the registry is created, and the models the
 user registers. Like pooch's ``Pooch``, it keeps everything on the object:
 the process's registry is created on first use by
-:func:`skfishing.state.models`, and the functions of this module
+:func:`process_registry` (kept in :mod:`skfishing.state`), and the functions of this module
 (:func:`register_model`, :func:`list_models`, :func:`fetch_model`,
 :func:`resolve_model`, ...) act on it.
 
@@ -27,7 +27,7 @@ import onnx
 from sklearn.utils._param_validation import Interval, validate_params
 
 from . import state
-from .download import CACHE_DIR_ENV, FileHashes, check_local_file, get_cache_dir, retrieve
+from .download import CACHE_DIR_ENV, check_local_file, get_cache_dir, retrieve
 from .images import ImagePreprocessing
 from .model_spec import ModelSpec, ResolvedModel
 
@@ -40,6 +40,7 @@ __all__ = [
     "get_cache_dir",
     "list_models",
     "model_path",
+    "process_registry",
     "register_model",
     "resolve_model",
     "unregister_model",
@@ -78,9 +79,9 @@ class ModelRegistry:
     the embedded models it lists (those missing from the folder are left
     out); nothing is read again afterwards. Models registered with
     :meth:`register` live on the object. Checksums of model files are
-    remembered in :attr:`hashes`.
+    remembered in :attr:`hashes`, the memo of the process.
 
-    Most code uses the registry of the process, :func:`skfishing.state.models`,
+    Most code uses the registry of the process, :func:`process_registry`,
     through the functions of :mod:`skfishing.registry`; a registry of its own
     is useful to test a data folder or to keep registrations apart.
 
@@ -96,7 +97,8 @@ class ModelRegistry:
     data_dir : pathlib.Path
         The folder read.
     hashes : skfishing.download.FileHashes
-        SHA-256 of the model files checked so far.
+        Checksums of the files checked so far: the one memo of the process,
+        :func:`skfishing.state.file_hashes`.
 
     Examples
     --------
@@ -114,7 +116,7 @@ class ModelRegistry:
         self._builtin = {spec.name: spec for spec in _read_table(self.data_dir)}
         self._user = {}
         self._lock = threading.Lock()
-        self.hashes = FileHashes()
+        self.hashes = state.file_hashes()
 
     def __repr__(self):
         return f"ModelRegistry({str(self.data_dir)!r}, models={sorted(self._models())})"
@@ -301,6 +303,20 @@ def _read_embedded(metadata_path):
 # -- the process's registry ------------------------------------------------------
 
 
+def process_registry():
+    """The model registry of this process (created on first use).
+
+    Returns
+    -------
+    registry : ModelRegistry
+        Built from the package data on the first call (the built-in table
+        and the embedded model's metadata are read then, and only then);
+        the same object afterwards. :func:`skfishing.state.clear` keeps it:
+        registrations are settings, not caches.
+    """
+    return state.shared("models", ModelRegistry)
+
+
 def list_models():
     """List the registered models.
 
@@ -309,7 +325,7 @@ def list_models():
     models : list of ModelSpec
         The built-in models, the embedded model and the user's models.
     """
-    return state.models().list()
+    return process_registry().list()
 
 
 @_validated(_REGISTER)
@@ -364,7 +380,7 @@ def register_model(
     >>> prep = ImagePreprocessing(224, resize=256)
     >>> register_model("mynet", "mynet.onnx", preprocessing=prep)  # doctest: +SKIP
     """
-    return state.models().register(
+    return process_registry().register(
         spec_or_name,
         path,
         url=url,
@@ -398,7 +414,7 @@ def unregister_model(name):
         If no model of that name was registered by the user (built-in
         models cannot be removed).
     """
-    return state.models().unregister(name)
+    return process_registry().unregister(name)
 
 
 @_validated({**_NAME, **_CACHE})
@@ -417,7 +433,7 @@ def model_path(name, *, cache_dir=None):
     path : pathlib.Path
         The local file of the model (it may not exist yet).
     """
-    return state.models().path(name, cache_dir=cache_dir)
+    return process_registry().path(name, cache_dir=cache_dir)
 
 
 @_validated(_FETCH)
@@ -454,7 +470,7 @@ def fetch_model(name, *, cache_dir=None, progress=False):
         If the download fails; the message says where to put the file by
         hand.
     """
-    return state.models().fetch(name, cache_dir=cache_dir, progress=progress)
+    return process_registry().fetch(name, cache_dir=cache_dir, progress=progress)
 
 
 @_validated(_RESOLVE)
@@ -485,4 +501,4 @@ def resolve_model(model, *, cache_dir=None):
     TypeError
         If ``model`` has another type.
     """
-    return state.models().resolve(model, cache_dir=cache_dir)
+    return process_registry().resolve(model, cache_dir=cache_dir)

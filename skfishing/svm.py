@@ -18,7 +18,7 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .cache import ArrayStore, SharedCacheMixin, content_key
+from .cache import ArrayStore, SharedCacheMixin, content_key, shared_cache
 from .kernel import _check_features, _is_structured, trace_kernel
 
 
@@ -216,7 +216,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
         :class:`~skfishing.cache.SharedCacheMixin`), keyed by the content of
         the features, so each fold's Gram matrix is computed once.
         """
-        store = self.__dict__.get("_shared_cache")
+        store = shared_cache(self)
         if store is None:
             return trace_kernel(X, chunk_size=self.chunk_size)
         key = content_key(X, f"trace_kernel|{self.chunk_size}")

@@ -14,7 +14,7 @@ from PIL import Image
 from sklearn.base import clone
 
 from onnx_models import caffe_alexnet_model
-from skfishing.cache import ArrayStore, CorruptCacheWarning, DiskStore, FeatureCache
+from skfishing.cache import ArrayStore, CorruptCacheWarning, DiskStore, FeatureCache, shared_cache
 from skfishing.images import ImagePreprocessing
 from skfishing.network import FisherNetwork
 from skfishing.registry import register_model
@@ -55,7 +55,7 @@ def test_one_off_extraction_caches_and_hashes_nothing(trunk_runs, monkeypatch):
     first = fish.fit_transform(X)
     second = fish.transform(X)
     assert sum(trunk_runs) == 20  # the network ran twice: nothing was kept
-    assert "_shared_cache" not in fish.__dict__
+    assert shared_cache(fish) is None
     _assert_same(first, second)
 
 
@@ -85,7 +85,7 @@ def test_cache_lives_as_long_as_the_estimator_that_was_cloned():
 
     base = DeepFisherTransformer(MODEL, layer=7)
     clone(base).fit_transform(X)
-    cache = weakref.ref(base._shared_cache)
+    cache = weakref.ref(shared_cache(base))
     assert len(cache().states) == 10
     del base
     gc.collect()

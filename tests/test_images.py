@@ -1,5 +1,6 @@
 """Tests of the image pipeline (skfishing.images)."""
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -12,7 +13,6 @@ from PIL import Image, ImageOps
 
 from skfishing.images import (
     ImagePreprocessing,
-    _load,
     load_image,
     preprocess_image,
 )
@@ -455,11 +455,12 @@ def test_large_jpeg_decoded_at_reduced_scale(tmp_path, height, width, orientatio
     path = _save(
         Image.fromarray(_detailed(height, width)), tmp_path / "big.jpg", quality=90, exif=exif.tobytes()
     )
-    img, _ = _load(path, prep)
-    upright = (width, height) if orientation < 5 else (height, width)
-    assert img.size == tuple(-(-side // reduction) for side in upright)
-    assert min(img.size) >= 2 * 40 or reduction == 1
-    ours, reference = preprocess_image(path, prep), _reference(path, prep)
+    with _decoded_sizes() as sizes:
+        ours = preprocess_image(path, prep)
+    stored = (width, height)  # the JPEG's own axes; EXIF rotates after decoding
+    assert sizes == ([tuple(-(-side // reduction) for side in stored)] if reduction > 1 else [])
+    assert reduction == 1 or min(sizes[0]) >= 2 * 40
+    reference = _reference(path, prep)
     difference = np.abs(ours - reference)  # network-input units: 1/255 level = 0.017
     if reduction == 1:
         assert difference.max() == 0
@@ -474,6 +475,23 @@ def test_large_jpeg_decoded_at_reduced_scale(tmp_path, height, width, orientatio
     assert np.abs(shifted - reference).mean() > 0.1
 
 
+@contextlib.contextmanager
+def _decoded_sizes():
+    """Sizes at which JPEG files are decoded, seen through Pillow's public ``draft`` method."""
+    from PIL.JpegImagePlugin import JpegImageFile
+
+    sizes, draft = [], JpegImageFile.draft
+
+    def spy(self, mode, size):
+        result = draft(self, mode, size)
+        sizes.append(self.size)
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(JpegImageFile, "draft", spy)
+        yield sizes
+
+
 @pytest.mark.parametrize(
     "mode, options",
     [("L", {}), ("CMYK", {}), ("RGB", {"progressive": True}), ("RGB", {"subsampling": 0})],
@@ -484,8 +502,9 @@ def test_other_jpeg_kinds_decoded_at_reduced_scale(tmp_path, mode, options):
     path = _save(
         Image.fromarray(_detailed(331, 420)).convert(mode), tmp_path / "x.jpg", quality=90, **options
     )
-    img, _ = _load(path, prep)
-    assert img.mode == "RGB" and img.size == (105, 83)  # 1/4 scale
+    with _decoded_sizes() as sizes:
+        preprocess_image(path, prep)
+    assert sizes == [(105, 83)]  # 1/4 scale
     difference = np.abs(preprocess_image(path, prep) - _reference(path, prep))
     # measured: max 0.05 to 0.09, mean 0.008 to 0.013
     assert difference.max() < 0.2 and difference.mean() < 0.024, (difference.max(), difference.mean())

@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
+import layout_rules as rules
 import pytest
 
 SCRIPT = textwrap.dedent(
@@ -82,3 +84,181 @@ def test_transformer_is_importable_from_the_package():
     assert "DeepFisherTransformer" in dir(skfishing)
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         skfishing.Nope  # noqa: B018
+
+
+# -- rules read from the source (tests/layout_rules.py) ----------------------------
+#
+# Each rule is checked on skfishing/ and shown to fail on a small tree that
+# breaks it, so that a check which finds nothing is known to be able to find.
+
+PACKAGE = Path(__file__).resolve().parents[1] / "skfishing"
+TESTS = Path(__file__).resolve().parent
+
+
+def _tree(tmp_path, files):
+    """A package ``pkg`` of ``{relative path: source}`` under ``tmp_path``."""
+    root = tmp_path / "pkg"
+    for name, source in {"__init__.py": "", **files}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(textwrap.dedent(source), encoding="utf-8")
+    return root
+
+
+def test_no_import_cycle_between_modules():
+    graph = rules.import_graph(PACKAGE)
+    assert {"skfishing.transformer", "skfishing.kernel", "skfishing.state"} <= set(graph)
+    assert "skfishing.network" in graph["skfishing.transformer"]  # imports inside functions count
+    assert rules.cycles(graph) == []
+
+
+def test_the_cycle_check_finds_top_level_and_function_level_cycles(tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            "a.py": "from .b import f\n",
+            "b.py": "def f():\n    from . import a\n",
+            "c.py": "import pkg.d\n",
+            "d.py": "from pkg.sub.e import g\n",
+            "sub/__init__.py": "",
+            "sub/e.py": "def g():\n    from ..c import x\n",
+        },
+    )
+    assert rules.cycles(rules.import_graph(root)) == [["pkg.a", "pkg.b"], ["pkg.c", "pkg.d", "pkg.sub.e"]]
+
+
+def test_no_private_name_imported_across_modules():
+    assert rules.private_imports(PACKAGE) == []
+
+
+def test_the_private_import_check_finds_them(tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            "a.py": "_X = 1\n",
+            "b.py": "from .a import _X\nimport pkg.a\ny = pkg.a._X\nfrom .a import __doc__\n",
+        },
+    )
+    assert rules.private_imports(root) == ["pkg.b: pkg.a._X", "pkg.b: pkg.a._X"]
+
+
+def test_process_wide_state_lives_in_state_only():
+    assert rules.module_state(PACKAGE) == []
+
+
+def test_the_state_check_finds_caches_containers_and_globals(tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            "a.py": """
+                import functools, threading
+                from collections import OrderedDict
+                TABLE = {"a": 1}  # a constant table: fine
+                _seen = OrderedDict()
+                _lock = threading.Lock()
+
+                @functools.lru_cache(maxsize=8)
+                def f(x):
+                    global _seen
+                    return x
+                """,
+            "state.py": "import threading\n_lock = threading.RLock()\n",
+        },
+    )
+    found = rules.module_state(root)
+    assert [v.split(": ", 1)[1] for v in found] == [
+        "_seen = OrderedDict()",
+        "_lock = threading.Lock()",
+        "@functools.lru_cache(maxsize=8) f",
+        "global _seen",
+    ]
+
+
+def test_each_parameter_constraint_is_declared_once():
+    assert rules.repeated_constraints(PACKAGE) == {}
+
+
+def test_the_constraint_check_finds_copies(tmp_path):
+    root = _tree(
+        tmp_path,
+        {
+            "a.py": "TAU = [Interval(Real, 0, None, closed='neither')]\nC = {'temperature': TAU}\n",
+            "b.py": "C = {'temperature': [Interval(Real, 0, None, closed='neither')], 'x': [int]}\n",
+            "c.py": "from .a import TAU\nC = {'temperature': TAU}\n",  # imported: declared once
+        },
+    )
+    assert rules.repeated_constraints(root) == {"temperature": ["pkg.a", "pkg.b"]}
+
+
+def test_tests_touch_no_private_name():
+    assert rules.private_names_in_tests(TESTS) == []
+
+
+def test_the_test_check_finds_private_names(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        textwrap.dedent(
+            """
+            from skfishing.images import _load, load_image
+            from helpers import _Server
+
+            def test(monkeypatch, net):
+                monkeypatch.setattr(net, "_sessions", {})
+                net._session_for(1)
+                self._fine = 1
+            """
+        ),
+        encoding="utf-8",
+    )
+    found = [v.split(": ", 1)[1] for v in rules.private_names_in_tests(tmp_path)]
+    assert found == ["skfishing.images._load", "helpers._Server", "setattr _sessions", "net._session_for"]
+
+
+def _public_callables():
+    import inspect
+    import pkgutil
+
+    import skfishing
+
+    names = ["skfishing"] + [f"skfishing.{m.name}" for m in pkgutil.iter_modules(skfishing.__path__)]
+    for module_name in names:
+        module = importlib.import_module(module_name)
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if callable(obj) and not inspect.ismodule(obj) and obj.__module__.startswith("skfishing"):
+                yield f"{module_name}.{name}", obj
+
+
+def _declares_validation(obj):
+    """Estimators: constraints for every parameter; else validate_params or __post_init__."""
+    import dataclasses
+    import inspect
+
+    from sklearn.base import BaseEstimator
+
+    if inspect.isclass(obj):
+        if issubclass(obj, BaseException):
+            return True
+        if issubclass(obj, BaseEstimator):
+            return set(inspect.signature(obj).parameters) <= set(obj._parameter_constraints)
+        if dataclasses.is_dataclass(obj):
+            return hasattr(obj, "__post_init__") or not dataclasses.fields(obj)
+        obj = obj.__init__
+        if obj is object.__init__:
+            return True
+    parameters = [p for p in inspect.signature(obj).parameters if p != "self"]
+    return not parameters or hasattr(obj, "__wrapped__")  # functools.wraps of validate_params
+
+
+def test_every_public_callable_declares_its_validation():
+    found = dict(_public_callables())
+    assert "skfishing.trace_kernel" in found and len(found) > 40
+    assert [name for name, obj in found.items() if not _declares_validation(obj)] == []
+
+
+def test_the_validation_check_finds_an_unvalidated_function():
+    from sklearn.utils._param_validation import validate_params
+
+    def plain(x):
+        return x
+
+    checked = validate_params({"x": [int]}, prefer_skip_nested_validation=True)(plain)
+    assert not _declares_validation(plain) and _declares_validation(checked)

@@ -116,7 +116,7 @@ def test_cuda_sessions_run_without_tf32_and_cached_path_agrees():
     outputs = net.head.features("gradient", 7)
     X = np.random.default_rng(1).normal(size=(16, 3, 8, 8)).astype(np.float32)
     direct, _ = net.run(X, outputs)
-    session = net._session_for(("features", outputs))
+    session = net.prepare(outputs)
     assert session.get_provider_options()[CUDA]["use_tf32"] == "0"
     state, _ = net.run_state(X)
     via_state = net.run_from_state(state, outputs)

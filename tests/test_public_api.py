@@ -51,6 +51,7 @@ def _calls():
     from skfishing.cache import ArrayStore, FeatureCache
     from skfishing.datasets import load_digits_images
     from skfishing.distributed import dask_transform
+    from skfishing.download import FileHashes
     from skfishing.features import gradient_dtype
     from skfishing.graph import add_backward, build_backward_model, build_head_model, build_model
     from skfishing.head import Tensor
@@ -101,6 +102,7 @@ def _calls():
         "skfishing.batches.iter_batches": [iterate],
         "skfishing.cache.ArrayStore": [lambda **p: ArrayStore(**p)],
         "skfishing.cache.FeatureCache": [lambda **p: FeatureCache(**p)],
+        "skfishing.download.FileHashes": [lambda **p: FileHashes(**p)],
         "skfishing.datasets.load_digits_images": [lambda **p: load_digits_images(**p)],
         "skfishing.distributed.dask_transform": [dask],
         "skfishing.features.gradient_dtype": [

@@ -32,6 +32,7 @@ from skfishing.registry import (
     get_cache_dir,
     list_models,
     model_path,
+    process_registry,
     register_model,
     resolve_model,
     unregister_model,
@@ -192,7 +193,7 @@ def test_download_then_offline(server):
     onnx.checker.check_model(onnx.load(str(path)))
     assert server.hits == ["/tiny.onnx"]
     server.close()  # offline from now on: the cached file is enough
-    state.models().hashes.clear()  # as in a new process: the file is hashed again
+    state.file_hashes().clear()  # as in a new process: the file is hashed again
     assert fetch_model("remote") == path
     resolved = resolve_model("remote")
     assert resolved == ResolvedModel(path, PREP, "remote")
@@ -208,7 +209,7 @@ def test_cached_file_hashed_once_per_process(server, monkeypatch):
     fetch_model("remote")
     resolve_model("remote")
     assert len(calls) == downloaded  # the download was verified already
-    state.models().hashes.clear()
+    state.file_hashes().clear()
     fetch_model("remote")
     fetch_model("remote")
     assert len(calls) == downloaded + 1
@@ -562,7 +563,7 @@ def test_process_registry_reads_package_data_once(monkeypatch):
         list_models()
         model_path("alexnet")
     assert reads == []
-    assert state.models() is state.models()
+    assert process_registry() is process_registry()
     ModelRegistry()  # building a registry reads the table and the metadata: the count can fail
     assert len(reads) == 2
 
@@ -583,8 +584,10 @@ def test_shipped_embedded_model():
 
 
 def test_state_holds_the_process_registry(local_model, monkeypatch):
-    models = state.models()
-    assert isinstance(models, ModelRegistry) and state.models() is models
+    models = process_registry()
+    assert isinstance(models, ModelRegistry) and process_registry() is models
+    with pytest.warns(FutureWarning, match="process_registry"):
+        assert state.models() is models  # the old spelling still works
     register_model("mine", local_model, sha256=MODEL_SHA256)
     assert "mine" in models and models.get("mine").path == str(local_model)
     calls = []
@@ -594,7 +597,7 @@ def test_state_holds_the_process_registry(local_model, monkeypatch):
     fetch_model("mine")
     assert len(calls) == 1
     state.clear()  # checksums are forgotten, registrations stay
-    assert state.models() is models and "mine" in models
+    assert process_registry() is models and "mine" in models
     fetch_model("mine")
     assert len(calls) == 2
 

@@ -15,6 +15,7 @@ from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import skfishing.svm
+from skfishing.cache import shared_cache
 from skfishing.kernel import trace_kernel
 from skfishing.svm import TraceKernelSVC
 
@@ -139,7 +140,7 @@ def test_gram_matrix_is_shared_by_clones_that_differ_in_svm_parameters(monkeypat
     direct.fit(Z, y)
     direct.fit(Z, y)
     assert calls[before:] == [(60, None), (60, None)]
-    assert "_shared_cache" not in direct.__dict__
+    assert shared_cache(direct) is None
 
 
 def test_multilabel_shares_one_gram_and_matches_per_label_svcs(monkeypatch):
