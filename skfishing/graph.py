@@ -85,12 +85,13 @@ _LABELS_SUM_TOLERANCE = 1e-5
 
 
 def _check_labels(labels, n_classes):
-    """The label vector :math:`g` as float64, checked: a probability vector over the classes.
+    """The label vector :math:`g` as float64, checked (a probability vector) and divided by its sum.
 
     The loss :math:`-\\sum_j g_j \\log \\sigma_j(y_L / \\tau)` has the gradient
-    :math:`(\\sigma - g) / \\tau` only when :math:`g` sums to one; this is the one place
-    where that is checked (:class:`~skfishing.DeepFisherTransformer` and the
-    graph builders call it).
+    :math:`(\\sigma \\sum_j g_j - g) / \\tau`, the paper's :math:`(\\sigma - g) / \\tau`
+    only when :math:`g` sums to one. This is the one place where labels are
+    checked (:class:`~skfishing.DeepFisherTransformer` and the graph builders
+    call it).
 
     Parameters
     ----------
@@ -102,6 +103,8 @@ def _check_labels(labels, n_classes):
     Returns
     -------
     labels : ndarray of shape (n_classes,), float64
+        ``labels`` divided by their sum, so that the features are exactly
+        the gradient of the loss of the labels given.
 
     Raises
     ------
@@ -129,7 +132,7 @@ def _check_labels(labels, n_classes):
             f"labels must sum to one (a probability vector, within {_LABELS_SUM_TOLERANCE:g}), got a sum "
             f"of {total:.9g}; divide them by their sum (the gradient g - softmax holds only then)"
         )
-    return g
+    return g / total  # then g - softmax is exactly the gradient of this loss
 
 
 def _validated(*names, **more):
@@ -166,14 +169,14 @@ class _Parts:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
-    def reduce(self, op, x, output):
-        """``op`` (ReduceMax, ReduceSum...) over axis 1, keeping it; axes is an input from opset 13/18."""
-        if self.head.opset >= (13 if op == "ReduceSum" else 18):
+    def row_max(self, x, output):
+        """ReduceMax over axis 1, keeping it (axes is an input from opset 18)."""
+        if self.head.opset >= 18:
             axes = f"{PREFIX}axis1"
             if axes not in {i.name for i in self.inits}:
                 self.inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), axes))
-            return self.node(op, [x, axes], output, keepdims=1)
-        return self.node(op, [x], output, axes=[1], keepdims=1)
+            return self.node("ReduceMax", [x, axes], output, keepdims=1)
+        return self.node("ReduceMax", [x], output, axes=[1], keepdims=1)
 
     def info(self, tensor):
         return helper.make_tensor_value_info(tensor.name, self.elem, ["N", self.head.width(tensor)])
@@ -233,17 +236,21 @@ def _delta_last(parts, y, n_classes):
     :math:`e^{x_i} - 1` below. Then :math:`\delta_L = (g - u) + (u - \sigma)`.
 
     The factor :math:`k = \max(1, \min(\tau / 2^{40}, 1 / \max_i |g_i - u|))`
-    is 1 up to :math:`\tau = 2^{40}`; above, with uniform labels, it keeps
-    :math:`\delta_L` (of order :math:`1 / \tau`) from underflowing. It is the
-    same for every sample, and the normalisation of the features removes it.
+    is 1 up to :math:`\tau = 2^{40}`; above, it keeps :math:`\delta_L` from
+    underflowing (with uniform labels it is of order :math:`1 / \tau`), and
+    :math:`k (g - u)` from overflowing. It is the same for every sample, and
+    the normalisation of the features removes it.
     """
     dtype = np.dtype(parts.head.dtype)
     name = f"{PREFIX}{{}}{parts.head.numbers[-1]}".format
-    top = parts.reduce("ReduceMax", y, name("max"))
+    top = parts.row_max(y, name("max"))
     shifted = parts.node("Sub", [y, top], name("shifted"))  # y - max y <= 0
     x = parts.node("Div", [shifted, TEMPERATURE], name("scaled"))  # no overflow at a tiny tau
     exp = parts.node("Exp", [x], name("exp"))
-    total = parts.reduce("ReduceSum", exp, name("expsum"))
+    # row sums as products with a column of ones: onnxruntime's ReduceSum and ReduceMean sum in an
+    # order that depends on the batch size, and a sample's features must not
+    ones = parts.const(f"{PREFIX}ones{parts.head.numbers[-1]}", np.ones((n_classes, 1)))
+    total = parts.node("MatMul", [exp, ones], name("expsum"))
 
     centred = parts.node("Sub", [LABELS, parts.const(f"{PREFIX}uniform", 1.0 / n_classes)], name("gu"))
     spread = parts.node(
@@ -277,7 +284,11 @@ def _delta_last(parts, y, n_classes):
         "Greater", [x, parts.const(f"{PREFIX}series_below", -_SERIES_BELOW)], name("is_near")
     )
     expm1 = parts.node("Where", [is_near, near, far], name("k_expm1"))
-    mean = parts.reduce("ReduceMean", expm1, name("k_expm1_mean"))
+    mean = parts.node(
+        "Div",
+        [parts.node("MatMul", [expm1, ones], name("k_expm1_sum")), parts.const(f"{PREFIX}P", n_classes)],
+        name("k_expm1_mean"),
+    )
     uniform_minus_soft = parts.node(
         "Div", [parts.node("Sub", [mean, expm1], name("k_u_sub")), total], name("k_u_soft")
     )

@@ -1070,6 +1070,38 @@ COVERED_ELSEWHERE = [
         "labels vector of the wrong shape",
         "tests/test_transformer.py::test_labels_parameter_is_used",
     ),
+    (
+        "NaN/inf",
+        "temperature 1e7 to 3.4e38 (accepted): delta = g - softmax cancelled in float32, zero or wrong "
+        "backward factors (|cos| 0.48 at 1e7, all zero from 1e8); now right at every accepted temperature",
+        "tests/test_numerics.py::test_backward_factors_are_right_at_every_temperature, "
+        "test_transform_is_right_at_high_temperatures",
+    ),
+    (
+        "labels",
+        "labels=[50, 30, 20], [0, 0, 0], negative: accepted, not the documented gradient; now refused "
+        "unless non-negative and summing to one within 1e-5",
+        "tests/test_numerics.py::test_labels_that_are_not_a_probability_vector_are_refused, "
+        "test_probability_vectors_give_the_gradient_of_the_loss",
+    ),
+    (
+        "NaN/inf",
+        "a zero factor (dead ReLU layer, equal logits): zero row returned silently; now a zero row "
+        "(never NaN) and a RuntimeWarning naming the samples and the layer",
+        "tests/test_numerics.py::test_zero_factor_is_a_zero_row_with_a_warning, "
+        "test_equal_logits_give_a_zero_backward_factor_with_a_warning",
+    ),
+    (
+        "16-bit PNG",
+        "16-bit samples to 8 bits: every one of the 65,536 values rounds (not truncates)",
+        "tests/test_numerics.py::test_16_bit_samples_round_to_8_bits_exactly",
+    ),
+    (
+        "model",
+        "Gemm with alpha, beta other than 1 (transB 0 and 1, row bias): logits as onnxruntime's, "
+        "gradients as the float64 reference",
+        "tests/test_numerics.py::test_gemm_alpha_and_beta_are_read",
+    ),
 ]
 
 
