@@ -587,7 +587,7 @@ class _Writer:
                 "rows are zeros, not unit vectors: the gradient is the zero matrix, whose trace kernel "
                 "with any sample is 0.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # finish, transform, scikit-learn's set_output wrapper, the caller
             )
         return self.result
 
