@@ -5,7 +5,7 @@ connected (FC) head (``pool5`` for AlexNet); it is the original graph pruned
 to that tensor, with a dynamic batch dimension. The FC layers found by
 :func:`~skfishing.head.find_fc_head` are rebuilt after it, and the backward
 pass of the paper's Eq. (10) is added from standard ONNX operators only
-(``Div``, ``Softmax``, ``Sub``, ``Gemm``, ``Greater``, ``Where``):
+(element-wise arithmetic, ``Exp``, reductions, ``Gemm``, ``Greater``, ``Where``):
 
 .. math::
 
@@ -13,8 +13,13 @@ pass of the paper's Eq. (10) is added from standard ONNX operators only
     \delta_k = (W_{k+1} \delta_{k+1}) \odot [y_k > 0]
 
 for every FC layer :math:`k`. The temperature :math:`\tau` and the label
-vector :math:`g` are graph inputs with defaults (2 and the uniform
-:math:`1 / P`), so changing them needs no rebuild.
+vector :math:`g` (a probability vector) are graph inputs with defaults (2
+and the uniform :math:`1 / P`), so changing them needs no rebuild.
+:math:`\delta_L` is computed without the cancellation of :math:`g - \sigma`
+at high temperatures, and stays within float range over every temperature
+from the smallest to the largest float32; above :math:`\tau = 2^{40}` it is
+multiplied by a positive constant that the normalisation of the features
+removes.
 
 Every graph here is a pure function of the ONNX model and the requested
 :class:`~skfishing.head.Tensor` outputs; :func:`build_model` makes them all:
@@ -39,6 +44,7 @@ activation ``8 - n``.
 
 from __future__ import annotations
 
+import math
 from numbers import Integral, Real
 
 import numpy as np
@@ -72,6 +78,61 @@ _CONSTRAINTS = {
     "temperature": _TEMPERATURE,
     "labels": ["array-like", None],
 }
+
+
+#: How far from one the sum of a label vector may be (float32 rounding of a probability vector).
+_LABELS_SUM_TOLERANCE = 1e-5
+
+
+def _check_labels(labels, n_classes):
+    """The label vector :math:`g` as float64, checked (a probability vector) and divided by its sum.
+
+    The loss :math:`-\\sum_j g_j \\log \\sigma_j(y_L / \\tau)` has the gradient
+    :math:`(\\sigma \\sum_j g_j - g) / \\tau`, the paper's :math:`(\\sigma - g) / \\tau`
+    only when :math:`g` sums to one. This is the one place where labels are
+    checked (:class:`~skfishing.DeepFisherTransformer` and the graph builders
+    call it).
+
+    Parameters
+    ----------
+    labels : array-like of shape (n_classes,)
+        Non-negative, summing to one within ``_LABELS_SUM_TOLERANCE`` (1e-5).
+    n_classes : int
+        The number of classes of the model (the width of its logits).
+
+    Returns
+    -------
+    labels : ndarray of shape (n_classes,), float64
+        ``labels`` divided by their sum, so that the features are exactly
+        the gradient of the loss of the labels given.
+
+    Raises
+    ------
+    ValueError
+        Saying what is wrong: the shape, a value that is not a finite
+        non-negative number (naming its class), or the sum.
+    """
+    try:
+        g = np.asarray(labels, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"labels must be numbers (a probability vector over the classes): {error}") from None
+    if g.shape != (n_classes,):
+        raise ValueError(
+            f"labels must have shape ({n_classes},), got {g.shape}: one value per class of the model"
+        )
+    bad = np.flatnonzero(~(np.isfinite(g) & (g >= 0)))
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(
+            f"labels must be finite and non-negative (a probability vector), got {float(g[i])} for class {i}"
+        )
+    total = math.fsum(g)
+    if abs(total - 1) > _LABELS_SUM_TOLERANCE:
+        raise ValueError(
+            f"labels must sum to one (a probability vector, within {_LABELS_SUM_TOLERANCE:g}), got a sum "
+            f"of {total:.9g}; divide them by their sum (the gradient g - softmax holds only then)"
+        )
+    return g / total  # then g - softmax is exactly the gradient of this loss
 
 
 def _validated(*names, **more):
@@ -108,6 +169,15 @@ class _Parts:
         self.nodes.append(helper.make_node(op, inputs, [output], name=output, **attrs))
         return output
 
+    def row_max(self, x, output):
+        """ReduceMax over axis 1, keeping it (axes is an input from opset 18)."""
+        if self.head.opset >= 18:
+            axes = f"{PREFIX}axis1"
+            if axes not in {i.name for i in self.inits}:
+                self.inits.append(numpy_helper.from_array(np.array([1], dtype=np.int64), axes))
+            return self.node("ReduceMax", [x, axes], output, keepdims=1)
+        return self.node("ReduceMax", [x], output, axes=[1], keepdims=1)
+
     def info(self, tensor):
         return helper.make_tensor_value_info(tensor.name, self.elem, ["N", self.head.width(tensor)])
 
@@ -127,15 +197,14 @@ def _head_parts(head, temperature, labels):
             x = parts.node("Relu", [y], Tensor("x", k).name)
     parts.node("Softmax", [y], Tensor("prob", last).name, axis=1)
 
-    n_classes = head.n_classes
-    g = np.full(n_classes, 1.0 / n_classes) if labels is None else np.asarray(labels, dtype=np.float64)
-    if g.shape != (n_classes,):
-        raise ValueError(f"labels must have shape ({n_classes},), got {g.shape}")
+    g = (
+        np.full(head.n_classes, 1.0 / head.n_classes)
+        if labels is None
+        else _check_labels(labels, head.n_classes)
+    )
     parts.const(TEMPERATURE, temperature)
     parts.const(LABELS, g)
-    scaled = parts.node("Div", [y, TEMPERATURE], f"{PREFIX}scaled{last}")
-    soft = parts.node("Softmax", [scaled], f"{PREFIX}soft{last}", axis=1)
-    delta = parts.node("Sub", [LABELS, soft], Tensor("delta", last).name)
+    delta = _delta_last(parts, y, head.n_classes)
     zero = parts.const(f"{PREFIX}zero", 0)
     for k in range(last - 1, first - 1, -1):
         # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
@@ -143,6 +212,91 @@ def _head_parts(head, temperature, labels):
         mask = parts.node("Greater", [Tensor("y", k).name, zero], f"{PREFIX}mask{k}")
         delta = parts.node("Where", [mask, bp, zero], Tensor("delta", k).name)
     return parts
+
+
+#: Below |y_i - max y| / tau = 1/2, expm1 is computed by its Taylor series.
+_SERIES_BELOW = 0.5
+#: Up to this temperature delta_L is exactly g - softmax(y / tau); see _delta_last.
+_EXACT_UP_TO = 2.0**40
+
+
+def _delta_last(parts, y, n_classes):
+    r"""Nodes computing :math:`\delta_L = k\,(g - \sigma(y / \tau))` without cancellation.
+
+    With :math:`x = (y - \max y) / \tau`, :math:`\epsilon = \operatorname{expm1}(x)`
+    and :math:`u = 1 / P`, exactly
+
+    .. math::
+
+        u - \sigma_i = \frac{\bar\epsilon - \epsilon_i}{\sum_j e^{x_j}},
+
+    and :math:`\epsilon_i - \epsilon_j` does not cancel where :math:`g - \sigma`
+    does (a high temperature makes :math:`\sigma` nearly uniform): ``expm1``
+    is its Taylor series where :math:`x_i > -1/2` (ONNX has no Expm1) and
+    :math:`e^{x_i} - 1` below. Then :math:`\delta_L = (g - u) + (u - \sigma)`.
+
+    The factor :math:`k = \max(1, \min(\tau / 2^{40}, 1 / \max_i |g_i - u|))`
+    is 1 up to :math:`\tau = 2^{40}`; above, it keeps :math:`\delta_L` from
+    underflowing (with uniform labels it is of order :math:`1 / \tau`), and
+    :math:`k (g - u)` from overflowing. It is the same for every sample, and
+    the normalisation of the features removes it.
+    """
+    dtype = np.dtype(parts.head.dtype)
+    name = f"{PREFIX}{{}}{parts.head.numbers[-1]}".format
+    top = parts.row_max(y, name("max"))
+    shifted = parts.node("Sub", [y, top], name("shifted"))  # y - max y <= 0
+    x = parts.node("Div", [shifted, TEMPERATURE], name("scaled"))  # no overflow at a tiny tau
+    exp = parts.node("Exp", [x], name("exp"))
+    # row sums as products with a column of ones: onnxruntime's ReduceSum and ReduceMean sum in an
+    # order that depends on the batch size, and a sample's features must not
+    ones = parts.const(f"{PREFIX}ones{parts.head.numbers[-1]}", np.ones((n_classes, 1)))
+    total = parts.node("MatMul", [exp, ones], name("expsum"))
+
+    centred = parts.node("Sub", [LABELS, parts.const(f"{PREFIX}uniform", 1.0 / n_classes)], name("gu"))
+    spread = parts.node(
+        "ReduceMax", [parts.node("Abs", [centred], name("gu_abs"))], name("gu_max"), keepdims=0
+    )
+    one = parts.const(f"{PREFIX}one", 1)
+    tau_part = parts.node(
+        "Div", [TEMPERATURE, parts.const(f"{PREFIX}exact_up_to", _EXACT_UP_TO)], name("tau_part")
+    )
+    inverse = parts.node("Reciprocal", [spread], name("gu_inv"))  # inf for uniform labels
+    scale = parts.node("Max", [one, parts.node("Min", [tau_part, inverse], name("k_min"))], name("k"))
+    scale_tau = parts.node("Div", [scale, TEMPERATURE], name("k_tau"))
+
+    # k * expm1(x): k * (y - max y) / tau * (1 + x/2 + x^2/6 + ...) near 0, k * (e^x - 1) below
+    n = 1
+    while _SERIES_BELOW ** (n + 1) / math.factorial(n + 2) > np.finfo(dtype).eps / 4:
+        n += 1
+    series = parts.const(f"{PREFIX}expm1_c{n}", 1 / math.factorial(n + 1))
+    for i in range(n - 1, -1, -1):
+        series = parts.node("Mul", [series, x], name(f"expm1_x{i}"))
+        series = parts.node(
+            "Add",
+            [series, parts.const(f"{PREFIX}expm1_c{i}", 1 / math.factorial(i + 1))],
+            name(f"expm1_p{i}"),
+        )
+    near = parts.node(
+        "Mul", [parts.node("Mul", [shifted, series], name("expm1_near")), scale_tau], name("k_expm1_near")
+    )
+    far = parts.node("Mul", [parts.node("Sub", [exp, one], name("expm1_far")), scale], name("k_expm1_far"))
+    is_near = parts.node(
+        "Greater", [x, parts.const(f"{PREFIX}series_below", -_SERIES_BELOW)], name("is_near")
+    )
+    expm1 = parts.node("Where", [is_near, near, far], name("k_expm1"))
+    mean = parts.node(
+        "Div",
+        [parts.node("MatMul", [expm1, ones], name("k_expm1_sum")), parts.const(f"{PREFIX}P", n_classes)],
+        name("k_expm1_mean"),
+    )
+    uniform_minus_soft = parts.node(
+        "Div", [parts.node("Sub", [mean, expm1], name("k_u_sub")), total], name("k_u_soft")
+    )
+    return parts.node(
+        "Add",
+        [parts.node("Mul", [centred, scale], name("k_gu")), uniform_minus_soft],
+        Tensor("delta", parts.head.numbers[-1]).name,
+    )
 
 
 def _needed(nodes, targets, stop):
@@ -279,7 +433,8 @@ def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labe
     temperature : float, default=2.0
         Default of the :data:`TEMPERATURE` input.
     labels : array-like of shape (n_classes,), default=None
-        Default of the :data:`LABELS` input; None means uniform :math:`1 / P`.
+        Default of the :data:`LABELS` input, a probability vector (non-negative,
+        summing to one); None means uniform :math:`1 / P`.
     input_sum : bool, default=False
         Also output :data:`INPUT_SUM` (not with ``from_state``).
 
@@ -394,7 +549,8 @@ def build_backward_model(head, layer, *, temperature=2.0, labels=None):
     temperature : float, default=2.0
         Default of the ``fish_temperature`` input.
     labels : array-like of shape (n_classes,), default=None
-        Default of the ``fish_labels`` input; None means uniform :math:`1 / P`.
+        Default of the ``fish_labels`` input, a probability vector
+        (non-negative, summing to one); None means uniform :math:`1 / P`.
 
     Returns
     -------
@@ -452,7 +608,8 @@ def build_head_model(head, *, temperature=2.0, labels=None):
     temperature : float, default=2.0
         Default of the ``fish_temperature`` input.
     labels : array-like of shape (n_classes,), default=None
-        Default of the ``fish_labels`` input; None means uniform :math:`1 / P`.
+        Default of the ``fish_labels`` input, a probability vector
+        (non-negative, summing to one); None means uniform :math:`1 / P`.
 
     Returns
     -------
@@ -492,7 +649,8 @@ def add_backward(model, *, temperature=2.0, labels=None):
         Default temperature :math:`\\tau`, a positive number float32
         represents with full precision.
     labels : array-like of shape (n_classes,), default=None
-        Default label vector :math:`g`; None means uniform.
+        Default label vector :math:`g`, a probability vector (non-negative,
+        summing to one); None means uniform.
 
     Returns
     -------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral, Real
@@ -18,6 +19,7 @@ from sklearn.utils.validation import _check_feature_names_in, validate_data
 from .batches import _from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
 from .features import gradient_dtype
+from .graph import _check_labels as _checked_labels
 from .registry import resolve_model
 
 __all__ = ["DeepFisherTransformer"]
@@ -81,8 +83,9 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         (``layer`` and ``temperature`` are unused).
 
     labels : array-like of shape (n_classes,), default=None
-        The label vector :math:`g` of the loss; None means uniform
-        :math:`1 / P`.
+        The label vector :math:`g` of the loss: a probability vector over
+        the model's classes (non-negative, summing to one); None means
+        uniform :math:`1 / P`.
 
     batch_size : int, default=32
         Number of samples per network run. Results do not depend on it.
@@ -276,6 +279,12 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             ``(n_samples, n_features)`` with rows of unit L2 norm
             (probabilities are returned as they are).
 
+            A factor that is zero (every ReLU of a layer off, or labels
+            equal to the softmax output) has no direction: its row is
+            returned as zeros, so the gradient is the zero matrix and its
+            trace kernel with any sample is 0, and a ``RuntimeWarning``
+            names the samples and the layer.
+
         Raises
         ------
         ValueError
@@ -300,7 +309,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             self._run(network, preprocessing, X, outputs, labels, writer)
         else:
             self._run_cached(cache, disk, network, preprocessing, X, outputs, labels, writer)
-        return writer.result
+        return writer.finish()
 
     def _network(self):
         from .network import get_network  # onnxruntime: imported on first use (it is an extra)
@@ -321,21 +330,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         return head.features(self.features, layer)
 
     def _check_labels(self, network):
-        if self.labels is None:
-            return None
-        labels = np.asarray(self.labels, dtype=np.float64)
-        n_classes = network.head.n_classes
-        if labels.shape != (n_classes,):
-            raise ValueError(
-                f"labels must have shape ({n_classes},), one value per class of the model, got shape {labels.shape}"
-            )
-        largest = np.finfo(network.dtype).max
-        if not np.isfinite(labels).all() or np.abs(labels).max() > largest:
-            raise ValueError(
-                f"labels must be finite and at most {largest:.3g} in magnitude (the network computes "
-                f"in {np.dtype(network.dtype)}), got values up to {np.abs(labels).max():.3g}"
-            )
-        return labels
+        return None if self.labels is None else _checked_labels(self.labels, network.head.n_classes)
 
     def _cache(self):
         """The feature cache and disk store to use, or (None, None) for a one-off run."""
@@ -568,6 +563,33 @@ class _Writer:
         else:
             self.result = np.empty((n_samples, self.widths[0]), dtype=np.float32)
             self._fields = [self.result]
+        self._zero = {}  # tensor -> rows whose factor is zero
+
+    def finish(self):
+        """The result, after a warning naming the samples whose factor is zero."""
+        for tensor, rows in self._zero.items():
+            rows = np.unique(rows)
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            if tensor.kind == "delta":
+                what = (
+                    f"backward factor {tensor.name} of layer {tensor.layer} (the labels equal the softmax "
+                    "output, or the ReLUs that pass the signal down are all off)"
+                )
+            elif self.kind == "gradient":
+                what = (
+                    f"forward factor {tensor.name} of layer {tensor.layer + 1} (the ReLUs of layer "
+                    f"{tensor.layer} are all off, or the head input is zero)"
+                )
+            else:
+                what = f"activation {tensor.name}"
+            warnings.warn(
+                f"{len(rows)} of {len(self.result)} samples have a zero {what}: samples {shown}. Their "
+                "rows are zeros, not unit vectors: the gradient is the zero matrix, whose trace kernel "
+                "with any sample is 0.",
+                RuntimeWarning,
+                stacklevel=4,  # finish, transform, scikit-learn's set_output wrapper, the caller
+            )
+        return self.result
 
     def write(self, rows, values, batch):
         for tensor, field, value in zip(self.outputs, self._fields, values):
@@ -579,8 +601,13 @@ class _Writer:
             norms = np.sqrt(np.einsum("ij,ij->i", block, block))
             # float32 values cannot overflow float64 squares: the norm is finite iff the row is
             self._check_finite(tensor, rows, value, np.isfinite(norms), batch)
+            self._note_zero(tensor, rows, norms == 0)
             np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)
             field[rows] = block
+
+    def _note_zero(self, tensor, rows, zero):
+        if self.kind != "probabilities" and zero.any():
+            self._zero.setdefault(tensor, []).extend(np.asarray(rows)[zero].tolist())
 
     def written(self, rows):
         """The finished rows ``rows``, all fields side by side (float32), for a cache."""
@@ -589,8 +616,9 @@ class _Writer:
     def copy(self, rows, joined):
         """Write finished rows given as :meth:`written` returns them."""
         start = 0
-        for field, width in zip(self._fields, self.widths):
+        for tensor, field, width in zip(self.outputs, self._fields, self.widths):
             field[rows] = joined[:, start : start + width]
+            self._note_zero(tensor, rows, ~joined[:, start : start + width].any(axis=1))
             start += width
 
     def _check_finite(self, tensor, rows, value, finite, batch):
