@@ -192,8 +192,10 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     existing file is replaced only once the new one is complete.
     """
     path = Path(path)
-    # the file may have appeared meanwhile: checked again just before the rename
-    with atomic_path(path, check=lambda: _check_output_file(path, overwrite, how_to_overwrite)) as temporary:
+    # the file may have appeared meanwhile: checked again just before the rename, and
+    # without overwrite the name is claimed atomically (a file created in between is kept)
+    check = lambda: _check_output_file(path, overwrite, how_to_overwrite)  # noqa: E731
+    with atomic_path(path, check=check, overwrite=overwrite, hint=how_to_overwrite) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
 

@@ -1069,6 +1069,18 @@ COVERED_ELSEWHERE = [
         "labels vector of the wrong shape",
         "tests/test_transformer.py::test_labels_parameter_is_used",
     ),
+    (
+        "existing output",
+        "two processes save_features or persistence.dump(overwrite=False) to one new file at once: "
+        "both succeeded, one file silently replaced the other",
+        "tests/test_files.py::test_exactly_one_of_racing_save_features_writers_wins, "
+        "test_exactly_one_of_racing_dump_writers_wins",
+    ),
+    (
+        "interrupted write",
+        "SIGTERM while save_features writes: a hidden .part file stayed behind",
+        "tests/test_files.py::test_sigterm_during_save_features_leaves_no_temporary_file",
+    ),
 ]
 
 
