@@ -28,6 +28,7 @@ import zipfile
 import onnx
 from sklearn.utils._param_validation import validate_params
 
+from .cache import FeatureCache
 from .files import atomic_path
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
@@ -41,7 +42,9 @@ def _type_name(cls):
 
 #: The types, besides those skops trusts by default (scikit-learn, NumPy,
 #: SciPy and Python built-ins), that a fitted skfishing pipeline holds:
-#: the two estimators, a model given as a :class:`pathlib.Path`, and a
+#: the two estimators, a ``memory=`` :class:`~skfishing.cache.FeatureCache`
+#: (saved as its folder and size: it loads empty), a model given as a
+#: :class:`pathlib.Path`, and a
 #: model given in memory as an :class:`onnx.ModelProto` (rebuilt by parsing
 #: its bytes, which runs no code). :func:`load` creates these and refuses
 #: any other.
@@ -50,6 +53,7 @@ TRUSTED_TYPES = tuple(
     for cls in (
         DeepFisherTransformer,
         TraceKernelSVC,
+        FeatureCache,
         pathlib.PosixPath,
         pathlib.WindowsPath,
         onnx.ModelProto,
