@@ -200,6 +200,26 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
             np.savez(handle, **arrays)
 
 
+def _check_layout(arrays, features, transformer):
+    """Refuse features that ``transformer`` cannot have computed, or whose provenance is unknown."""
+    network, _ = transformer._network()
+    widths = [network.head.width(tensor) for tensor in transformer._outputs(network)]
+    for (name, array), width in zip(arrays.items(), widths):
+        if array.shape[1] != width or array.dtype != np.float32:
+            raise ValueError(
+                f"features {name!r} are {array.dtype} of width {array.shape[1]}, but the transformer "
+                f"computes float32 {transformer.features} features of width {width} (layer "
+                f"{transformer.layer_}): these features come from elsewhere."
+            )
+    if transformer.features == "gradient" and not features.dtype.metadata:
+        raise ValueError(
+            "the gradient features carry no provenance in their dtype (NumPy drops it in some "
+            "operations, such as np.save and np.load), so their temperature and labels cannot be "
+            "checked against the transformer's. Save the array that transformer.transform "
+            "returned, or pass transformer=None to save them without provenance."
+        )
+
+
 def _feature_arrays(features, transformer=None, paths=None):
     """Every array of a features file (see :func:`save_features`)."""
     arrays, kind = _check_features(features)
@@ -221,7 +241,9 @@ def _feature_arrays(features, transformer=None, paths=None):
             )
         kind = transformer.features
     n_samples = len(features)
-    source = _source_of(features, transformer)
+    source = _source_of(features, transformer)  # a recorded provenance is compared first
+    if transformer is not None:
+        _check_layout(arrays, features, transformer)
     arrays["format"] = np.array(FORMAT)
     if kind is not None:
         arrays["kind"] = np.array(kind)
@@ -277,9 +299,12 @@ def save_features(file, features, transformer=None, *, paths=None, overwrite=Fal
     transformer : DeepFisherTransformer, default=None
         The fitted transformer that computed ``features``. It gives the
         provenance of activations and probabilities (plain 2-D arrays carry
-        none) and the model's name or path; for gradient features it must
-        agree with the provenance they carry. Without it, 2-D features are
-        written without provenance.
+        none) and the model's name or path. What can be checked is: the
+        features' widths and dtype must be those the transformer computes,
+        and gradient features must carry provenance in their dtype, equal
+        to the transformer's (without it, their temperature and labels
+        could not be checked, so they are refused). Without a transformer,
+        2-D features are written without provenance.
     paths : sequence of str or path-like, default=None
         The image file of each row.
     overwrite : bool, default=False
@@ -291,7 +316,8 @@ def save_features(file, features, transformer=None, *, paths=None, overwrite=Fal
         If ``file`` exists and ``overwrite`` is False.
     ValueError
         If ``features`` is not a features array, holds NaN or infinity, or
-        disagrees with ``transformer``, or ``paths`` has another length.
+        disagrees with ``transformer`` (widths, dtype, provenance, or none
+        recorded), or ``paths`` has another length.
 
     See Also
     --------

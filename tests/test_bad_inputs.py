@@ -1087,6 +1087,13 @@ COVERED_ELSEWHERE = [
         "and locks, and the file could never be loaded",
         "tests/test_cache_persistence.py::test_pipeline_with_a_cache_saves_as_settings_and_loads_empty",
     ),
+    (
+        "mismatched features",
+        "save_features stamped a transformer's provenance on any array: temperature-4 features whose "
+        "dtype metadata was dropped saved as temperature 2, a random (10, 3) array as layer-7 activations",
+        "tests/test_features_files.py::test_features_without_provenance_are_not_stamped_with_another_temperature, "
+        "test_an_array_of_other_width_or_dtype_is_not_stamped, test_gradient_features_of_other_widths_are_refused",
+    ),
 ]
 
 
