@@ -15,6 +15,7 @@ for :class:`~skfishing.TraceKernelSVC`.
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from numbers import Integral
 from pathlib import Path
@@ -384,9 +385,15 @@ def load_features(file):
     ------
     FileNotFoundError
         If ``file`` does not exist.
+    IsADirectoryError
+        If ``file`` is a folder.
     ValueError
-        If ``file`` is not a features file, or its arrays are inconsistent
-        or not finite (the message names the file and the array).
+        If ``file`` is not a features file (a FIFO or a device included),
+        or its arrays are inconsistent, declare more data than the file
+        holds, are not finite or exceed the float32 range (the message
+        names the file and the array).
+    MemoryError
+        If the arrays do not fit in memory (the message names the file).
 
     See Also
     --------
@@ -400,8 +407,7 @@ def load_features(file):
     >>> svc = TraceKernelSVC(C=1.0).fit(train.features, y_train)  # doctest: +SKIP
     """
     path = Path(file).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no such features file: {str(path)!r}")
+    _check_input_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -412,9 +418,51 @@ def load_features(file):
         raise ValueError(f"{str(path)!r} is a .npy file, not a .npz features file.")
     with archive:
         try:
+            _check_declared_sizes(archive)
             return _read_features(archive, path)
         except (ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"{str(path)!r}: {exc}") from None
+        except MemoryError:
+            raise MemoryError(f"{str(path)!r}: not enough memory to read its arrays") from None
+
+
+def _check_input_file(path):
+    """Refuse a missing file, a folder, a FIFO or a device, saying which."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such features file: {str(path)!r}") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not a features file (a .npz file)")
+    if not stat.S_ISREG(mode):
+        what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ValueError(f"{str(path)!r} is {what}, not a features file (a .npz file); nothing was read")
+
+
+def _check_declared_sizes(archive):
+    """Refuse arrays whose header declares more data than the archive holds for them.
+
+    A forged shape such as (10**6, 10**6) would otherwise ask for terabytes
+    before anything could tell that the file is too short.
+    """
+    for info in archive.zip.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with archive.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            declared = int(dtype.itemsize)
+            for extent in shape:
+                declared *= int(extent)
+            available = info.file_size - member.tell()
+        if declared > available:
+            raise ValueError(
+                f"array {info.filename[:-4]!r} declares shape {shape} of {dtype} ({declared:,} bytes) "
+                f"but the file holds {max(available, 0):,} bytes for it: the file is damaged or forged."
+            )
 
 
 def _read_features(archive, path):
@@ -440,6 +488,12 @@ def _read_features(archive, path):
             raise ValueError(f"'forward' has {n_samples} rows but 'backward' has {len(block)}.")
         n_samples = len(block)
         _check_finite(block, f"array {name!r}")
+        largest = float(np.abs(block).max()) if block.dtype.itemsize > 4 else 0.0
+        if largest > float(np.finfo(np.float32).max):
+            raise ValueError(
+                f"array {name!r} holds values up to {largest:.3g}, beyond the float32 range "
+                f"({float(np.finfo(np.float32).max):.3g}) that features are computed and compared in."
+            )
     data = Bunch(
         features=None,
         kind=None,

@@ -1094,6 +1094,13 @@ COVERED_ELSEWHERE = [
         "tests/test_features_files.py::test_features_without_provenance_are_not_stamped_with_another_temperature, "
         "test_an_array_of_other_width_or_dtype_is_not_stamped, test_gradient_features_of_other_widths_are_refused",
     ),
+    (
+        "unreadable file",
+        "load_features of float64 values beyond float32 (loaded as inf with a warning), of a header "
+        "declaring shape (1e6, 1e6) (raw MemoryError), of a folder or FIFO ('no such features file')",
+        "tests/test_features_files.py::test_values_beyond_float32_are_refused_not_turned_into_inf, "
+        "test_a_forged_huge_shape_is_refused_before_allocating, test_a_folder_or_fifo_is_named_for_what_it_is",
+    ),
 ]
 
 

@@ -1,5 +1,9 @@
 """Features files: what save_features refuses to stamp, what load_features refuses to read."""
 
+import os
+import sys
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -84,3 +88,62 @@ def test_gradient_features_of_other_widths_are_refused(images, tmp_path):
     with pytest.raises(ValueError, match=rf"'backward' are float32 of width 3.*width {D}"):
         save_features(tmp_path / "z.npz", forged, fish)
     assert not (tmp_path / "z.npz").exists()
+
+
+# -- load_features: what it refuses, naming the file --------------------------------
+
+
+def test_values_beyond_float32_are_refused_not_turned_into_inf(tmp_path):
+    """float64 values above the float32 range would load as inf (gradient
+    features are float32): refused, naming the file and the array."""
+    big = np.ones((3, 2))
+    big[1, 0] = 1e39
+    np.savez(tmp_path / "big.npz", forward=big, backward=np.ones((3, 2)))
+    with pytest.raises(
+        ValueError, match=r"big\.npz': array 'forward' holds values up to 1e\+39, beyond the float32"
+    ):
+        load_features(tmp_path / "big.npz")
+    np.savez(tmp_path / "plain.npz", features=-big)
+    with pytest.raises(ValueError, match=r"plain\.npz': array 'features' holds values up to 1e\+39"):
+        load_features(tmp_path / "plain.npz")
+    np.savez(tmp_path / "ok.npz", forward=big / 1e10, backward=np.ones((3, 2)))
+    assert np.isfinite(load_features(tmp_path / "ok.npz").features["forward"]).all()
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_a_forged_huge_shape_is_refused_before_allocating(tmp_path, version):
+    """A header declaring shape (1e6, 1e6) gives an error naming the file and
+    the array, not a MemoryError."""
+    path = tmp_path / "forged.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name in ("forward", "backward"):
+            header = {"descr": "<f4", "fortran_order": False, "shape": (10**6, 10**6)}
+            with archive.open(f"{name}.npy", "w") as member:
+                write = (
+                    np.lib.format.write_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.write_array_header_2_0
+                )
+                write(member, header)
+                member.write(np.ones(8, np.float32).tobytes())
+    with pytest.raises(
+        ValueError, match=r"forged\.npz': array 'forward' declares shape \(1000000, 1000000\)"
+    ):
+        load_features(path)
+    np.savez(path, forward=np.ones((3, 2), np.float32), backward=np.ones((3, 2), np.float32))
+    assert load_features(path).features.shape == (3,)  # a file of the declared size loads
+
+
+def test_a_folder_or_fifo_is_named_for_what_it_is(tmp_path):
+    folder = tmp_path / "features.npz"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=r"features\.npz' is a folder, not a features file"):
+        load_features(folder)
+    with pytest.raises(FileNotFoundError, match=r"no such features file.*missing\.npz"):
+        load_features(tmp_path / "missing.npz")
+    if sys.platform == "win32":
+        return
+    fifo = tmp_path / "pipe.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match=r"pipe\.npz' is a FIFO, not a features file"):
+        load_features(fifo)
