@@ -1101,6 +1101,20 @@ COVERED_ELSEWHERE = [
         "tests/test_features_files.py::test_values_beyond_float32_are_refused_not_turned_into_inf, "
         "test_a_forged_huge_shape_is_refused_before_allocating, test_a_folder_or_fifo_is_named_for_what_it_is",
     ),
+    (
+        "model name",
+        "a model URL ending in /.. gave the file name '..' (raw IsADirectoryError on fetch); a name "
+        "or file name holding NUL was accepted",
+        "tests/test_downloads.py::test_url_without_a_file_name_gives_the_model_name, "
+        "test_names_with_nul_or_dots_are_refused, test_a_folder_where_the_model_belongs_is_named",
+    ),
+    (
+        "download",
+        "a server sends far more than size_bytes (64 MB for an 82 KB model were fetched before the "
+        "checksum failed); .lock files piled up in the cache folder",
+        "tests/test_downloads.py::test_download_stops_once_more_than_the_declared_size_arrived, "
+        "test_lock_files_do_not_pile_up, test_removed_lock_file_is_never_held_twice",
+    ),
 ]
 
 
