@@ -280,6 +280,13 @@ class FeatureCache:
         Head outputs (per sample, outputs, temperature and labels) in memory.
     disk : DiskStore or None
         The folder's store.
+
+    Notes
+    -----
+    A cache is saved (pickle, joblib, :func:`skfishing.persistence.dump`)
+    as its settings, ``directory`` and ``max_bytes``, never its entries:
+    loaded in another process it starts empty, and a ``directory`` is read
+    again.
     """
 
     @validate_params(
@@ -299,7 +306,19 @@ class FeatureCache:
         return f"FeatureCache(directory={self.directory!r}, max_bytes={self.max_bytes})"
 
     def __reduce__(self):
+        # pickle (joblib): the settings and the id, so that the tasks of one search
+        # share one cache in a worker; never the entries, nor the locks
         return (_attach_feature_cache, (self.cache_id, self.directory, self.max_bytes))
+
+    def __getstate__(self):
+        # skops.io, which reads __getstate__ rather than __reduce__: the settings only
+        return {"directory": self.directory, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state_):
+        """An empty cache with the saved settings (loading a skops file)."""
+        if not isinstance(state_, dict) or set(state_) != {"directory", "max_bytes"}:
+            raise ValueError(f"a FeatureCache is saved as its directory and max_bytes, got {state_!r}")
+        self.__init__(state_["directory"], max_bytes=state_["max_bytes"])
 
     def clear(self):
         """Forget the in-memory entries (files on disk stay)."""

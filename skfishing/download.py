@@ -3,8 +3,10 @@
 Downloads go through :mod:`pooch` into a cache folder (argument, else the
 ``SKFISHING_CACHE_DIR`` environment variable, else the user cache folder):
 the file is written to a temporary name, checked, then moved into place, so
-an interrupted or corrupt download never ends up in the cache. A file lock
-makes concurrent processes download a file once.
+an interrupted or corrupt download never ends up in the cache; a transfer
+stops as soon as more bytes than the model's declared ``size_bytes`` arrive.
+A file lock, removed when done, makes concurrent processes download a file
+once.
 
 Nothing here is module-level state: the one memo of file checksums of the
 process, a :class:`FileHashes`, lives in :mod:`skfishing.state`
@@ -113,6 +115,11 @@ def retrieve(spec, target, hashes, *, progress=False):
     target = pathlib.Path(target)
     if spec.url is None or spec.sha256 is None:
         raise ValueError(f"Model {spec.name!r} has no URL and checksum to download it from.")
+    if target.is_dir():
+        raise IsADirectoryError(
+            f"Model {spec.name!r}: {target} is a folder, where the model file belongs; "
+            "move it away, or pass another cache_dir."
+        )
     if _is_valid(target, spec, hashes):
         return target
     with _file_lock(target.with_name(target.name + ".lock")):
@@ -145,6 +152,12 @@ def _make_cache_folder(folder):
 def _file_lock(path):
     """Hold an exclusive lock on ``path``, to download a file only once.
 
+    The lock file is removed by its holder, while it still holds the lock, so
+    that lock files do not pile up in the cache folder. A process that was
+    waiting on the removed file finds, once it gets the lock, that ``path``
+    is no longer that file, and locks the current one instead: at any time
+    at most one process holds the lock of the file at ``path``.
+
     A no-op where ``fcntl`` is missing (Windows): concurrent downloads then
     both happen, and each still replaces the cached file atomically.
     """
@@ -154,12 +167,26 @@ def _file_lock(path):
         yield
         return
     _make_cache_folder(path.parent)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    while True:
+        handle = open(path, "a")
         try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            current = os.stat(path)
+        except FileNotFoundError:  # removed by the previous holder: lock a new one
+            handle.close()
+            continue
+        except BaseException:
+            handle.close()
+            raise
+        if os.path.samestat(os.fstat(handle.fileno()), current):
+            break
+        handle.close()  # replaced by a new lock file meanwhile: lock that one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)  # still locked: no one else holds the file at path
+        handle.close()  # releases the lock
 
 
 def _download(spec, target, progress):
@@ -167,8 +194,10 @@ def _download(spec, target, progress):
 
     if urllib.parse.urlsplit(spec.url).scheme in ("http", "https"):
         downloader = pooch.HTTPDownloader(progressbar=progress, chunk_size=_DOWNLOAD_CHUNK)
+        if spec.size_bytes is not None:
+            downloader = _SizeLimited(downloader, spec.size_bytes)
     else:
-        downloader = None
+        downloader = None  # other protocols: the size is checked with the checksum, after the transfer
     try:
         pooch.retrieve(
             spec.url,
@@ -190,3 +219,36 @@ def _download(spec, target, progress):
         )
         error = ValueError if isinstance(exc, ValueError) else ConnectionError
         raise error(message) from exc
+
+
+class _SizeLimited:
+    """A pooch downloader that stops as soon as more than ``size_bytes`` arrive."""
+
+    def __init__(self, downloader, size_bytes):
+        self.downloader = downloader
+        self.size_bytes = size_bytes
+
+    def __call__(self, url, output_file, pooch_, check_only=False):
+        if check_only:
+            return self.downloader(url, output_file, pooch_, check_only=True)
+        with open(output_file, "w+b") as handle:
+            return self.downloader(url, _LimitedWriter(handle, self.size_bytes), pooch_)
+
+
+class _LimitedWriter:
+    """A file that refuses to hold more than ``limit`` bytes (a ValueError, as for a bad checksum)."""
+
+    def __init__(self, handle, limit):
+        self.handle, self.limit, self.written = handle, limit, 0
+
+    def write(self, data):
+        self.written += len(data)
+        if self.written > self.limit:
+            raise ValueError(
+                f"the server sent more than the {self.limit:,} bytes declared (size_bytes); "
+                "the transfer was stopped there"
+            )
+        return self.handle.write(data)
+
+    def flush(self):
+        self.handle.flush()

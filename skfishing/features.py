@@ -15,6 +15,7 @@ for :class:`~skfishing.TraceKernelSVC`.
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from numbers import Integral
 from pathlib import Path
@@ -192,10 +193,32 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     existing file is replaced only once the new one is complete.
     """
     path = Path(path)
-    # the file may have appeared meanwhile: checked again just before the rename
-    with atomic_path(path, check=lambda: _check_output_file(path, overwrite, how_to_overwrite)) as temporary:
+    # the file may have appeared meanwhile: checked again just before the rename, and
+    # without overwrite the name is claimed atomically (a file created in between is kept)
+    check = lambda: _check_output_file(path, overwrite, how_to_overwrite)  # noqa: E731
+    with atomic_path(path, check=check, overwrite=overwrite, hint=how_to_overwrite) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
+
+
+def _check_layout(arrays, features, transformer):
+    """Refuse features that ``transformer`` cannot have computed, or whose provenance is unknown."""
+    network, _ = transformer._network()
+    widths = [network.head.width(tensor) for tensor in transformer._outputs(network)]
+    for (name, array), width in zip(arrays.items(), widths):
+        if array.shape[1] != width or array.dtype != np.float32:
+            raise ValueError(
+                f"features {name!r} are {array.dtype} of width {array.shape[1]}, but the transformer "
+                f"computes float32 {transformer.features} features of width {width} (layer "
+                f"{transformer.layer_}): these features come from elsewhere."
+            )
+    if transformer.features == "gradient" and not features.dtype.metadata:
+        raise ValueError(
+            "the gradient features carry no provenance in their dtype (NumPy drops it in some "
+            "operations, such as np.save and np.load), so their temperature and labels cannot be "
+            "checked against the transformer's. Save the array that transformer.transform "
+            "returned, or pass transformer=None to save them without provenance."
+        )
 
 
 def _feature_arrays(features, transformer=None, paths=None):
@@ -219,7 +242,9 @@ def _feature_arrays(features, transformer=None, paths=None):
             )
         kind = transformer.features
     n_samples = len(features)
-    source = _source_of(features, transformer)
+    source = _source_of(features, transformer)  # a recorded provenance is compared first
+    if transformer is not None:
+        _check_layout(arrays, features, transformer)
     arrays["format"] = np.array(FORMAT)
     if kind is not None:
         arrays["kind"] = np.array(kind)
@@ -276,9 +301,12 @@ def save_features(file, features, transformer=None, *, paths=None, overwrite=Fal
     transformer : DeepFisherTransformer, default=None
         The fitted transformer that computed ``features``. It gives the
         provenance of activations and probabilities (plain 2-D arrays carry
-        none) and the model's name or path; for gradient features it must
-        agree with the provenance they carry. Without it, 2-D features are
-        written without provenance.
+        none) and the model's name or path. What can be checked is: the
+        features' widths and dtype must be those the transformer computes,
+        and gradient features must carry provenance in their dtype, equal
+        to the transformer's (without it, their temperature and labels
+        could not be checked, so they are refused). Without a transformer,
+        2-D features are written without provenance.
     paths : sequence of str or path-like, default=None
         The image file of each row.
     overwrite : bool, default=False
@@ -290,7 +318,8 @@ def save_features(file, features, transformer=None, *, paths=None, overwrite=Fal
         If ``file`` exists and ``overwrite`` is False.
     ValueError
         If ``features`` is not a features array, holds NaN or infinity, or
-        disagrees with ``transformer``, or ``paths`` has another length.
+        disagrees with ``transformer`` (widths, dtype, provenance, or none
+        recorded), or ``paths`` has another length.
 
     See Also
     --------
@@ -359,9 +388,15 @@ def load_features(file):
     ------
     FileNotFoundError
         If ``file`` does not exist.
+    IsADirectoryError
+        If ``file`` is a folder.
     ValueError
-        If ``file`` is not a features file, or its arrays are inconsistent
-        or not finite (the message names the file and the array).
+        If ``file`` is not a features file (a FIFO or a device included),
+        or its arrays are inconsistent, declare more data than the file
+        holds, are not finite or exceed the float32 range (the message
+        names the file and the array).
+    MemoryError
+        If the arrays do not fit in memory (the message names the file).
 
     See Also
     --------
@@ -375,8 +410,7 @@ def load_features(file):
     >>> svc = TraceKernelSVC(C=1.0).fit(train.features, y_train)  # doctest: +SKIP
     """
     path = Path(file).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"no such features file: {str(path)!r}")
+    _check_input_file(path)
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -387,9 +421,51 @@ def load_features(file):
         raise ValueError(f"{str(path)!r} is a .npy file, not a .npz features file.")
     with archive:
         try:
+            _check_declared_sizes(archive)
             return _read_features(archive, path)
         except (ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"{str(path)!r}: {exc}") from None
+        except MemoryError:
+            raise MemoryError(f"{str(path)!r}: not enough memory to read its arrays") from None
+
+
+def _check_input_file(path):
+    """Refuse a missing file, a folder, a FIFO or a device, saying which."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such features file: {str(path)!r}") from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(f"{str(path)!r} is a folder, not a features file (a .npz file)")
+    if not stat.S_ISREG(mode):
+        what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ValueError(f"{str(path)!r} is {what}, not a features file (a .npz file); nothing was read")
+
+
+def _check_declared_sizes(archive):
+    """Refuse arrays whose header declares more data than the archive holds for them.
+
+    A forged shape such as (10**6, 10**6) would otherwise ask for terabytes
+    before anything could tell that the file is too short.
+    """
+    for info in archive.zip.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        with archive.zip.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            declared = int(dtype.itemsize)
+            for extent in shape:
+                declared *= int(extent)
+            available = info.file_size - member.tell()
+        if declared > available:
+            raise ValueError(
+                f"array {info.filename[:-4]!r} declares shape {shape} of {dtype} ({declared:,} bytes) "
+                f"but the file holds {max(available, 0):,} bytes for it: the file is damaged or forged."
+            )
 
 
 def _read_features(archive, path):
@@ -415,6 +491,12 @@ def _read_features(archive, path):
             raise ValueError(f"'forward' has {n_samples} rows but 'backward' has {len(block)}.")
         n_samples = len(block)
         _check_finite(block, f"array {name!r}")
+        largest = float(np.abs(block).max()) if block.dtype.itemsize > 4 else 0.0
+        if largest > float(np.finfo(np.float32).max):
+            raise ValueError(
+                f"array {name!r} holds values up to {largest:.3g}, beyond the float32 range "
+                f"({float(np.finfo(np.float32).max):.3g}) that features are computed and compared in."
+            )
     data = Bunch(
         features=None,
         kind=None,

@@ -29,7 +29,8 @@ class ModelSpec:
     name : str
         Name under which the model is registered.
     filename : str
-        File name of the model in the cache folder (a bare name, no folder).
+        File name of the model in the cache folder (a bare name: no folder,
+        not ``.`` or ``..``, no control characters).
     sha256 : str or None
         SHA-256 checksum of the file (64 hexadecimal digits); required with
         ``url``, optional for local files (checked when given).
@@ -59,11 +60,17 @@ class ModelSpec:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError(f"A model name must be a non-empty string, got {self.name!r}.")
+        if not self.name.isprintable():
+            raise ValueError(
+                f"A model name must not hold control characters (such as NUL), got {self.name!r}."
+            )
         if (
             not isinstance(self.filename, str)
             or not self.filename
             or pathlib.PurePath(self.filename).name != self.filename
+            or self.filename in (".", "..")
             or "\\" in self.filename
+            or not self.filename.isprintable()
         ):
             raise ValueError(
                 f"Model {self.name!r}: filename must be a bare file name, got {self.filename!r}."

@@ -28,6 +28,7 @@ import zipfile
 import onnx
 from sklearn.utils._param_validation import validate_params
 
+from .cache import FeatureCache
 from .files import atomic_path
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
@@ -41,7 +42,9 @@ def _type_name(cls):
 
 #: The types, besides those skops trusts by default (scikit-learn, NumPy,
 #: SciPy and Python built-ins), that a fitted skfishing pipeline holds:
-#: the two estimators, a model given as a :class:`pathlib.Path`, and a
+#: the two estimators, a ``memory=`` :class:`~skfishing.cache.FeatureCache`
+#: (saved as its folder and size: it loads empty), a model given as a
+#: :class:`pathlib.Path`, and a
 #: model given in memory as an :class:`onnx.ModelProto` (rebuilt by parsing
 #: its bytes, which runs no code). :func:`load` creates these and refuses
 #: any other.
@@ -50,6 +53,7 @@ TRUSTED_TYPES = tuple(
     for cls in (
         DeepFisherTransformer,
         TraceKernelSVC,
+        FeatureCache,
         pathlib.PosixPath,
         pathlib.WindowsPath,
         onnx.ModelProto,
@@ -75,7 +79,9 @@ def _skops():
 def dump(estimator, file, *, overwrite=False):
     """Save a fitted estimator (such as a skfishing pipeline) in the skops format.
 
-    The file is written under a temporary name and renamed when complete.
+    The file is written under a temporary name and renamed when complete;
+    without ``overwrite``, a file created meanwhile (by another process) is
+    never replaced.
     Like joblib files, it holds the transformer's parameters (the model's
     registered name or path), not the network's weights: the model file must
     be present where the file is loaded.
@@ -94,7 +100,8 @@ def dump(estimator, file, *, overwrite=False):
     Raises
     ------
     FileExistsError
-        If ``file`` exists and ``overwrite`` is False.
+        If ``file`` exists and ``overwrite`` is False, checked before the
+        file is written and again, atomically, when it is moved into place.
     ImportError
         If skops is not installed.
 
@@ -114,7 +121,7 @@ def dump(estimator, file, *, overwrite=False):
         raise FileExistsError(f"{str(path)!r} exists; pass overwrite=True to replace it")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder {str(path.parent)!r} does not exist")
-    with atomic_path(path) as temporary, warnings.catch_warnings():
+    with atomic_path(path, overwrite=overwrite) as temporary, warnings.catch_warnings():
         # NumPy's .npy format drops dtype metadata; TraceKernelSVC keeps it as feature_source_
         warnings.filterwarnings("ignore", message="metadata on a dtype", category=UserWarning)
         sio.dump(estimator, temporary)

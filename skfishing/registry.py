@@ -244,6 +244,8 @@ def _make_spec(spec_or_name, path, url, sha256, size_bytes, preprocessing, descr
         filename, path = path.name, str(path)
     elif url is not None:
         filename = pathlib.PurePosixPath(urllib.parse.urlsplit(url).path).name
+        if filename == "..":  # a URL ending in /..: no file name, as one of path /
+            filename = None
     return ModelSpec(
         name=spec_or_name,
         filename=filename or spec_or_name + ".onnx",
@@ -350,12 +352,14 @@ def register_model(
     path : str or os.PathLike, default=None
         Local ONNX file; give either ``path`` or ``url``.
     url : str, default=None
-        Where to download the file from into the cache folder.
+        Where to download the file from into the cache folder, under the
+        last part of the URL's path (``<name>.onnx`` where that is empty
+        or ``..``).
     sha256 : str, default=None
         SHA-256 checksum of the file; required with ``url``, checked before
         use when given.
     size_bytes : int, default=None
-        Size of the file.
+        Size of the file; a download stops as soon as more bytes arrive.
     preprocessing : ImagePreprocessing, default=None
         Image preprocessing of the network; without it, the model only takes
         preprocessed arrays.

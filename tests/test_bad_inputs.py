@@ -1110,6 +1110,52 @@ COVERED_ELSEWHERE = [
         "gradients as the float64 reference",
         "tests/test_numerics.py::test_gemm_alpha_and_beta_are_read",
     ),
+    (
+        "existing output",
+        "two processes save_features or persistence.dump(overwrite=False) to one new file at once: "
+        "both succeeded, one file silently replaced the other",
+        "tests/test_files.py::test_exactly_one_of_racing_save_features_writers_wins, "
+        "test_exactly_one_of_racing_dump_writers_wins",
+    ),
+    (
+        "interrupted write",
+        "SIGTERM while save_features writes: a hidden .part file stayed behind",
+        "tests/test_files.py::test_sigterm_during_save_features_leaves_no_temporary_file",
+    ),
+    (
+        "persistence",
+        "persistence.dump of a pipeline with memory=FeatureCache(...): skops saved the cache's entries "
+        "and locks, and the file could never be loaded",
+        "tests/test_cache_persistence.py::test_pipeline_with_a_cache_saves_as_settings_and_loads_empty",
+    ),
+    (
+        "mismatched features",
+        "save_features stamped a transformer's provenance on any array: temperature-4 features whose "
+        "dtype metadata was dropped saved as temperature 2, a random (10, 3) array as layer-7 activations",
+        "tests/test_features_files.py::test_features_without_provenance_are_not_stamped_with_another_temperature, "
+        "test_an_array_of_other_width_or_dtype_is_not_stamped, test_gradient_features_of_other_widths_are_refused",
+    ),
+    (
+        "unreadable file",
+        "load_features of float64 values beyond float32 (loaded as inf with a warning), of a header "
+        "declaring shape (1e6, 1e6) (raw MemoryError), of a folder or FIFO ('no such features file')",
+        "tests/test_features_files.py::test_values_beyond_float32_are_refused_not_turned_into_inf, "
+        "test_a_forged_huge_shape_is_refused_before_allocating, test_a_folder_or_fifo_is_named_for_what_it_is",
+    ),
+    (
+        "model name",
+        "a model URL ending in /.. gave the file name '..' (raw IsADirectoryError on fetch); a name "
+        "or file name holding NUL was accepted",
+        "tests/test_downloads.py::test_url_without_a_file_name_gives_the_model_name, "
+        "test_names_with_nul_or_dots_are_refused, test_a_folder_where_the_model_belongs_is_named",
+    ),
+    (
+        "download",
+        "a server sends far more than size_bytes (64 MB for an 82 KB model were fetched before the "
+        "checksum failed); .lock files piled up in the cache folder",
+        "tests/test_downloads.py::test_download_stops_once_more_than_the_declared_size_arrived, "
+        "test_lock_files_do_not_pile_up, test_removed_lock_file_is_never_held_twice",
+    ),
 ]
 
 

@@ -236,14 +236,14 @@ def test_bad_checksum_leaves_nothing_in_cache(server):
     assert "does not match" in message
     assert server.url + "/tiny.onnx" in message and MODEL_SHA256 in message
     assert str(target) in message
-    assert _cache_listing() == ["tiny.onnx.lock"]  # no partial or temporary file
+    assert _cache_listing() == []  # no partial or temporary file
 
 
 def test_interrupted_transfer_leaves_nothing_in_cache(server):
     _register_remote(server, behaviour="truncate")
     with pytest.raises(ConnectionError, match="Could not download model 'remote'"):
         fetch_model("remote")
-    assert _cache_listing() == ["tiny.onnx.lock"]
+    assert _cache_listing() == []
     # the next try, with a working server, succeeds
     server.routes["/tiny.onnx"] = (MODEL_BYTES, "ok")
     assert fetch_model("remote").read_bytes() == MODEL_BYTES
@@ -274,7 +274,7 @@ def test_http_error(server):
     register_model("remote", url=server.url + "/gone.onnx", sha256=MODEL_SHA256)
     with pytest.raises(ConnectionError, match="404"):
         fetch_model("remote")
-    assert _cache_listing() == ["gone.onnx.lock"]
+    assert _cache_listing() == []
 
 
 def test_corrupt_cached_file_is_replaced(server):
