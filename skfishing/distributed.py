@@ -258,7 +258,8 @@ def to_zarr(Z, store, *, overwrite=False):
         renamed to ``store`` only when every block is written: a job that
         fails leaves nothing at ``store`` changed, and ``Z`` may read the
         store it replaces (``to_zarr(f(from_zarr(path)), path,
-        overwrite=True)``).
+        overwrite=True)``). After a failure on a cluster, blocks still
+        running on other workers may leave the hidden folder: delete it.
 
     overwrite : bool, default=False
         Replace an existing feature store that :func:`to_zarr` wrote. A
