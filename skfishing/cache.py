@@ -29,7 +29,10 @@ is hashed again), the pixels, mode, palette, transparency and EXIF
 orientation of a PIL image, the values, dtype and shape of an array.
 
 **Disk entries are verified on read.** Each ``<key>.npy`` file in a
-``memory=`` folder ends with a BLAKE3 checksum of its key and content, and
+``memory=`` folder is named after its key and the versions of the package
+and of what shapes its value (:data:`DISK_VERSIONS`), so that a folder
+filled by another version is never read; it ends with a BLAKE3 checksum of
+its key and content, and
 is written atomically (a reader never sees a partly written file). An entry
 whose checksum, dtype or shape is wrong is treated as missing, with a
 :class:`CorruptCacheWarning` naming the file, and is recomputed and
@@ -66,10 +69,28 @@ __all__ = [
     "content_key",
     "derived_keys",
     "shared_cache",
+    "disk_version",
 ]
 
 _KEY_LENGTH = 20  # bytes of BLAKE3 digest in a key (40 hexadecimal digits)
 _CHECKSUM_LENGTH = 32
+
+#: Versions of what shapes a value kept on disk, besides the package's own
+#: version: part of the name and checksum of every disk entry, so that an
+#: entry written by another version is never read (it is recomputed). Bump
+#: one when its code changes what it computes, even within a release.
+DISK_VERSIONS = {
+    "format": 1,  # the entry file: .npy bytes and checksum (DiskStore)
+    "preprocessing": 1,  # image decoding, resizing and normalisation (skfishing.images, batches)
+    "graph": 1,  # the network graph built from the model, states included (skfishing.graph, network)
+}
+
+
+def disk_version():
+    """The version string of disk entries: the package's and :data:`DISK_VERSIONS`."""
+    from . import __version__
+
+    return f"skfishing {__version__}|" + "|".join(f"{k} {v}" for k, v in sorted(DISK_VERSIONS.items()))
 
 
 class CorruptCacheWarning(RuntimeWarning):
@@ -140,16 +161,23 @@ class DiskStore:
 
     A file is a NumPy ``.npy`` file followed by the 32-byte BLAKE3 digest of
     the key and the ``.npy`` bytes (``np.load`` still reads it). Files are
-    written to a temporary name and renamed into place.
+    written to a temporary name and renamed into place. The file of a key is
+    named after the key and the version of the package and of what shapes
+    the values (:func:`disk_version`): entries written by another version
+    are never read.
+
+    A cache folder is trusted input: the checksum detects damage, not
+    tampering (anyone who can write there can write entries that verify).
 
     Parameters
     ----------
     directory : str or path-like
-        The folder (created when missing).
+        The folder (created when missing); ``~`` is the user's home.
     """
 
     def __init__(self, directory):
-        self.directory = Path(directory)
+        self.directory = Path(directory).expanduser()
+        self.version = disk_version()
 
     def check_writable(self, what="memory"):
         """Create the folder and check that files can be written there.
@@ -169,8 +197,12 @@ class DiskStore:
             ) from exc
         check_writable_folder(self.directory, f"the {what}= cache folder")
 
+    def _name(self, key):
+        """The key of ``key`` on disk: with the version, so another version's entry is another file."""
+        return blake3(f"{self.version}|{key}".encode()).hexdigest(length=_KEY_LENGTH)
+
     def _path(self, key):
-        return self.directory / f"{key}.npy"
+        return self.directory / f"{self._name(key)}.npy"
 
     def get(self, key, dtype, shape):
         """The entry ``key`` if present, intact and of this dtype and shape, else None.
@@ -191,7 +223,7 @@ class DiskStore:
             return None
         body, checksum = data[:-_CHECKSUM_LENGTH], data[-_CHECKSUM_LENGTH:]
         problem = None
-        if len(data) <= _CHECKSUM_LENGTH or blake3(key.encode() + body).digest() != checksum:
+        if len(data) <= _CHECKSUM_LENGTH or blake3(self._name(key).encode() + body).digest() != checksum:
             problem = "its checksum does not match its content"
         else:
             try:
@@ -228,7 +260,7 @@ class DiskStore:
             self.directory.mkdir(parents=True, exist_ok=True)
             with atomic_path(self._path(key), private=True) as temporary, open(temporary, "wb") as f:
                 f.write(body)
-                f.write(blake3(key.encode() + body).digest())
+                f.write(blake3(self._name(key).encode() + body).digest())
         except OSError as exc:
             raise self._error(exc) from exc
 

@@ -15,10 +15,17 @@ Needs the optional dependencies ``pip install "skfishing[dask]"``.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
+import re
+import shutil
+import tempfile
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -95,8 +102,27 @@ def _as_input(block):
     return block
 
 
-def _transform_block(block, estimator):
-    return _worker_estimator(estimator).transform(_as_input(block))
+#: How the errors of DeepFisherTransformer name a row of its input.
+_ROW_INDEX = re.compile(r"\b(image|sample) (\d+)\b")
+
+
+def _transform_block(block, starts, estimator):
+    try:
+        return _worker_estimator(estimator).transform(_as_input(block))
+    except Exception as exc:
+        raise _in_rows_of_x(exc, int(starts[0]), len(block), estimator) from exc
+
+
+def _in_rows_of_x(exc, start, n_rows, estimator):
+    """``exc`` of a block of rows ``start...``, renamed to say the rows of X, not of the block."""
+    message = str(exc.args[0]) if len(exc.args) == 1 else str(exc)
+    if isinstance(estimator, DeepFisherTransformer):  # "image 1" of the block is image start + 1 of X
+        message = _ROW_INDEX.sub(lambda m: f"{m[1]} {start + int(m[2])}", message, count=1)
+    message += f" (in the block of rows {start} to {start + n_rows - 1} of X)"
+    try:
+        return type(exc)(message)
+    except Exception:  # exception types with another signature
+        return RuntimeError(f"{type(exc).__name__}: {message}")
 
 
 def _fit_and_probe(estimator, rows):
@@ -190,11 +216,15 @@ def dask_transform(estimator, X, *, chunk_size=256):
     estimator, probe = dask.delayed(_fit_and_probe, nout=2, pure=True)(estimator, X[:1]).compute()
     in_index = "i" + "abcdefgh"[: X.ndim - 1]
     out_index = "i" + "pqrstuvw"[: probe.ndim - 1]
+    # the first row of each block, so that errors name the rows of X
+    starts = np.repeat(np.cumsum((0,) + X.chunks[0][:-1]), X.chunks[0])
     return da.blockwise(
         _transform_block,
         out_index,
         X,
         in_index,
+        da.from_array(starts, chunks=(X.chunks[0],)),
+        "i",
         estimator=estimator,
         new_axes={index: size for index, size in zip(out_index[1:], probe.shape[1:])},
         concatenate=True,
@@ -231,21 +261,28 @@ def to_zarr(Z, store, *, overwrite=False):
         regular (all equal but the last), as Zarr chunks are.
 
     store : str, path-like or zarr store
-        Where to write: a directory path or any Zarr store.
+        Where to write: a directory path or any Zarr store. A path is
+        written as a new hidden folder beside it (``.<name>.*.partial``),
+        renamed to ``store`` only when every block is written: a job that
+        fails leaves nothing at ``store`` changed, and ``Z`` may read the
+        store it replaces (``to_zarr(f(from_zarr(path)), path,
+        overwrite=True)``). After a failure on a cluster, blocks still
+        running on other workers may leave the hidden folder: delete it.
 
     overwrite : bool, default=False
-        Replace an existing Zarr store (a folder that holds anything else is
-        never deleted). By default an existing store is an error: nothing is
-        overwritten.
+        Replace an existing feature store that :func:`to_zarr` wrote. A
+        folder that holds anything else (another Zarr store, or any file
+        that :func:`to_zarr` does not write) is never deleted: it is an
+        error that names what was found. A Zarr store object (not a path)
+        is cleared before writing, and refused if ``Z`` reads from it. By
+        default an existing store is an error: nothing is overwritten.
 
     Returns
     -------
     Z : dask.array.Array
         The stored features, read lazily (:func:`from_zarr`).
     """
-    import zarr
-
-    dask, da = _dask()
+    _, da = _dask()
     if not isinstance(Z, da.Array):
         Z = np.asarray(Z)
         Z = da.from_array(Z, chunks=(4096,) + (-1,) * (Z.ndim - 1))
@@ -262,15 +299,28 @@ def to_zarr(Z, store, *, overwrite=False):
         arrays = {"features": Z}
     else:
         raise ValueError(f"Z must be a structured array or a 2-D array, got shape {Z.shape}.")
-    if overwrite:
-        _check_replaceable(store)
-    try:
-        root = zarr.open_group(store, mode="w" if overwrite else "w-")
-    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
-        raise FileExistsError(
-            f"{os.fspath(store) if isinstance(store, os.PathLike) else store!r} already exists; "
-            "pass overwrite=True to replace it, or another path."
-        ) from exc
+    path = _local_path(store)
+    if path is None:
+        _write_in_place(Z, arrays, structured, store, overwrite)
+    else:
+        _write_and_swap(Z, arrays, structured, path, store, overwrite)
+    return from_zarr(store)
+
+
+def _local_path(store):
+    """The folder of a store given as a local path; None for store objects and URLs."""
+    if isinstance(store, os.PathLike) or (isinstance(store, str) and "://" not in store):
+        return Path(os.path.realpath(os.path.expanduser(os.fspath(store))))
+    return None
+
+
+def _shown(store):
+    return os.fspath(store) if isinstance(store, os.PathLike) else store
+
+
+def _write_arrays(Z, arrays, structured, root):
+    """Create the arrays of ``root``, compute ``Z`` into them, mark the store complete."""
+    dask, da = _dask()
     targets = []
     for name, array in arrays.items():
         targets.append(
@@ -281,31 +331,171 @@ def to_zarr(Z, store, *, overwrite=False):
                 dtype=array.dtype.base if array.dtype.subdtype is None else array.dtype.subdtype[0],
             )
         )
-    da.store(list(arrays.values()), targets, lock=False)
+    _compute_all(da.store(list(arrays.values()), targets, lock=False, compute=False))
     metadata = dict(Z.dtype.metadata or {}) if structured else {}
     root.attrs[ZARR_ATTRIBUTE] = {
         "kind": "gradient" if structured else "dense",
         "source": {key: list(v) if isinstance(v, tuple) else v for key, v in metadata.items()},
         "complete": True,
     }
-    return from_zarr(store)
 
 
-def _check_replaceable(store):
-    """Refuse to delete a folder that holds something else than a Zarr store."""
+def _compute_all(delayed):
+    """Compute ``delayed``; after a failure, wait for the blocks still running on local threads.
+
+    So that no block writes into the new store's folder after it is removed.
+    Blocks still running on the workers of a cluster may: the hidden folder
+    they leave (``.<name>.*.partial``) can be deleted.
+    """
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    dask, _ = _dask()
+    if get_scheduler(collections=[delayed]) is not dask.threaded.get:
+        dask.compute(delayed)
+        return
+    pool = ThreadPoolExecutor(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    try:
+        dask.compute(delayed, scheduler="threads", pool=pool)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _write_and_swap(Z, arrays, structured, target, store, overwrite):
+    """Write the store in a new hidden folder beside ``target``, then rename it into place.
+
+    Nothing at ``target`` is touched until every block is written: a job that
+    fails leaves the old store as it was, and a ``Z`` that reads the old
+    store (whatever the spelling of its path) reads it whole.
+    """
     import zarr
 
-    if not isinstance(store, (str, os.PathLike)) or not os.path.exists(store):
-        return
+    _check_target(target, store, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     try:
-        zarr.open_group(store, mode="r")
-    except Exception as exc:
-        if os.path.isdir(store) and not os.listdir(store):
-            return
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o777 & ~umask)  # mkdtemp creates it private
+        _write_arrays(Z, arrays, structured, zarr.open_group(temporary, mode="w"))
+        _swap(temporary, target, store, overwrite)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+
+
+def _exists_error(store):
+    return FileExistsError(
+        f"{_shown(store)!r} already exists; pass overwrite=True to replace it, or another path."
+    )
+
+
+def _check_target(target, store, overwrite):
+    """Refuse to replace anything but an empty folder or a store that to_zarr wrote."""
+    if not os.path.lexists(target) or (target.is_dir() and not any(target.iterdir())):
+        return
+    if not overwrite:
+        raise _exists_error(store)
+    foreign = _foreign_entries(target)
+    if foreign:
         raise ValueError(
-            f"{os.fspath(store)!r} exists and is not a Zarr store; overwrite=True replaces "
-            "only Zarr stores: remove it yourself or choose another path."
-        ) from exc
+            f"{_shown(store)!r} is not a Zarr store written by skfishing.distributed.to_zarr: it holds "
+            f"{', '.join(foreign)}. overwrite=True replaces only a feature store that to_zarr wrote, "
+            "holding nothing else, so nothing was deleted: move those files or choose another path."
+        )
+
+
+def _foreign_entries(folder):
+    """What in ``folder`` a feature store written by to_zarr does not hold (at most 5 names)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return [f"{folder.name} (not a folder)"]
+    try:
+        attrs = json.loads((folder / "zarr.json").read_text()).get("attributes", {})
+        kind = attrs[ZARR_ATTRIBUTE]["kind"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        others = sorted(entry.name for entry in folder.iterdir() if entry.name != "zarr.json")
+        return [
+            "a zarr.json without the skfishing mark" if (folder / "zarr.json").exists() else "no zarr.json"
+        ] + others[:5]
+    expected = {"zarr.json"} | set(_FIELDS if kind == "gradient" else ("features",))
+    foreign = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in expected or (entry.name != "zarr.json") != _is_folder(entry):
+            foreign.append(entry.name)
+        elif entry.name != "zarr.json":
+            foreign += [f"{entry.name}/{name}" for name in _foreign_in_array(entry)]
+    return foreign[:5]
+
+
+def _is_folder(entry):
+    return entry.is_dir() and not entry.is_symlink()
+
+
+def _foreign_in_array(folder):
+    """Entries of an array folder other than its zarr.json and its chunks ``c/<i>/<j>``."""
+    foreign = []
+    for entry in folder.iterdir():
+        if entry.name == "zarr.json" and entry.is_file() and not entry.is_symlink():
+            continue
+        if entry.name != "c" or not _is_folder(entry):
+            foreign.append(entry.name)
+            continue
+        for row in entry.iterdir():
+            if not (row.name.isdigit() and _is_folder(row)):
+                foreign.append(f"c/{row.name}")
+                continue
+            for chunk in row.iterdir():
+                if not (chunk.name.isdigit() and chunk.is_file() and not chunk.is_symlink()):
+                    foreign.append(f"c/{row.name}/{chunk.name}")
+    return sorted(foreign)
+
+
+def _swap(new, target, store, overwrite):
+    """Rename the complete store ``new`` to ``target``, replacing the old store there."""
+    try:
+        os.rename(new, target)  # fails if target is a file or a folder that is not empty
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            raise
+        if not overwrite:
+            raise _exists_error(store) from None
+    _check_target(target, store, overwrite)  # again: it may have changed during the job
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rename(target, old / "store")
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old / "store", target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_in_place(Z, arrays, structured, store, overwrite):
+    """Write to a Zarr store object (no folder to swap): refuse to overwrite what Z reads."""
+    import zarr
+
+    if overwrite and _reads_from(Z, store):
+        raise ValueError(
+            f"Z reads from {store!r}, the store to overwrite: write to another store, then replace it."
+        )
+    try:
+        root = zarr.open_group(store, mode="w" if overwrite else "w-")
+    except (FileExistsError, zarr.errors.ContainsGroupError, zarr.errors.ContainsArrayError) as exc:
+        raise _exists_error(store) from exc
+    _write_arrays(Z, arrays, structured, root)
+
+
+def _reads_from(Z, store):
+    """Whether the task graph of ``Z`` reads a Zarr array of ``store``."""
+    import zarr
+
+    for value in dict(Z.__dask_graph__()).values():
+        value = getattr(value, "value", value)  # a DataNode holds its object
+        # the same store opened read-only is another object with the same URL
+        if isinstance(value, zarr.Array) and (value.store is store or str(value.store) == str(store)):
+            return True
+    return False
 
 
 def _regular_rows(Z):
@@ -339,8 +529,9 @@ def from_zarr(store):
     import zarr
 
     _, da = _dask()
+    path = _local_path(store)
     try:
-        root = zarr.open_group(store, mode="r")
+        root = zarr.open_group(store if path is None else path, mode="r")
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"no Zarr store at {store!r}") from exc
     info = root.attrs.get(ZARR_ATTRIBUTE)
@@ -353,10 +544,8 @@ def from_zarr(store):
         return da.from_zarr(root["features"])
     forward, backward = (da.from_zarr(root[field]) for field in _FIELDS)
     source = {key: tuple(v) if isinstance(v, list) else v for key, v in info["source"].items()}
-    dtype = np.dtype(
-        [(field, array.dtype, (array.shape[1],)) for field, array in zip(_FIELDS, (forward, backward))],
-        metadata=source or None,
-    )
+    fields = [(field, array.dtype, (array.shape[1],)) for field, array in zip(_FIELDS, (forward, backward))]
+    dtype = np.dtype(fields, metadata=source) if source else np.dtype(fields)
     return da.blockwise(
         _join_fields,
         "i",

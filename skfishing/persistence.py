@@ -138,6 +138,11 @@ def load(file, *, trusted=None):
     that skops trusts by default and :data:`TRUSTED_TYPES` are accepted;
     any other type must be listed in ``trusted``, else nothing is loaded.
 
+    The cache folders of loaded transformers (``memory=`` and ``cache_dir=``)
+    are reset to None, with a warning that names them: skfishing writes
+    there and trusts what it reads there, so a file never chooses them. Set
+    them again (``set_params``) if you trust them.
+
     Parameters
     ----------
     file : str or path-like
@@ -182,4 +187,40 @@ def load(file, *, trusted=None):
             "Loading them could run their code, so nothing was loaded. If you know where the "
             "file comes from and these types are safe, pass them as load(..., trusted=[...])."
         )
-    return sio.load(path, trusted=sorted(found))
+    return _forget_folders(sio.load(path, trusted=sorted(found)), path)
+
+
+def _forget_folders(estimator, path):
+    """Reset the cache folders (``memory=``, ``cache_dir=``) of loaded transformers, with a warning.
+
+    They are folders where the transformer writes (and whose entries it
+    trusts): a file must not choose them. The caller sets them again.
+    """
+    from .cache import FeatureCache
+
+    seen, todo = set(), [estimator]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, DeepFisherTransformer):
+            for name in ("memory", "cache_dir"):
+                value = getattr(obj, name, None)
+                folder = value.directory if isinstance(value, FeatureCache) else value
+                if folder is not None:
+                    setattr(obj, name, None)
+                    warnings.warn(
+                        f"{str(path)!r} sets {name}={folder!r}; a loaded file never chooses where "
+                        f"skfishing writes, so {name} is None. If you trust that folder, set it again: "
+                        f"estimator.set_params(...{name}=...).",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+        if isinstance(obj, dict):
+            todo.extend(obj.values())
+        elif isinstance(obj, (list, tuple)):
+            todo.extend(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+            todo.extend(vars(obj).values())
+    return estimator

@@ -1156,6 +1156,51 @@ COVERED_ELSEWHERE = [
         "tests/test_downloads.py::test_download_stops_once_more_than_the_declared_size_arrived, "
         "test_lock_files_do_not_pile_up, test_removed_lock_file_is_never_held_twice",
     ),
+    (
+        "zarr store",
+        "to_zarr(f(from_zarr(S)), S, overwrite=True), S spelled as a symlink, relative path or with a "
+        "trailing slash: the new values are written (the old store is read whole), not zeros",
+        "tests/test_distributed.py::test_overwriting_the_store_that_z_reads_writes_the_new_values, "
+        "test_sketch_of_a_store_overwrites_it_on_the_cluster, "
+        "test_overwriting_a_store_object_that_z_reads_is_refused",
+    ),
+    (
+        "zarr store",
+        "to_zarr(overwrite=True) onto a folder with other files (a Zarr group of the user's, a store with "
+        "one file more, a foreign store, a file): refused, naming what was found; nothing deleted",
+        "tests/test_distributed.py::test_overwrite_replaces_only_a_store_that_to_zarr_wrote_holding_nothing_else",
+    ),
+    (
+        "zarr store",
+        "to_zarr(overwrite=True) whose job fails (a task raises, a corrupt image): the old store is intact; "
+        "two writers without overwrite: one wins, the other gets FileExistsError",
+        "tests/test_distributed.py::test_a_failed_overwrite_leaves_the_old_store_intact, "
+        "test_a_corrupt_image_leaves_the_old_store_intact_and_is_named_by_its_index_in_x, "
+        "test_two_writers_without_overwrite_never_both_succeed",
+    ),
+    (
+        "unreadable file",
+        "a corrupt image at index 9 of dask_transform(..., chunk_size=4): the error names image 9 and the "
+        "file (not image 1 of its block)",
+        "tests/test_distributed.py::test_a_corrupt_image_leaves_the_old_store_intact_and_is_named_by_its_index_in_x",
+    ),
+    (
+        "cache",
+        'memory="~/fish_cache": the home folder, not a "./~" folder',
+        "tests/test_cache_versions.py::test_memory_folder_under_home_is_expanded",
+    ),
+    (
+        "cache",
+        "memory= folder filled by another version of skfishing (or of its preprocessing, graph or entry "
+        "format): its entries are never read, they are recomputed",
+        "tests/test_cache_versions.py::test_entries_written_by_another_version_are_never_read",
+    ),
+    (
+        "persistence",
+        "a skops file that sets memory= or cache_dir= (absolute, relative, ~): load resets them to None "
+        "with a warning naming each folder; nothing is written there",
+        "tests/test_persistence_paths.py::test_loaded_cache_folders_are_reset_with_a_warning",
+    ),
 ]
 
 

@@ -239,14 +239,14 @@ def test_the_checks_of_disk_entries_can_fail(tmp_path):
     store = DiskStore(tmp_path)
     store.put("a", np.arange(5, dtype=np.float32))
     np.testing.assert_array_equal(store.get("a", np.float32, (5,)), np.arange(5))
-    (tmp_path / "b.npy").write_bytes((tmp_path / "a.npy").read_bytes())
-    with pytest.warns(CorruptCacheWarning, match="b.npy is corrupt: its checksum"):
+    store._path("b").write_bytes(store._path("a").read_bytes())
+    with pytest.warns(CorruptCacheWarning, match=f"{store._path('b').name} is corrupt: its checksum"):
         assert store.get("b", np.float32, (5,)) is None
     with pytest.warns(
         CorruptCacheWarning, match="holds float32 values of shape \\(5,\\), not float32 of shape \\(6,\\)"
     ):
         assert store.get("a", np.float32, (6,)) is None
-    assert np.load(tmp_path / "a.npy").tolist() == [0, 1, 2, 3, 4]  # still a .npy file
+    assert np.load(store._path("a")).tolist() == [0, 1, 2, 3, 4]  # still a .npy file
 
 
 def test_other_model_never_reads_these_entries(trunk_runs, tmp_path):
@@ -377,9 +377,12 @@ def test_entry_with_a_good_checksum_but_not_an_array_is_refused(tmp_path):
     from blake3 import blake3
 
     body = b"not an npy file at all"
-    (tmp_path / "k.npy").write_bytes(body + blake3(b"k" + body).digest())
-    with pytest.warns(CorruptCacheWarning, match="k.npy is corrupt: it is not a valid .npy file"):
-        assert DiskStore(tmp_path).get("k", np.float32, (3,)) is None
+    store = DiskStore(tmp_path)
+    store._path("k").write_bytes(body + blake3(store._name("k").encode() + body).digest())
+    with pytest.warns(
+        CorruptCacheWarning, match=f"{store._name('k')}.npy is corrupt: it is not a valid .npy"
+    ):
+        assert store.get("k", np.float32, (3,)) is None
 
 
 def test_pickled_clone_attaches_to_the_live_cache_of_its_search(trunk_runs):

@@ -225,7 +225,7 @@ def test_in_place_writes_would_be_caught(tmp_path, monkeypatch):
     folder.mkdir()
     store = DiskStore(folder)
     store.put("key0", np.full(10, 3, np.float32))
-    path = folder / "key0.npy"
+    path = store._path("key0")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 8])  # what a reader of an in-place write can see
     with pytest.warns(CorruptCacheWarning):
