@@ -20,7 +20,7 @@ from PIL import Image
 from sklearn.utils._param_validation import Interval, validate_params
 from tqdm.auto import tqdm
 
-from .images import ImagePreprocessing, _check_image_array, _preprocess
+from .images import ImagePreprocessing, check_image_array, preprocess_into
 
 __all__ = ["iter_batches"]
 
@@ -221,7 +221,7 @@ def _check_image_kind(image, index):
         return
     if isinstance(image, np.ndarray):
         try:
-            _check_image_array(image)
+            check_image_array(image)
         except (TypeError, ValueError) as exc:
             raise type(exc)(f"image {index}: {exc}") from None
         return
@@ -312,7 +312,7 @@ def _describe(image):
     return f"array of shape {image.shape}"
 
 
-def _image_error(exc, image, index):
+def image_error(exc, image, index):
     message = f"image {index} ({_describe(image)}): {exc}"
     if isinstance(exc, Image.DecompressionBombError):
         return ValueError(f"{message}. If the file is trusted, raise PIL.Image.MAX_IMAGE_PIXELS.")
@@ -376,9 +376,9 @@ def _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs):
 def _load_into(images, indices, preprocessing, out):
     for index, row in zip(indices, out):
         try:
-            _preprocess(images[index], preprocessing, row)
+            preprocess_into(images[index], preprocessing, row)
         except Exception as exc:  # Pillow raises many kinds on corrupt files
-            raise _image_error(exc, images[index], index) from exc
+            raise image_error(exc, images[index], index) from exc
 
 
 def _with_progress(batches, n_samples, progress, desc):

@@ -197,19 +197,42 @@ class DiskStore:
             ) from exc
         check_writable_folder(self.directory, f"the {what}= cache folder")
 
-    def _name(self, key):
-        """The key of ``key`` on disk: with the version, so another version's entry is another file."""
+    def entry_name(self, key):
+        """The name of entry ``key`` on disk, with the version: another version's entry is another file.
+
+        Parameters
+        ----------
+        key : str
+            The entry's key.
+
+        Returns
+        -------
+        name : str
+            Hexadecimal digits; the file is ``name + ".npy"``, and its
+            checksum covers this name.
+        """
         return blake3(f"{self.version}|{key}".encode()).hexdigest(length=_KEY_LENGTH)
 
-    def _path(self, key):
-        return self.directory / f"{self._name(key)}.npy"
+    def path(self, key):
+        """The file of entry ``key`` (it may not exist).
+
+        Parameters
+        ----------
+        key : str
+            The entry's key.
+
+        Returns
+        -------
+        path : pathlib.Path
+        """
+        return self.directory / f"{self.entry_name(key)}.npy"
 
     def get(self, key, dtype, shape):
         """The entry ``key`` if present, intact and of this dtype and shape, else None.
 
         A present but bad entry gives a :class:`CorruptCacheWarning` naming the file.
         """
-        path = self._path(key)
+        path = self.path(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -223,7 +246,7 @@ class DiskStore:
             return None
         body, checksum = data[:-_CHECKSUM_LENGTH], data[-_CHECKSUM_LENGTH:]
         problem = None
-        if len(data) <= _CHECKSUM_LENGTH or blake3(self._name(key).encode() + body).digest() != checksum:
+        if len(data) <= _CHECKSUM_LENGTH or blake3(self.entry_name(key).encode() + body).digest() != checksum:
             problem = "its checksum does not match its content"
         else:
             try:
@@ -258,9 +281,9 @@ class DiskStore:
             np.save(buffer, np.ascontiguousarray(value), allow_pickle=False)
             body = buffer.getvalue()
             self.directory.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self._path(key), private=True) as temporary, open(temporary, "wb") as f:
+            with atomic_path(self.path(key), private=True) as temporary, open(temporary, "wb") as f:
                 f.write(body)
-                f.write(blake3(self._name(key).encode() + body).digest())
+                f.write(blake3(self.entry_name(key).encode() + body).digest())
         except OSError as exc:
             raise self._error(exc) from exc
 

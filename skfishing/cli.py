@@ -385,7 +385,7 @@ _PROVIDER_NAMES = {
 }
 
 
-def _providers(text):
+def parse_providers(text):
     """``--providers``: comma-separated provider names, short (cpu, cuda) or onnxruntime's."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     if not names:
@@ -393,7 +393,7 @@ def _providers(text):
     return [_PROVIDER_NAMES.get(name.lower(), name) for name in names]
 
 
-def _describe_providers(network):
+def describe_providers(network):
     """Which execution provider runs the network, and whether TF32 is on, as text."""
     used = network.used_providers()
     if not used:
@@ -418,7 +418,7 @@ def _describe_model(args, fish, network, preprocessing):
         if args.features == "gradient":
             what += f", temperature {args.temperature:g}"
     return (
-        f"model {_quoted(args.model)}{description}: input {shape}; {what}; on {_describe_providers(network)}"
+        f"model {_quoted(args.model)}{description}: input {shape}; {what}; on {describe_providers(network)}"
     )
 
 
@@ -722,7 +722,7 @@ def build_parser():
     )
     extract.add_argument(
         "--providers",
-        type=_providers,
+        type=parse_providers,
         metavar="LIST",
         help="onnxruntime execution providers in order of preference, comma-separated: "
         "cpu, cuda, tensorrt or onnxruntime names such as CUDAExecutionProvider "

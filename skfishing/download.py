@@ -122,7 +122,7 @@ def retrieve(spec, target, hashes, *, progress=False):
         )
     if _is_valid(target, spec, hashes):
         return target
-    with _file_lock(target.with_name(target.name + ".lock")):
+    with file_lock(target.with_name(target.name + ".lock")):
         if not _is_valid(target, spec, hashes):  # else downloaded meanwhile by another process
             _download(spec, target, progress)
             hashes.remember(target, spec.sha256)
@@ -149,7 +149,7 @@ def _make_cache_folder(folder):
 
 
 @contextlib.contextmanager
-def _file_lock(path):
+def file_lock(path):
     """Hold an exclusive lock on ``path``, to download a file only once.
 
     The lock file is removed by its holder, while it still holds the lock, so

@@ -261,14 +261,14 @@ def load_image(image):
 
 def _check_image_kind(image):
     if isinstance(image, np.ndarray):
-        _check_image_array(image)
+        check_image_array(image)
     elif not isinstance(image, (*_PATH_TYPES, Image.Image)):
         raise TypeError(
             f"An image must be a file path, a PIL.Image.Image or a uint8 array, got {type(image).__name__}."
         )
 
 
-def _check_image_array(array):
+def check_image_array(array):
     if array.dtype != np.uint8:
         raise TypeError(
             f"Image arrays must have dtype uint8 (0-255 pixels), got {array.dtype}. "
@@ -495,10 +495,10 @@ def preprocess_image(image, preprocessing, *, out=None):
                 f"got a{'' if out.flags.writeable else ' read-only'} {out.dtype} "
                 f"array of shape {out.shape}."
             )
-    return _preprocess(image, preprocessing, out)
+    return preprocess_into(image, preprocessing, out)
 
 
-def _preprocess(image, preprocessing, out=None):
+def preprocess_into(image, preprocessing, out=None):
     """:func:`preprocess_image` without checking its parameters.
 
     For callers that checked them already (``image`` of a supported kind,

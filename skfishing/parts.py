@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .batches import _image_error
+from .batches import image_error
 from .files import atomic_path
 from .images import preprocess_image
 
@@ -280,7 +280,7 @@ def _unreadable(paths, preprocessing, start):
         try:
             preprocess_image(path, preprocessing)
         except Exception as exc:  # Pillow raises many kinds on corrupt files
-            bad.append((i, _image_error(exc, path, start + i)))
+            bad.append((i, image_error(exc, path, start + i)))
     return bad
 
 

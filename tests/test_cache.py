@@ -239,14 +239,14 @@ def test_the_checks_of_disk_entries_can_fail(tmp_path):
     store = DiskStore(tmp_path)
     store.put("a", np.arange(5, dtype=np.float32))
     np.testing.assert_array_equal(store.get("a", np.float32, (5,)), np.arange(5))
-    store._path("b").write_bytes(store._path("a").read_bytes())
-    with pytest.warns(CorruptCacheWarning, match=f"{store._path('b').name} is corrupt: its checksum"):
+    store.path("b").write_bytes(store.path("a").read_bytes())
+    with pytest.warns(CorruptCacheWarning, match=f"{store.path('b').name} is corrupt: its checksum"):
         assert store.get("b", np.float32, (5,)) is None
     with pytest.warns(
         CorruptCacheWarning, match="holds float32 values of shape \\(5,\\), not float32 of shape \\(6,\\)"
     ):
         assert store.get("a", np.float32, (6,)) is None
-    assert np.load(store._path("a")).tolist() == [0, 1, 2, 3, 4]  # still a .npy file
+    assert np.load(store.path("a")).tolist() == [0, 1, 2, 3, 4]  # still a .npy file
 
 
 def test_other_model_never_reads_these_entries(trunk_runs, tmp_path):
@@ -378,9 +378,9 @@ def test_entry_with_a_good_checksum_but_not_an_array_is_refused(tmp_path):
 
     body = b"not an npy file at all"
     store = DiskStore(tmp_path)
-    store._path("k").write_bytes(body + blake3(store._name("k").encode() + body).digest())
+    store.path("k").write_bytes(body + blake3(store.entry_name("k").encode() + body).digest())
     with pytest.warns(
-        CorruptCacheWarning, match=f"{store._name('k')}.npy is corrupt: it is not a valid .npy"
+        CorruptCacheWarning, match=f"{store.entry_name('k')}.npy is corrupt: it is not a valid .npy"
     ):
         assert store.get("k", np.float32, (3,)) is None
 

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from skfishing import DeepFisherTransformer
-from skfishing.cli import _describe_providers, _providers, collect_images, main
+from skfishing.cli import collect_images, describe_providers, main, parse_providers
 from skfishing.features import load_features
 from skfishing.network import FisherNetwork, get_network
 
@@ -46,8 +46,8 @@ def test_photos_much_larger_than_a_small_network_get_a_note(tiny_cnn, tmp_path, 
 
 
 def test_providers_option():
-    assert _providers("cuda, CPU") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert _providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
+    assert parse_providers("cuda, CPU") == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert parse_providers("CPUExecutionProvider") == ["CPUExecutionProvider"]
 
 
 def test_unavailable_provider_is_an_error_listing_the_available_ones(tiny_cnn, tmp_path, capsys):
@@ -65,10 +65,9 @@ def test_unavailable_provider_is_an_error_listing_the_available_ones(tiny_cnn, t
 
 def test_used_providers_are_what_the_session_reports(tiny_cnn_file):
     network = get_network(tiny_cnn_file, ["CPUExecutionProvider"])
-    network.prepare(network.head.features("gradient", 7))
-    session = next(iter(network._sessions.values()))
+    session = network.prepare(network.head.features("gradient", 7))
     assert [name for name, _ in network.used_providers()] == session.get_providers()
-    assert _describe_providers(network) == "CPUExecutionProvider"
+    assert describe_providers(network) == "CPUExecutionProvider"
 
 
 class _Reported:
@@ -84,8 +83,8 @@ class _Reported:
 def test_cuda_is_described_with_its_tf32_setting():
     off = _Reported(("CUDAExecutionProvider", {"use_tf32": "0"}), ("CPUExecutionProvider", {}))
     on = _Reported(("CUDAExecutionProvider", {"use_tf32": "1"}))
-    assert _describe_providers(off) == "CUDAExecutionProvider (TF32 off)"
-    assert _describe_providers(on) == "CUDAExecutionProvider (TF32 on)"
+    assert describe_providers(off) == "CUDAExecutionProvider (TF32 off)"
+    assert describe_providers(on) == "CUDAExecutionProvider (TF32 on)"
 
 
 def test_fall_back_to_another_provider_is_a_warning(tiny_cnn, tmp_path, capsys, monkeypatch):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from skfishing.registry import ModelSpec, fetch_model, get_cache_dir, model_path, register_model
-from test_registry import MODEL_BYTES, MODEL_SHA256, PREP, _cache_listing, _register_remote, _Server
+from test_registry import MODEL_BYTES, MODEL_SHA256, PREP, Server, cache_listing, register_remote
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +22,7 @@ def isolated_registry(restore_models, tmp_path, monkeypatch):
 
 @pytest.fixture
 def server():
-    served = _Server()
+    served = Server()
     yield served
     served.close()
 
@@ -76,27 +76,27 @@ def test_download_stops_once_more_than_the_declared_size_arrived():
         server.close()
     # the client read one 1 MiB chunk past the limit; socket buffers hold a few MB more
     assert server.sent < size // 4, server.sent
-    assert _cache_listing() == []
+    assert cache_listing() == []
 
 
 def test_lock_files_do_not_pile_up(server):
     """Each fetch removes its lock file; the cache holds only the models."""
     for name in ("one", "two", "three"):
-        _register_remote(server, route=f"/{name}.onnx", name=name)
+        register_remote(server, route=f"/{name}.onnx", name=name)
         fetch_model(name)
-    assert _cache_listing() == ["one.onnx", "three.onnx", "two.onnx"]
+    assert cache_listing() == ["one.onnx", "three.onnx", "two.onnx"]
     corrupt = MODEL_BYTES[:-1] + bytes([MODEL_BYTES[-1] ^ 1])
-    _register_remote(server, route="/bad.onnx", body=corrupt, name="bad")
+    register_remote(server, route="/bad.onnx", body=corrupt, name="bad")
     with pytest.raises(ValueError, match="does not match"):
         fetch_model("bad")
-    assert _cache_listing() == ["one.onnx", "three.onnx", "two.onnx"]
+    assert cache_listing() == ["one.onnx", "three.onnx", "two.onnx"]
 
 
 @pytest.mark.skipif(os.name == "nt", reason="fcntl")
 def test_removed_lock_file_is_never_held_twice(tmp_path):
     """A process waiting on a lock file that its holder removes locks the
     current file instead: two holders never overlap."""
-    from skfishing.download import _file_lock
+    from skfishing.download import file_lock
 
     path = tmp_path / "m.onnx.lock"
     inside, overlaps = [0], []
@@ -104,7 +104,7 @@ def test_removed_lock_file_is_never_held_twice(tmp_path):
 
     def work():
         for _ in range(40):
-            with _file_lock(path):
+            with file_lock(path):
                 with guard:
                     inside[0] += 1
                     overlaps.append(inside[0])
@@ -151,7 +151,7 @@ def test_names_with_nul_or_dots_are_refused(name, filename, match):
 
 
 def test_a_folder_where_the_model_belongs_is_named(server):
-    _register_remote(server)
+    register_remote(server)
     model_path("remote").mkdir(parents=True)
     with pytest.raises(IsADirectoryError, match=r"tiny\.onnx is a folder, where the model file belongs"):
         fetch_model("remote")

@@ -37,7 +37,7 @@ from skfishing.cache import CorruptCacheWarning, DiskStore, clear_caches
 from skfishing.images import ImagePreprocessing
 from skfishing.registry import fetch_model, register_model
 from skfishing.transformer import DeepFisherTransformer
-from test_registry import _Server
+from test_registry import Server
 
 TESTS = Path(__file__).parent
 MODEL = caffe_alexnet_model(seed=31)[0]
@@ -59,7 +59,7 @@ def isolated(restore_models, tmp_path, monkeypatch):
 
 @pytest.fixture
 def server():
-    served = _Server()
+    served = Server()
     yield served
     served.close()
 
@@ -225,7 +225,7 @@ def test_in_place_writes_would_be_caught(tmp_path, monkeypatch):
     folder.mkdir()
     store = DiskStore(folder)
     store.put("key0", np.full(10, 3, np.float32))
-    path = store._path("key0")
+    path = store.path("key0")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 8])  # what a reader of an in-place write can see
     with pytest.warns(CorruptCacheWarning):

@@ -66,7 +66,7 @@ def isolated_registry(restore_models, tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-class _Server:
+class Server:
     """Serve ``routes[path] = (body, behaviour)`` on 127.0.0.1, counting hits.
 
     ``behaviour`` is "ok", "slow" (the body in chunks, with pauses) or
@@ -115,12 +115,12 @@ class _Server:
 
 @pytest.fixture
 def server():
-    served = _Server()
+    served = Server()
     yield served
     served.close()
 
 
-def _register_remote(
+def register_remote(
     server,
     route="/tiny.onnx",
     body=MODEL_BYTES,
@@ -138,7 +138,7 @@ def _register_remote(
     )
 
 
-def _cache_listing():
+def cache_listing():
     cache = get_cache_dir()
     return sorted(p.name for p in cache.iterdir()) if cache.exists() else []
 
@@ -186,7 +186,7 @@ def test_cache_dir_precedence(tmp_path, monkeypatch):
 
 
 def test_download_then_offline(server):
-    spec = _register_remote(server)
+    spec = register_remote(server)
     path = fetch_model("remote")
     assert path == get_cache_dir() / spec.filename
     assert path.read_bytes() == MODEL_BYTES
@@ -200,7 +200,7 @@ def test_download_then_offline(server):
 
 
 def test_cached_file_hashed_once_per_process(server, monkeypatch):
-    _register_remote(server)
+    register_remote(server)
     calls = []
     file_hash = pooch.file_hash
     monkeypatch.setattr(pooch, "file_hash", lambda *a, **k: calls.append(a) or file_hash(*a, **k))
@@ -220,15 +220,15 @@ def test_cached_file_hashed_once_per_process(server, monkeypatch):
 
 
 def test_custom_cache_dir(server, tmp_path):
-    _register_remote(server)
+    register_remote(server)
     path = fetch_model("remote", cache_dir=tmp_path / "elsewhere")
     assert path == tmp_path / "elsewhere" / "tiny.onnx" and path.is_file()
-    assert _cache_listing() == []
+    assert cache_listing() == []
 
 
 def test_bad_checksum_leaves_nothing_in_cache(server):
     corrupt = MODEL_BYTES[:-1] + bytes([MODEL_BYTES[-1] ^ 1])
-    _register_remote(server, body=corrupt)
+    register_remote(server, body=corrupt)
     target = model_path("remote")
     with pytest.raises(ValueError) as info:
         fetch_model("remote")
@@ -236,14 +236,14 @@ def test_bad_checksum_leaves_nothing_in_cache(server):
     assert "does not match" in message
     assert server.url + "/tiny.onnx" in message and MODEL_SHA256 in message
     assert str(target) in message
-    assert _cache_listing() == []  # no partial or temporary file
+    assert cache_listing() == []  # no partial or temporary file
 
 
 def test_interrupted_transfer_leaves_nothing_in_cache(server):
-    _register_remote(server, behaviour="truncate")
+    register_remote(server, behaviour="truncate")
     with pytest.raises(ConnectionError, match="Could not download model 'remote'"):
         fetch_model("remote")
-    assert _cache_listing() == []
+    assert cache_listing() == []
     # the next try, with a working server, succeeds
     server.routes["/tiny.onnx"] = (MODEL_BYTES, "ok")
     assert fetch_model("remote").read_bytes() == MODEL_BYTES
@@ -274,11 +274,11 @@ def test_http_error(server):
     register_model("remote", url=server.url + "/gone.onnx", sha256=MODEL_SHA256)
     with pytest.raises(ConnectionError, match="404"):
         fetch_model("remote")
-    assert _cache_listing() == []
+    assert cache_listing() == []
 
 
 def test_corrupt_cached_file_is_replaced(server):
-    _register_remote(server)
+    register_remote(server)
     path = fetch_model("remote")
     path.write_bytes(b"garbage of another size")
     assert fetch_model("remote").read_bytes() == MODEL_BYTES
@@ -290,7 +290,7 @@ def test_corrupt_cached_file_is_replaced(server):
 
 
 def test_corrupt_cached_file_offline_is_an_error(server):
-    _register_remote(server)
+    register_remote(server)
     path = fetch_model("remote")
     path.write_bytes(bytes(len(MODEL_BYTES)))
     server.close()
@@ -299,7 +299,7 @@ def test_corrupt_cached_file_offline_is_an_error(server):
 
 
 def test_concurrent_fetches_download_once(server):
-    _register_remote(server, behaviour="slow")
+    register_remote(server, behaviour="slow")
     results, errors = [], []
 
     def fetch():
@@ -319,7 +319,7 @@ def test_concurrent_fetches_download_once(server):
 
 
 def test_download_progress_bar(server, capsys):
-    _register_remote(server)
+    register_remote(server)
     fetch_model("remote", progress=True)
     assert "100%" in capsys.readouterr().err
 
@@ -664,7 +664,7 @@ def test_file_replaced_with_same_size_and_mtime_is_hashed_again(local_model, how
 
 
 def test_cached_download_replaced_with_same_size_and_mtime_is_downloaded_again(server):
-    _register_remote(server)
+    register_remote(server)
     path = fetch_model("remote")
     before = path.stat()
     time.sleep(0.02)
