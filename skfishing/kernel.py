@@ -1,13 +1,18 @@
-"""Trace kernel between factorized (rank-1) gradient features."""
+"""Trace kernel between factorized gradient features (rank 1, or one rank-1 term per position)."""
 
 from numbers import Integral
 
 import numpy as np
+from sklearn import get_config
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import assert_all_finite
 
 _FIELDS = ("forward", "backward")
+
+#: Bytes of temporaries per block of the kernel of multi-position features
+#: (less if scikit-learn's ``working_memory`` is set lower).
+_BLOCK_BYTES = 64 * 2**20
 
 
 @validate_params(
@@ -40,12 +45,30 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     so the extra memory is one chunk's block. When ``Y`` is None only the upper
     triangle is computed and then mirrored: the result is exactly symmetric.
 
+    **Layers applied at several positions.** When the fields are 2-D, of
+    shapes ``(T, d)`` and ``(T, D)`` (a convolution's output pixels, a
+    linear layer's tokens), a row stands for the weight gradient
+    ``G = sum_t outer(backward[t], forward[t])`` and the kernel is
+    ``<G_i, G_j>_F``::
+
+        K[i, j] = sum_{t, s} <X.forward[i, t], Y.forward[j, s]>
+                             * <X.backward[i, t], Y.backward[j, s]>
+
+    It is computed in float64, in blocks of rows and columns whose
+    temporaries stay within 64 MiB (or scikit-learn's ``working_memory``,
+    if lower), the cheaper of two ways: from the factors, at
+    ``T S (d + D)`` per pair, or from G itself, built block by block in
+    slabs of its entries, at ``d D`` per pair. ``X`` and ``Y`` may have
+    different numbers of positions (T and S). 1-D fields are the case
+    ``T = 1``.
+
     Parameters
     ----------
     X : ndarray of shape (n_samples_X,) with fields "forward" and "backward", \
             or array-like of shape (n_samples_X, n_features)
         Factorized features (structured array whose fields are float
-        subarrays of widths ``d`` and ``D``) or plain features.
+        subarrays of widths ``d`` and ``D``, or of shapes ``(T, d)`` and
+        ``(T, D)``) or plain features.
 
     Y : same kind and widths as X, default=None
         Second set of features. If None, ``Y = X``.
@@ -54,7 +77,9 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
         Number of rows of ``X`` per block. If None, a quarter of the rows
         (half of them when ``Y`` is None, as only the upper triangle is
         computed): for float32 features a block then takes at most an eighth
-        of the memory of the result. It changes the result only by float
+        of the memory of the result. For fields with several positions, the
+        most rows and columns per block (fewer when the temporaries would
+        exceed the memory above). It changes the result only by float
         rounding.
 
     Returns
@@ -76,6 +101,8 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     X = _check_features(X, "X")
     symmetric = Y is None
     Y = X if symmetric else _check_features(Y, "Y", reference=X, reference_name="X")
+    if positions(X) > 1 or positions(Y) > 1:
+        return _multi_position_kernel(X, Y, symmetric, chunk_size)
     dtype = np.result_type(_precision(X), _precision(Y))
     fx, fy = _factors(X, dtype), _factors(Y, dtype)
     n, m = len(fx[0]), len(fy[0])
@@ -109,8 +136,118 @@ def _fill(out, fx, fy, rows, cols):
 def _factors(X, dtype):
     """The 2-D arrays whose linear kernels multiply to the kernel of ``X``."""
     if _is_structured(X):
-        return [X[field].astype(dtype, copy=False) for field in _FIELDS]
+        return [X[field].reshape(len(X), -1).astype(dtype, copy=False) for field in _FIELDS]
     return [X.astype(dtype, copy=False)]
+
+
+def positions(X):
+    """Number T of positions of features ``X`` (1 for 1-D fields and plain 2-D features)."""
+    if not _is_structured(X):
+        return 1
+    shape = X.dtype[_FIELDS[0]].shape
+    return shape[0] if len(shape) == 2 else 1
+
+
+def widths(X):
+    """Widths ``(d_in, d_out)`` of the fields of structured features ``X``."""
+    return tuple(X.dtype[field].shape[-1] for field in _FIELDS)
+
+
+def _position_factors(X, rows):
+    """``forward`` and ``backward`` of ``X[rows]`` as float64 arrays of shape (rows, T, width)."""
+    T = positions(X)
+    return [X[field][rows].reshape(-1, T, X.dtype[field].shape[-1]).astype(np.float64) for field in _FIELDS]
+
+
+def _multi_position_kernel(X, Y, symmetric, chunk_size):
+    """The kernel of features at T > 1 positions, in float64, block by block.
+
+    Per pair of rows, the factors cost ``T S (d_in + d_out)`` (the linear
+    kernels of all positions' factors, multiplied and summed) and the weight
+    gradients ``G = sum_t outer(backward[t], forward[t])`` cost
+    ``d_in d_out`` (plus building G, ``T d_in d_out`` per row and block).
+    The cheaper way is used. Blocks of at most ``chunk_size`` rows and
+    columns are further shrunk until their temporaries fit in
+    :data:`_BLOCK_BYTES`; G is built in slabs of its entries.
+    """
+    (d_in, d_out), T, S = widths(X), positions(X), positions(Y)
+    n, m = len(X), len(Y)
+    budget = min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20)
+    limit = min(chunk_size or max(n, m), max(n, m))
+    by_factors = _block_size(limit, False, T, S, d_in, d_out, budget)
+    by_gradient = _block_size(limit, True, T, S, d_in, d_out, budget)
+    # Building G for the rows and the columns of each block is counted in.
+    gradient_cost = d_in * d_out * (1 + T / min(by_gradient, m) + S / min(by_gradient, n))
+    use_gradient = gradient_cost < T * S * (d_in + d_out)
+    block = by_gradient if use_gradient else by_factors
+    K = np.empty((n, m))
+    for row_start in range(0, n, block):
+        rows = slice(row_start, min(row_start + block, n))
+        fx = _position_factors(X, rows)
+        for col_start in range(row_start if symmetric else 0, m, block):
+            cols = slice(col_start, min(col_start + block, m))
+            fy = fx if symmetric and cols == rows else _position_factors(Y, cols)
+            if use_gradient:
+                _gradient_block(K[rows, cols], fx, fy, budget)
+            else:
+                _factor_block(K[rows, cols], fx, fy)
+            if symmetric and cols != rows:
+                K[cols, rows] = K[rows, cols].T
+            elif symmetric:
+                # Below its diagonal, a diagonal block's sums run in another order.
+                diagonal = K[rows, rows]
+                lower = np.tril_indices(len(diagonal), -1)
+                diagonal[lower] = diagonal.T[lower]
+    return K
+
+
+def _block_size(limit, use_gradient, T, S, d_in, d_out, budget):
+    """The largest block side, at most ``limit``, whose temporaries fit in half of ``budget``.
+
+    The factors of a block's rows and columns, in float64, and then either
+    the block of K and one product (G's slabs take the other half of the
+    budget, see :func:`_gradient_block`) or the two products of all
+    positions' factors.
+    """
+    size = limit
+    while size > 1:
+        need = 2 * size * max(T, S) * (d_in + d_out) * 8
+        need += 2 * size * size * (1 if use_gradient else T * S) * 8
+        if need <= budget // 2:
+            break
+        size //= 2
+    return size
+
+
+def _factor_block(out, fx, fy):
+    """``out[i, j] = sum_{t,s} <x_it, x_js> <delta_it, delta_js>`` from the factors."""
+    r, T, _ = fx[0].shape
+    c, S, _ = fy[0].shape
+    product = fx[0].reshape(r * T, -1) @ fy[0].reshape(c * S, -1).T
+    product *= fx[1].reshape(r * T, -1) @ fy[1].reshape(c * S, -1).T
+    out[...] = product.reshape(r, T, c, S).sum(axis=(1, 3))
+
+
+def _gradient_block(out, fx, fy, budget):
+    """``out[i, j] = <G_i, G_j>_F``, building G in slabs of its entries."""
+    (xr, dr), (xc, dc) = fx, fy
+    d_in, d_out = xr.shape[2], dr.shape[2]
+    # Two slabs of (rows + columns) x slab float64 entries: half of the budget.
+    slab = max(1, budget // (2 * 8 * (len(xr) + len(xc))))
+    cols_in = min(d_in, slab)
+    rows_out = max(1, min(d_out, slab // cols_in))
+    out[...] = 0.0
+    for a in range(0, d_out, rows_out):
+        for b in range(0, d_in, cols_in):
+            ga = _gradient_slab(xr, dr, a, rows_out, b, cols_in)
+            gb = ga if fy is fx else _gradient_slab(xc, dc, a, rows_out, b, cols_in)
+            out += ga @ gb.T
+
+
+def _gradient_slab(x, delta, a, rows_out, b, cols_in):
+    """Entries ``[a:a + rows_out, b:b + cols_in]`` of each row's G, flattened."""
+    slab = np.matmul(delta[:, :, a : a + rows_out].transpose(0, 2, 1), x[:, :, b : b + cols_in])
+    return slab.reshape(len(x), -1)
 
 
 def _precision(X):
@@ -178,10 +315,17 @@ def _check_structured(X, name):
         )
     for field in _FIELDS:
         dtype = X.dtype[field]
-        if dtype.base.kind != "f" or dtype.ndim != 1 or dtype.shape[0] == 0:
+        if dtype.base.kind != "f" or dtype.ndim not in (1, 2) or 0 in dtype.shape:
             raise ValueError(
-                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, got dtype {dtype}."
+                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, or a 2-D one "
+                f"of shape (positions, width), got dtype {dtype}."
             )
+    forward, backward = (X.dtype[field].shape for field in _FIELDS)
+    if len(forward) != len(backward) or forward[:-1] != backward[:-1]:
+        raise ValueError(
+            f"{name} fields 'forward' and 'backward' must have the same number of positions "
+            f"(both 1-D, or 2-D of shape (positions, width)); got shapes {forward} and {backward}."
+        )
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
     precision = np.result_type(*(X.dtype[f].base for f in _FIELDS), np.float32)
@@ -211,7 +355,7 @@ def _check_same_layout(X, name, reference, reference_name):
             )
         return
     for field in _FIELDS:
-        width, expected = X.dtype[field].shape[0], reference.dtype[field].shape[0]
+        width, expected = X.dtype[field].shape[-1], reference.dtype[field].shape[-1]
         if width != expected:
             raise ValueError(
                 f"{name} has field {field!r} of width {width} but {reference_name} has {expected}."
