@@ -28,7 +28,8 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
 
     Takes factorized gradient features (a structured array with fields
     ``"forward"`` and ``"backward"``, as returned by
-    :class:`~skfishing.DeepFisherTransformer`) or plain 2-D features, computes
+    :class:`~skfishing.DeepFisherTransformer`, of a layer applied once or at
+    several positions) or plain 2-D features, computes
     the Gram matrix with :func:`~skfishing.kernel.trace_kernel` in chunks and
     fits :class:`sklearn.svm.SVC` with ``kernel="precomputed"`` on it.
 
@@ -106,7 +107,9 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during :meth:`fit`. For structured input, the
         dimension ``d * D`` of the explicit features
-        ``vec(outer(forward, backward))`` the trace kernel is linear on.
+        ``vec(outer(forward, backward))`` the trace kernel is linear on (for
+        fields of shapes ``(T, d)`` and ``(T, D)``, of the weight gradient
+        ``sum_t outer(backward[t], forward[t])``).
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during :meth:`fit`. Defined only when `X`
