@@ -1069,6 +1069,33 @@ COVERED_ELSEWHERE = [
         "labels vector of the wrong shape",
         "tests/test_transformer.py::test_labels_parameter_is_used",
     ),
+    (
+        "mismatched features",
+        "TensorSketch (alone or in a pipeline, also after joblib) given features of another model, layer, "
+        "temperature or labels than at fit, or without the record fit had: refused, naming what differs "
+        "(issue 20, item 9)",
+        "tests/test_sketch_positions.py::test_features_of_another_source_are_refused, "
+        "test_features_of_another_temperature_from_the_transformer_are_refused",
+    ),
+    (
+        "NaN/inf",
+        "TensorSketch on float64 (or float32) features whose sketch exceeds the float32 output: refused, "
+        "naming the row (issue 20, item 19)",
+        "tests/test_sketch_positions.py::test_sketch_beyond_the_float32_range_is_refused",
+    ),
+    (
+        "sketch",
+        "TensorSketch(n_components=2**40), or above 2**20: refused by fit, before any memory is asked for "
+        "(issue 20, item 19)",
+        "tests/test_sketch_positions.py::test_n_components_beyond_the_maximum_is_refused_at_fit",
+    ),
+    (
+        "sketch",
+        "TensorSketch with an odd n_components (1, 15, 63): the explicit CountSketch of G, and unbiased "
+        "(issue 20, item 21)",
+        "tests/test_sketch_positions.py::test_equals_count_sketch_of_the_explicit_gradients, "
+        "test_unbiased_over_seeds_with_several_positions_and_odd_n_components",
+    ),
 ]
 
 
