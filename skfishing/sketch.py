@@ -94,7 +94,7 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     ----------
     n_components : int, default=8192
         Dimension :math:`m` of the output, at most 2**20
-        (:data:`MAX_COMPONENTS`, 4 MiB of float32 per sample). Powers of two
+        (``skfishing.sketch.MAX_COMPONENTS``, 4 MiB of float32 per sample). Powers of two
         are fastest; odd numbers work too. The
         relative error of the approximated Gram matrix falls as
         ``1 / sqrt(n_components)``. With 8,192 a linear classifier was
