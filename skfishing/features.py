@@ -125,12 +125,9 @@ def _check_features(features):
             f"got {type(features).__name__}."
         )
     if features.dtype.names is not None:
-        if set(features.dtype.names) != {"forward", "backward"} or features.ndim != 1:
-            raise ValueError(
-                "structured features must have shape (n_samples,) and exactly the fields "
-                f"'forward' and 'backward'; got fields {features.dtype.names} and shape "
-                f"{features.shape}."
-            )
+        from .kernel import _check_layout  # the one check of gradient features' layout
+
+        _check_layout(features, "features")
         arrays = {name: features[name] for name in ("forward", "backward")}
         kind = "gradient"
     else:
@@ -142,7 +139,7 @@ def _check_features(features):
         arrays = {"features": features}
         kind = None
     for name, array in arrays.items():
-        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        if array.ndim < 2 or array.size == 0:
             raise ValueError(
                 f"features {name!r} must have at least one row and one column; got shape {array.shape}."
             )
@@ -151,7 +148,7 @@ def _check_features(features):
 
 
 def _check_finite(array, what):
-    bad = ~np.isfinite(array).all(axis=1)
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
         raise ValueError(
             f"{what} contains NaN or infinity in row {int(np.flatnonzero(bad)[0])} "
@@ -418,9 +415,12 @@ def _read_features(archive, path):
         )
     n_samples = None
     for name, block in blocks.items():
-        if block.ndim != 2 or block.dtype.kind != "f" or 0 in block.shape:
+        # Gradients of a layer applied at T positions: (n_samples, T, width).
+        dims = (2, 3) if name != "features" else (2,)
+        if block.ndim not in dims or block.dtype.kind != "f" or 0 in block.shape:
             raise ValueError(
-                f"array {name!r} must be a non-empty 2-D float array; got {block.dtype} {block.shape}."
+                f"array {name!r} must be a non-empty 2-D float array{' (or 3-D)' if len(dims) > 1 else ''}; "
+                f"got {block.dtype} {block.shape}."
             )
         if n_samples is not None and len(block) != n_samples:
             raise ValueError(f"'forward' has {n_samples} rows but 'backward' has {len(block)}.")
@@ -476,10 +476,16 @@ def _read_features(archive, path):
             data.source["labels"] = data.labels
     if gradient:
         forward, backward = blocks["forward"], blocks["backward"]
-        dtype = gradient_dtype(forward.shape[1], backward.shape[1], data.source)
+        if forward.shape[1:-1] != backward.shape[1:-1]:
+            raise ValueError(
+                f"'forward' of shape {forward.shape} and 'backward' of shape {backward.shape} "
+                "have different numbers of positions."
+            )
+        positions = forward.shape[1] if forward.ndim == 3 else None
+        dtype = gradient_dtype(forward.shape[-1], backward.shape[-1], data.source, positions=positions)
         data.features = np.empty(n_samples, dtype=dtype)
-        data.features["forward"] = forward
-        data.features["backward"] = backward
+        data.features["forward"] = forward.reshape(data.features["forward"].shape)
+        data.features["backward"] = backward.reshape(data.features["backward"].shape)
     else:
         data.features = blocks["features"]
     return data

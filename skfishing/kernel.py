@@ -307,6 +307,30 @@ def _stack_rows(rows, name):
 
 
 def _check_structured(X, name):
+    _check_layout(X, name)
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
+    precision = np.result_type(*(X.dtype[f].base for f in _FIELDS), np.float32)
+    # Same field order: NumPy casts structured arrays field by position. Provenance is kept.
+    fields = [(f, precision, X.dtype[f].shape) for f in X.dtype.names]
+    metadata = X.dtype.metadata
+    native = np.dtype(fields) if metadata is None else np.dtype(fields, metadata=dict(metadata))
+    if X.dtype != native:
+        X = X.astype(native)
+    for field in _FIELDS:
+        assert_all_finite(X[field], input_name=f"{name}[{field!r}]")
+    return X
+
+
+def _check_layout(X, name):
+    """Check the shape and fields of structured features (an ndarray or a Dask array), not their values.
+
+    Fields ``"forward"`` and ``"backward"`` must be non-empty float
+    subarrays, both 1-D (one position) or both 2-D of shapes ``(T, d)`` and
+    ``(T, D)``. The one check of gradient features' layout: the kernel, the
+    estimators, :func:`~skfishing.features.save_features` and
+    :func:`~skfishing.distributed.to_zarr` all call it.
+    """
     if X.ndim != 1:
         raise ValueError(f"{name} must be a structured array of shape (n_samples,), got shape {X.shape}.")
     if sorted(X.dtype.names) != sorted(_FIELDS):
@@ -326,18 +350,6 @@ def _check_structured(X, name):
             f"{name} fields 'forward' and 'backward' must have the same number of positions "
             f"(both 1-D, or 2-D of shape (positions, width)); got shapes {forward} and {backward}."
         )
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
-    precision = np.result_type(*(X.dtype[f].base for f in _FIELDS), np.float32)
-    # Same field order: NumPy casts structured arrays field by position. Provenance is kept.
-    fields = [(f, precision, X.dtype[f].shape) for f in X.dtype.names]
-    metadata = X.dtype.metadata
-    native = np.dtype(fields) if metadata is None else np.dtype(fields, metadata=dict(metadata))
-    if X.dtype != native:
-        X = X.astype(native)
-    for field in _FIELDS:
-        assert_all_finite(X[field], input_name=f"{name}[{field!r}]")
-    return X
 
 
 def _check_same_layout(X, name, reference, reference_name):

@@ -593,13 +593,13 @@ CASES = [
         "2d-field",
         "structured: widths",
         S,
-        "fit(Z with forward of shape (4, 5), y)",
+        "fit(Z with forward of shape (4, 5) at 4 positions, backward of shape (12,) at one, y)",
         lambda e: (
             TraceKernelSVC().fit,
             (np.zeros(30, [("forward", "f4", (4, 5)), ("backward", "f4", (12,))]), e.y),
         ),
         ValueError,
-        r"X field 'forward' must be a non-empty 1-D subarray of floats, got dtype \('<f4', \(4, 5\)\)",
+        r"X fields 'forward' and 'backward' must have the same number of positions .*got shapes \(4, 5\) and \(12,\)",
     ),
     Case(
         "zero-width-field",
