@@ -153,10 +153,16 @@ def widths(X):
     return tuple(X.dtype[field].shape[-1] for field in _FIELDS)
 
 
-def _position_factors(X, rows):
-    """``forward`` and ``backward`` of ``X[rows]`` as float64 arrays of shape (rows, T, width)."""
+def _position_factors(X, rows, cols=(slice(None), slice(None))):
+    """``forward`` and ``backward`` of ``X[rows]`` as float64 arrays of shape (rows, T, width).
+
+    ``cols`` selects columns of each: only those are converted.
+    """
     T = positions(X)
-    return [X[field][rows].reshape(-1, T, X.dtype[field].shape[-1]).astype(np.float64) for field in _FIELDS]
+    return [
+        X[field][rows].reshape(-1, T, X.dtype[field].shape[-1])[:, :, keep].astype(np.float64)
+        for field, keep in zip(_FIELDS, cols)
+    ]
 
 
 def _multi_position_kernel(X, Y, symmetric, chunk_size):
@@ -165,58 +171,40 @@ def _multi_position_kernel(X, Y, symmetric, chunk_size):
     Per pair of rows, the factors cost ``T S (d_in + d_out)`` (the linear
     kernels of all positions' factors, multiplied and summed) and the weight
     gradients ``G = sum_t outer(backward[t], forward[t])`` cost
-    ``d_in d_out`` (plus building G, ``T d_in d_out`` per row and block).
-    The cheaper way is used. Blocks of at most ``chunk_size`` rows and
-    columns are further shrunk until their temporaries fit in
-    :data:`_BLOCK_BYTES`; G is built in slabs of its entries.
+    ``d_in d_out``, plus building G once, ``T d_in d_out`` per row. The
+    cheaper way is used, with temporaries within :data:`_BLOCK_BYTES`.
     """
     (d_in, d_out), T, S = widths(X), positions(X), positions(Y)
     n, m = len(X), len(Y)
-    budget = min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20)
-    limit = min(chunk_size or max(n, m), max(n, m))
-    by_factors = _block_size(limit, False, T, S, d_in, d_out, budget)
-    by_gradient = _block_size(limit, True, T, S, d_in, d_out, budget)
-    # Building G for the rows and the columns of each block is counted in.
-    gradient_cost = d_in * d_out * (1 + T / min(by_gradient, m) + S / min(by_gradient, n))
-    use_gradient = gradient_cost < T * S * (d_in + d_out)
-    block = by_gradient if use_gradient else by_factors
-    K = np.empty((n, m))
-    for row_start in range(0, n, block):
-        rows = slice(row_start, min(row_start + block, n))
-        fx = _position_factors(X, rows)
-        for col_start in range(row_start if symmetric else 0, m, block):
-            cols = slice(col_start, min(col_start + block, m))
-            fy = fx if symmetric and cols == rows else _position_factors(Y, cols)
-            if use_gradient:
-                _gradient_block(K[rows, cols], fx, fy, budget)
-            else:
-                _factor_block(K[rows, cols], fx, fy)
-            if symmetric and cols != rows:
-                K[cols, rows] = K[rows, cols].T
-            elif symmetric:
-                # Below its diagonal, a diagonal block's sums run in another order.
-                diagonal = K[rows, rows]
-                lower = np.tril_indices(len(diagonal), -1)
-                diagonal[lower] = diagonal.T[lower]
+    budget = int(min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20))
+    limit = min(chunk_size or n, n)
+    gradient_cost = d_in * d_out * (1 + T / m + S / n)
+    if gradient_cost < T * S * (d_in + d_out):
+        K, block = _gradient_kernel(X, Y, symmetric, limit, budget)
+    else:
+        K, block = _factor_kernel(X, Y, symmetric, limit, budget)
+    if symmetric:
+        _mirror_upper_triangle(K, block)
     return K
 
 
-def _block_size(limit, use_gradient, T, S, d_in, d_out, budget):
-    """The largest block side, at most ``limit``, whose temporaries fit in half of ``budget``.
-
-    The factors of a block's rows and columns, in float64, and then either
-    the block of K and one product (G's slabs take the other half of the
-    budget, see :func:`_gradient_block`) or the two products of all
-    positions' factors.
-    """
-    size = limit
-    while size > 1:
-        need = 2 * size * max(T, S) * (d_in + d_out) * 8
-        need += 2 * size * size * (1 if use_gradient else T * S) * 8
-        if need <= budget // 2:
-            break
+def _factor_kernel(X, Y, symmetric, limit, budget):
+    """The upper triangle (or all) of K from the factors, in square blocks of ``size`` rows."""
+    (d_in, d_out), T, S = widths(X), positions(X), positions(Y)
+    n, m = len(X), len(Y)
+    size = min(limit, max(n, m))
+    # The float64 factors of a block's rows and columns, and the two products of all their positions.
+    while size > 1 and 2 * size * (max(T, S) * (d_in + d_out) + size * T * S) * 8 > budget:
         size //= 2
-    return size
+    K = np.empty((n, m))
+    for row_start in range(0, n, size):
+        rows = slice(row_start, min(row_start + size, n))
+        fx = _position_factors(X, rows)
+        for col_start in range(row_start if symmetric else 0, m, size):
+            cols = slice(col_start, min(col_start + size, m))
+            fy = fx if symmetric and cols == rows else _position_factors(Y, cols)
+            _factor_block(K[rows, cols], fx, fy)
+    return K, size
 
 
 def _factor_block(out, fx, fy):
@@ -228,26 +216,60 @@ def _factor_block(out, fx, fy):
     out[...] = product.reshape(r, T, c, S).sum(axis=(1, 3))
 
 
-def _gradient_block(out, fx, fy, budget):
-    """``out[i, j] = <G_i, G_j>_F``, building G in slabs of its entries."""
-    (xr, dr), (xc, dc) = fx, fy
-    d_in, d_out = xr.shape[2], dr.shape[2]
-    # Two slabs of (rows + columns) x slab float64 entries: half of the budget.
-    slab = max(1, budget // (2 * 8 * (len(xr) + len(xc))))
-    cols_in = min(d_in, slab)
-    rows_out = max(1, min(d_out, slab // cols_in))
-    out[...] = 0.0
+def _gradient_kernel(X, Y, symmetric, limit, budget):
+    """The upper triangle (or all) of K from the weight gradients G.
+
+    G is built for all rows a slab of its entries at a time (a quarter of
+    the budget for the slabs of ``X`` and ``Y``, a quarter for building
+    them); each slab adds its products to K in blocks of ``size`` rows (the
+    other half).
+    """
+    (d_in, d_out), n, m = widths(X), len(X), len(Y)
+    size = max(1, min(limit, budget // (2 * 8 * m)))
+    entries = max(1, budget // (4 * 8 * (n if symmetric else n + m)))
+    cols_in = min(d_in, entries)
+    rows_out = max(1, min(d_out, entries // cols_in))
+    K = np.zeros((n, m))
     for a in range(0, d_out, rows_out):
         for b in range(0, d_in, cols_in):
-            ga = _gradient_slab(xr, dr, a, rows_out, b, cols_in)
-            gb = ga if fy is fx else _gradient_slab(xc, dc, a, rows_out, b, cols_in)
-            out += ga @ gb.T
+            cols = (slice(b, b + cols_in), slice(a, a + rows_out))
+            gx = _gradient_slab(X, cols, budget // 4)
+            gy = gx if symmetric else _gradient_slab(Y, cols, budget // 4)
+            for start in range(0, n, size):
+                rows = slice(start, min(start + size, n))
+                K[rows, start if symmetric else 0 :] += gx[rows] @ gy[start if symmetric else 0 :].T
+    return K, size
 
 
-def _gradient_slab(x, delta, a, rows_out, b, cols_in):
-    """Entries ``[a:a + rows_out, b:b + cols_in]`` of each row's G, flattened."""
-    slab = np.matmul(delta[:, :, a : a + rows_out].transpose(0, 2, 1), x[:, :, b : b + cols_in])
-    return slab.reshape(len(x), -1)
+def _gradient_slab(X, cols, budget):
+    """Entries ``[cols[1], cols[0]]`` of each row's G, flattened, built in chunks of rows."""
+    T = positions(X)
+    width = sum(len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(_FIELDS, cols))
+    chunk = max(1, budget // (8 * T * width))
+    out = np.empty((len(X), _slab_size(X, cols)))
+    for start in range(0, len(X), chunk):
+        rows = slice(start, min(start + chunk, len(X)))
+        x, delta = _position_factors(X, rows, cols)
+        # A contiguous transpose: NumPy calls BLAS on stacks of C- or F-ordered matrices only.
+        out[rows] = np.matmul(np.ascontiguousarray(delta.transpose(0, 2, 1)), x).reshape(len(x), -1)
+    return out
+
+
+def _slab_size(X, cols):
+    forward, backward = (len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(_FIELDS, cols))
+    return forward * backward
+
+
+def _mirror_upper_triangle(K, block):
+    """Copy the upper triangle of the square ``K`` below its diagonal, a block of rows at a time."""
+    n = len(K)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        # Below its diagonal, a diagonal block's sums ran in another order.
+        diagonal = K[rows, rows]
+        lower = np.tril_indices(len(diagonal), -1)
+        diagonal[lower] = diagonal.T[lower]
+        K[rows.stop :, rows] = K[rows, rows.stop :].T
 
 
 def _precision(X):

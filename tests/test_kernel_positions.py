@@ -68,10 +68,10 @@ def test_equals_gram_of_explicit_gradients(layout, dtype):
 
 
 @pytest.mark.parametrize(
-    "layout, way", [(FROM_FACTORS, "_factor_block"), (FROM_GRADIENTS, "_gradient_block")]
+    "layout, way", [(FROM_FACTORS, "_factor_kernel"), (FROM_GRADIENTS, "_gradient_kernel")]
 )
 def test_the_cheaper_way_is_used(monkeypatch, layout, way):
-    calls = {"_factor_block": 0, "_gradient_block": 0}
+    calls = {"_factor_kernel": 0, "_gradient_kernel": 0}
     for name in calls:
         original = getattr(kernel, name)
 
