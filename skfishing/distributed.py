@@ -34,7 +34,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-from .kernel import _FIELDS
+from .kernel import _FIELDS, _check_layout
 from .transformer import DeepFisherTransformer
 
 __all__ = ["dask_transform", "to_zarr", "from_zarr", "WORKER_ATTRIBUTE", "ZARR_ATTRIBUTE"]
@@ -248,10 +248,10 @@ def to_zarr(Z, store, *, overwrite=False):
     The store is marked complete only when every block is written;
     :func:`from_zarr` refuses an incomplete one.
 
-    Gradient features (structured arrays) are stored as two 2-D arrays,
-    ``forward`` and ``backward``, with their provenance (model SHA-256,
-    layer, temperature) as attributes; 2-D features as one array,
-    ``features``.
+    Gradient features (structured arrays) are stored as two 2-D arrays (3-D for
+    a layer applied at several positions), ``forward`` and ``backward``, with
+    their provenance (model SHA-256, layer, temperature) as attributes; 2-D
+    features as one array, ``features``.
 
     Parameters
     ----------
@@ -289,11 +289,7 @@ def to_zarr(Z, store, *, overwrite=False):
     Z = _regular_rows(Z)
     structured = Z.dtype.names is not None
     if structured:
-        if sorted(Z.dtype.names) != sorted(_FIELDS) or Z.ndim != 1:
-            raise ValueError(
-                f"Z must have the fields 'forward' and 'backward' and shape (n_samples,), "
-                f"got fields {Z.dtype.names} and shape {Z.shape}."
-            )
+        _check_layout(Z, "Z")
         arrays = {field: Z[field] for field in _FIELDS}
     elif Z.ndim == 2:
         arrays = {"features": Z}
@@ -327,7 +323,7 @@ def _write_arrays(Z, arrays, structured, root):
             root.create_array(
                 name,
                 shape=array.shape,
-                chunks=(array.chunks[0][0], array.shape[1]),
+                chunks=(array.chunks[0][0],) + array.shape[1:],
                 dtype=array.dtype.base if array.dtype.subdtype is None else array.dtype.subdtype[0],
             )
         )
@@ -544,15 +540,18 @@ def from_zarr(store):
         return da.from_zarr(root["features"])
     forward, backward = (da.from_zarr(root[field]) for field in _FIELDS)
     source = {key: tuple(v) if isinstance(v, list) else v for key, v in info["source"].items()}
-    fields = [(field, array.dtype, (array.shape[1],)) for field, array in zip(_FIELDS, (forward, backward))]
-    dtype = np.dtype(fields, metadata=source) if source else np.dtype(fields)
+    dtype = np.dtype(
+        [(field, array.dtype, array.shape[1:]) for field, array in zip(_FIELDS, (forward, backward))],
+        metadata=source or None,
+    )
+    positions = "p" if forward.ndim == 3 else ""  # a layer applied at several positions
     return da.blockwise(
         _join_fields,
         "i",
         forward,
-        "ia",
+        "i" + positions + "a",
         backward,
-        "ib",
+        "i" + positions + "b",
         dtype=dtype,
         meta=np.empty(0, dtype=dtype),
         concatenate=True,

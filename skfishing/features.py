@@ -43,10 +43,11 @@ SOURCE_KEYS = ("model_sha256", "layer", "temperature", "labels")
         "forward_dim": [Interval(Integral, 1, None, closed="left")],
         "backward_dim": [Interval(Integral, 1, None, closed="left")],
         "source": [dict, None],
+        "positions": [Interval(Integral, 1, None, closed="left"), None],
     },
     prefer_skip_nested_validation=True,
 )
-def gradient_dtype(forward_dim, backward_dim, source=None):
+def gradient_dtype(forward_dim, backward_dim, source=None, positions=None):
     r"""Structured dtype of factorized gradient features.
 
     Parameters
@@ -60,20 +61,33 @@ def gradient_dtype(forward_dim, backward_dim, source=None):
         indexing, concatenation and pickling, so that
         :class:`~skfishing.TraceKernelSVC` can refuse features of another
         model or layer at predict time. None means no provenance.
+    positions : int, default=None
+        Number T of positions at which the layer is applied (a
+        convolution's output pixels, a linear layer's tokens). If None or
+        1, the fields are 1-D (an FC layer); else they have shapes
+        ``(T, forward_dim)`` and ``(T, backward_dim)``, and a row stands for
+        the weight gradient ``sum_t outer(backward[t], forward[t])``.
 
     Returns
     -------
     dtype : numpy.dtype
-        Fields ``"forward"`` (float32, shape ``(forward_dim,)``) and
-        ``"backward"`` (float32, shape ``(backward_dim,)``).
+        Fields ``"forward"`` (float32, shape ``(forward_dim,)`` or
+        ``(positions, forward_dim)``) and ``"backward"`` (float32, shape
+        ``(backward_dim,)`` or ``(positions, backward_dim)``).
 
     Examples
     --------
     >>> from skfishing.features import gradient_dtype
     >>> gradient_dtype(3, 2)
     dtype([('forward', '<f4', (3,)), ('backward', '<f4', (2,))])
+    >>> gradient_dtype(3, 2, positions=4)
+    dtype([('forward', '<f4', (4, 3)), ('backward', '<f4', (4, 2))])
     """
-    fields = [("forward", np.float32, (int(forward_dim),)), ("backward", np.float32, (int(backward_dim),))]
+    lead = () if positions is None or positions == 1 else (int(positions),)
+    fields = [
+        ("forward", np.float32, lead + (int(forward_dim),)),
+        ("backward", np.float32, lead + (int(backward_dim),)),
+    ]
     if source is None:
         return np.dtype(fields)
     return np.dtype(fields, metadata=dict(source))
@@ -112,12 +126,9 @@ def _check_features(features):
             f"got {type(features).__name__}."
         )
     if features.dtype.names is not None:
-        if set(features.dtype.names) != {"forward", "backward"} or features.ndim != 1:
-            raise ValueError(
-                "structured features must have shape (n_samples,) and exactly the fields "
-                f"'forward' and 'backward'; got fields {features.dtype.names} and shape "
-                f"{features.shape}."
-            )
+        from .kernel import _check_layout  # the one check of gradient features' layout
+
+        _check_layout(features, "features")
         arrays = {name: features[name] for name in ("forward", "backward")}
         kind = "gradient"
     else:
@@ -129,7 +140,7 @@ def _check_features(features):
         arrays = {"features": features}
         kind = None
     for name, array in arrays.items():
-        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+        if array.ndim < 2 or array.size == 0:
             raise ValueError(
                 f"features {name!r} must have at least one row and one column; got shape {array.shape}."
             )
@@ -138,7 +149,7 @@ def _check_features(features):
 
 
 def _check_finite(array, what):
-    bad = ~np.isfinite(array).all(axis=1)
+    bad = ~np.isfinite(array.reshape(len(array), -1)).all(axis=1)
     if bad.any():
         raise ValueError(
             f"{what} contains NaN or infinity in row {int(np.flatnonzero(bad)[0])} "
@@ -483,9 +494,12 @@ def _read_features(archive, path):
         )
     n_samples = None
     for name, block in blocks.items():
-        if block.ndim != 2 or block.dtype.kind != "f" or 0 in block.shape:
+        # Gradients of a layer applied at T positions: (n_samples, T, width).
+        dims = (2, 3) if name != "features" else (2,)
+        if block.ndim not in dims or block.dtype.kind != "f" or 0 in block.shape:
             raise ValueError(
-                f"array {name!r} must be a non-empty 2-D float array; got {block.dtype} {block.shape}."
+                f"array {name!r} must be a non-empty 2-D float array{' (or 3-D)' if len(dims) > 1 else ''}; "
+                f"got {block.dtype} {block.shape}."
             )
         if n_samples is not None and len(block) != n_samples:
             raise ValueError(f"'forward' has {n_samples} rows but 'backward' has {len(block)}.")
@@ -559,10 +573,64 @@ def _read_features(archive, path):
             data.source["labels"] = data.labels
     if gradient:
         forward, backward = blocks["forward"], blocks["backward"]
-        dtype = gradient_dtype(forward.shape[1], backward.shape[1], data.source)
+        if forward.shape[1:-1] != backward.shape[1:-1]:
+            raise ValueError(
+                f"'forward' of shape {forward.shape} and 'backward' of shape {backward.shape} "
+                "have different numbers of positions."
+            )
+        positions = forward.shape[1] if forward.ndim == 3 else None
+        dtype = gradient_dtype(forward.shape[-1], backward.shape[-1], data.source, positions=positions)
         data.features = np.empty(n_samples, dtype=dtype)
-        data.features["forward"] = forward
-        data.features["backward"] = backward
+        data.features["forward"] = forward.reshape(data.features["forward"].shape)
+        data.features["backward"] = backward.reshape(data.features["backward"].shape)
     else:
         data.features = blocks["features"]
     return data
+
+
+def _feature_source(X):
+    """Where structured features come from, from their dtype's metadata, or None.
+
+    Lists (a file format's stand-in for tuples) compare equal to tuples.
+    """
+    return _normal_source(getattr(X.dtype, "metadata", None))
+
+
+def _normal_source(source):
+    if not source:
+        return None
+    return {key: tuple(value) if isinstance(value, list) else value for key, value in source.items()}
+
+
+def _check_same_source(X, expected, owner):
+    """Refuse gradient features of another model, layer, temperature or labels.
+
+    :class:`~skfishing.DeepFisherTransformer` records where gradient features
+    come from in their dtype's metadata, which indexing, concatenation,
+    pickling and :func:`load_features` keep; the ``fit`` of an estimator
+    (``owner``, its class name in messages) records it as
+    ``feature_source_``. When the training features had it, ``X`` must have
+    the same; training features without it (built by hand) are not checked.
+    """
+    source, expected = _feature_source(X), _normal_source(expected)
+    if not expected or source == expected:
+        return
+    if not source:
+        raise ValueError(
+            f"X carries no record of where its features come from, but the training data of {owner} "
+            f"does (model sha256 {str(expected.get('model_sha256'))[:12]}..., layer "
+            f"{expected.get('layer')}, temperature {expected.get('temperature')}). Features lose it "
+            "when rebuilt by hand or converted with astype to a new dtype: compute them with the same "
+            "DeepFisherTransformer (keep both in one Pipeline), or build their dtype with "
+            "skfishing.features.gradient_dtype(d, D, source=...)."
+        )
+    differ = ", ".join(
+        f"{key} {source.get(key)!r} (fit: {expected.get(key)!r})"
+        for key in sorted(set(source) | set(expected))
+        if source.get(key) != expected.get(key)
+    )
+    raise ValueError(
+        f"X comes from another model or setting than the training data of {owner}: "
+        f"{differ}. Compute the features with the same DeepFisherTransformer (keep both in one "
+        "Pipeline)."
+    )

@@ -1,13 +1,18 @@
-"""Trace kernel between factorized (rank-1) gradient features."""
+"""Trace kernel between factorized gradient features (rank 1, or one rank-1 term per position)."""
 
 from numbers import Integral
 
 import numpy as np
+from sklearn import get_config
 from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import assert_all_finite
 
 _FIELDS = ("forward", "backward")
+
+#: Bytes of temporaries per block of the kernel of multi-position features
+#: (less if scikit-learn's ``working_memory`` is set lower).
+_BLOCK_BYTES = 64 * 2**20
 
 
 @validate_params(
@@ -40,12 +45,30 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     so the extra memory is one chunk's block. When ``Y`` is None only the upper
     triangle is computed and then mirrored: the result is exactly symmetric.
 
+    **Layers applied at several positions.** When the fields are 2-D, of
+    shapes ``(T, d)`` and ``(T, D)`` (a convolution's output pixels, a
+    linear layer's tokens), a row stands for the weight gradient
+    ``G = sum_t outer(backward[t], forward[t])`` and the kernel is
+    ``<G_i, G_j>_F``::
+
+        K[i, j] = sum_{t, s} <X.forward[i, t], Y.forward[j, s]>
+                             * <X.backward[i, t], Y.backward[j, s]>
+
+    It is computed in float64, in blocks of rows and columns whose
+    temporaries stay within 64 MiB (or scikit-learn's ``working_memory``,
+    if lower), the cheaper of two ways: from the factors, at
+    ``T S (d + D)`` per pair, or from G itself, built block by block in
+    slabs of its entries, at ``d D`` per pair. ``X`` and ``Y`` may have
+    different numbers of positions (T and S). 1-D fields are the case
+    ``T = 1``.
+
     Parameters
     ----------
     X : ndarray of shape (n_samples_X,) with fields "forward" and "backward", \
             or array-like of shape (n_samples_X, n_features)
         Factorized features (structured array whose fields are float
-        subarrays of widths ``d`` and ``D``) or plain features.
+        subarrays of widths ``d`` and ``D``, or of shapes ``(T, d)`` and
+        ``(T, D)``) or plain features.
 
     Y : same kind and widths as X, default=None
         Second set of features. If None, ``Y = X``.
@@ -54,7 +77,9 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
         Number of rows of ``X`` per block. If None, a quarter of the rows
         (half of them when ``Y`` is None, as only the upper triangle is
         computed): for float32 features a block then takes at most an eighth
-        of the memory of the result. It changes the result only by float
+        of the memory of the result. For fields with several positions, the
+        most rows and columns per block (fewer when the temporaries would
+        exceed the memory above). It changes the result only by float
         rounding.
 
     Returns
@@ -76,6 +101,8 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     X = _check_features(X, "X")
     symmetric = Y is None
     Y = X if symmetric else _check_features(Y, "Y", reference=X, reference_name="X")
+    if positions(X) > 1 or positions(Y) > 1:
+        return _multi_position_kernel(X, Y, symmetric, chunk_size)
     dtype = np.result_type(_precision(X), _precision(Y))
     fx, fy = _factors(X, dtype), _factors(Y, dtype)
     n, m = len(fx[0]), len(fy[0])
@@ -109,8 +136,140 @@ def _fill(out, fx, fy, rows, cols):
 def _factors(X, dtype):
     """The 2-D arrays whose linear kernels multiply to the kernel of ``X``."""
     if _is_structured(X):
-        return [X[field].astype(dtype, copy=False) for field in _FIELDS]
+        return [X[field].reshape(len(X), -1).astype(dtype, copy=False) for field in _FIELDS]
     return [X.astype(dtype, copy=False)]
+
+
+def positions(X):
+    """Number T of positions of features ``X`` (1 for 1-D fields and plain 2-D features)."""
+    if not _is_structured(X):
+        return 1
+    shape = X.dtype[_FIELDS[0]].shape
+    return shape[0] if len(shape) == 2 else 1
+
+
+def widths(X):
+    """Widths ``(d_in, d_out)`` of the fields of structured features ``X``."""
+    return tuple(X.dtype[field].shape[-1] for field in _FIELDS)
+
+
+def _position_factors(X, rows, cols=(slice(None), slice(None))):
+    """``forward`` and ``backward`` of ``X[rows]`` as float64 arrays of shape (rows, T, width).
+
+    ``cols`` selects columns of each: only those are converted.
+    """
+    T = positions(X)
+    return [
+        X[field][rows].reshape(-1, T, X.dtype[field].shape[-1])[:, :, keep].astype(np.float64)
+        for field, keep in zip(_FIELDS, cols)
+    ]
+
+
+def _multi_position_kernel(X, Y, symmetric, chunk_size):
+    """The kernel of features at T > 1 positions, in float64, block by block.
+
+    Per pair of rows, the factors cost ``T S (d_in + d_out)`` (the linear
+    kernels of all positions' factors, multiplied and summed) and the weight
+    gradients ``G = sum_t outer(backward[t], forward[t])`` cost
+    ``d_in d_out``, plus building G once, ``T d_in d_out`` per row. The
+    cheaper way is used, with temporaries within :data:`_BLOCK_BYTES`.
+    """
+    (d_in, d_out), T, S = widths(X), positions(X), positions(Y)
+    n, m = len(X), len(Y)
+    budget = int(min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20))
+    limit = min(chunk_size or n, n)
+    gradient_cost = d_in * d_out * (1 + T / m + S / n)
+    if gradient_cost < T * S * (d_in + d_out):
+        K, block = _gradient_kernel(X, Y, symmetric, limit, budget)
+    else:
+        K, block = _factor_kernel(X, Y, symmetric, limit, budget)
+    if symmetric:
+        _mirror_upper_triangle(K, block)
+    return K
+
+
+def _factor_kernel(X, Y, symmetric, limit, budget):
+    """The upper triangle (or all) of K from the factors, in square blocks of ``size`` rows."""
+    (d_in, d_out), T, S = widths(X), positions(X), positions(Y)
+    n, m = len(X), len(Y)
+    size = min(limit, max(n, m))
+    # The float64 factors of a block's rows and columns, and the two products of all their positions.
+    while size > 1 and 2 * size * (max(T, S) * (d_in + d_out) + size * T * S) * 8 > budget:
+        size //= 2
+    K = np.empty((n, m))
+    for row_start in range(0, n, size):
+        rows = slice(row_start, min(row_start + size, n))
+        fx = _position_factors(X, rows)
+        for col_start in range(row_start if symmetric else 0, m, size):
+            cols = slice(col_start, min(col_start + size, m))
+            fy = fx if symmetric and cols == rows else _position_factors(Y, cols)
+            _factor_block(K[rows, cols], fx, fy)
+    return K, size
+
+
+def _factor_block(out, fx, fy):
+    """``out[i, j] = sum_{t,s} <x_it, x_js> <delta_it, delta_js>`` from the factors."""
+    r, T, _ = fx[0].shape
+    c, S, _ = fy[0].shape
+    product = fx[0].reshape(r * T, -1) @ fy[0].reshape(c * S, -1).T
+    product *= fx[1].reshape(r * T, -1) @ fy[1].reshape(c * S, -1).T
+    out[...] = product.reshape(r, T, c, S).sum(axis=(1, 3))
+
+
+def _gradient_kernel(X, Y, symmetric, limit, budget):
+    """The upper triangle (or all) of K from the weight gradients G.
+
+    G is built for all rows a slab of its entries at a time (a quarter of
+    the budget for the slabs of ``X`` and ``Y``, a quarter for building
+    them); each slab adds its products to K in blocks of ``size`` rows (the
+    other half).
+    """
+    (d_in, d_out), n, m = widths(X), len(X), len(Y)
+    size = max(1, min(limit, budget // (2 * 8 * m)))
+    entries = max(1, budget // (4 * 8 * (n if symmetric else n + m)))
+    cols_in = min(d_in, entries)
+    rows_out = max(1, min(d_out, entries // cols_in))
+    K = np.zeros((n, m))
+    for a in range(0, d_out, rows_out):
+        for b in range(0, d_in, cols_in):
+            cols = (slice(b, b + cols_in), slice(a, a + rows_out))
+            gx = _gradient_slab(X, cols, budget // 4)
+            gy = gx if symmetric else _gradient_slab(Y, cols, budget // 4)
+            for start in range(0, n, size):
+                rows = slice(start, min(start + size, n))
+                K[rows, start if symmetric else 0 :] += gx[rows] @ gy[start if symmetric else 0 :].T
+    return K, size
+
+
+def _gradient_slab(X, cols, budget):
+    """Entries ``[cols[1], cols[0]]`` of each row's G, flattened, built in chunks of rows."""
+    T = positions(X)
+    width = sum(len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(_FIELDS, cols))
+    chunk = max(1, budget // (8 * T * width))
+    out = np.empty((len(X), _slab_size(X, cols)))
+    for start in range(0, len(X), chunk):
+        rows = slice(start, min(start + chunk, len(X)))
+        x, delta = _position_factors(X, rows, cols)
+        # A contiguous transpose: NumPy calls BLAS on stacks of C- or F-ordered matrices only.
+        out[rows] = np.matmul(np.ascontiguousarray(delta.transpose(0, 2, 1)), x).reshape(len(x), -1)
+    return out
+
+
+def _slab_size(X, cols):
+    forward, backward = (len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(_FIELDS, cols))
+    return forward * backward
+
+
+def _mirror_upper_triangle(K, block):
+    """Copy the upper triangle of the square ``K`` below its diagonal, a block of rows at a time."""
+    n = len(K)
+    for start in range(0, n, block):
+        rows = slice(start, min(start + block, n))
+        # Below its diagonal, a diagonal block's sums ran in another order.
+        diagonal = K[rows, rows]
+        lower = np.tril_indices(len(diagonal), -1)
+        diagonal[lower] = diagonal.T[lower]
+        K[rows.stop :, rows] = K[rows, rows.stop :].T
 
 
 def _precision(X):
@@ -170,18 +329,7 @@ def _stack_rows(rows, name):
 
 
 def _check_structured(X, name):
-    if X.ndim != 1:
-        raise ValueError(f"{name} must be a structured array of shape (n_samples,), got shape {X.shape}.")
-    if sorted(X.dtype.names) != sorted(_FIELDS):
-        raise ValueError(
-            f"{name} must have exactly the fields 'forward' and 'backward', got {X.dtype.names}."
-        )
-    for field in _FIELDS:
-        dtype = X.dtype[field]
-        if dtype.base.kind != "f" or dtype.ndim != 1 or dtype.shape[0] == 0:
-            raise ValueError(
-                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, got dtype {dtype}."
-            )
+    _check_layout(X, name)
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
     precision = np.result_type(*(X.dtype[f].base for f in _FIELDS), np.float32)
@@ -194,6 +342,36 @@ def _check_structured(X, name):
     for field in _FIELDS:
         assert_all_finite(X[field], input_name=f"{name}[{field!r}]")
     return X
+
+
+def _check_layout(X, name):
+    """Check the shape and fields of structured features (an ndarray or a Dask array), not their values.
+
+    Fields ``"forward"`` and ``"backward"`` must be non-empty float
+    subarrays, both 1-D (one position) or both 2-D of shapes ``(T, d)`` and
+    ``(T, D)``. The one check of gradient features' layout: the kernel, the
+    estimators, :func:`~skfishing.features.save_features` and
+    :func:`~skfishing.distributed.to_zarr` all call it.
+    """
+    if X.ndim != 1:
+        raise ValueError(f"{name} must be a structured array of shape (n_samples,), got shape {X.shape}.")
+    if sorted(X.dtype.names) != sorted(_FIELDS):
+        raise ValueError(
+            f"{name} must have exactly the fields 'forward' and 'backward', got {X.dtype.names}."
+        )
+    for field in _FIELDS:
+        dtype = X.dtype[field]
+        if dtype.base.kind != "f" or dtype.ndim not in (1, 2) or 0 in dtype.shape:
+            raise ValueError(
+                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, or a 2-D one "
+                f"of shape (positions, width), got dtype {dtype}."
+            )
+    forward, backward = (X.dtype[field].shape for field in _FIELDS)
+    if len(forward) != len(backward) or forward[:-1] != backward[:-1]:
+        raise ValueError(
+            f"{name} fields 'forward' and 'backward' must have the same number of positions "
+            f"(both 1-D, or 2-D of shape (positions, width)); got shapes {forward} and {backward}."
+        )
 
 
 def _check_same_layout(X, name, reference, reference_name):
@@ -211,7 +389,7 @@ def _check_same_layout(X, name, reference, reference_name):
             )
         return
     for field in _FIELDS:
-        width, expected = X.dtype[field].shape[0], reference.dtype[field].shape[0]
+        width, expected = X.dtype[field].shape[-1], reference.dtype[field].shape[-1]
         if width != expected:
             raise ValueError(
                 f"{name} has field {field!r} of width {width} but {reference_name} has {expected}."

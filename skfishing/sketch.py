@@ -26,12 +26,21 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .kernel import _FIELDS, _check_features, _is_structured
+from .features import _check_same_source, _feature_source
+from .kernel import _FIELDS, _check_features, _is_structured, positions, widths
 
 __all__ = ["TensorSketch"]
 
 #: Bytes of temporaries per block of rows in :meth:`TensorSketch.transform`.
 _BLOCK_BYTES = 16 * 2**20
+
+#: Largest ``n_components``: 4 MiB of float32 per sample. The error of the
+#: sketched kernel falls as ``1 / sqrt(n_components)``; past this, the exact
+#: kernel is the better tool.
+MAX_COMPONENTS = 2**20
+
+#: Largest magnitude of the float32 output.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstimator):
@@ -65,6 +74,17 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     :math:`1/m`, so the error of a Gram matrix falls as
     :math:`1/\sqrt{m}`.
 
+    **Layers applied at several positions.** For fields of shapes
+    ``(T, d)`` and ``(T, D)`` (a convolution's output pixels, a linear
+    layer's tokens), a row stands for the weight gradient
+    :math:`G = \sum_t x_t \otimes \delta_t` and the output is the
+    CountSketch of :math:`G`: the sketch is linear, so it is the sum over
+    positions of the sketches of :math:`x_t \otimes \delta_t`, computed
+    from the factors as above (the spectra summed before the inverse FFT).
+    Its dot products estimate :math:`\langle G^A, G^B \rangle_F` (see
+    :func:`~skfishing.trace_kernel`) without bias, with ``n_components``
+    numbers per sample whatever T; :math:`G` is never formed.
+
     Plain 2-D input (activations, or any features) gets a single CountSketch
     (feature hashing with random signs): ``n_components`` columns whose dot
     products estimate the linear kernel without bias. Both kinds thus give
@@ -73,7 +93,9 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     Parameters
     ----------
     n_components : int, default=8192
-        Dimension :math:`m` of the output. Powers of two are fastest. The
+        Dimension :math:`m` of the output, at most 2**20
+        (``skfishing.sketch.MAX_COMPONENTS``, 4 MiB of float32 per sample). Powers of two
+        are fastest; odd numbers work too. The
         relative error of the approximated Gram matrix falls as
         ``1 / sqrt(n_components)``. With 8,192 a linear classifier was
         within 1 mAP point of the exact kernel SVM on VOC 2007 (see
@@ -94,10 +116,19 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     signs_ : tuple of ndarray of float32
         The random sign, +1 or -1, of each coordinate, like ``hashes_``.
 
+    feature_source_ : dict or None
+        Where the structured features seen by :meth:`fit` come from (model
+        SHA-256, layer, temperature, labels), as
+        :class:`~skfishing.DeepFisherTransformer` records it in their dtype;
+        None for 2-D features and features without that record.
+        :meth:`transform` refuses features of another source, as
+        :class:`~skfishing.TraceKernelSVC` does.
+
     n_features_in_ : int
         Number of features seen during :meth:`fit`. For structured input,
         the dimension ``d * D`` of the vectors ``vec(outer(forward,
-        backward))`` that the trace kernel is linear on.
+        backward))`` (or of the weight gradients, for several positions)
+        that the trace kernel is linear on.
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during :meth:`fit`. Defined only when `X`
@@ -116,9 +147,11 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     -----
     :meth:`transform` works on blocks of rows whose temporaries take about
     16 MiB (less if scikit-learn's ``working_memory`` is set lower, see
-    :func:`sklearn.config_context`): beyond the output, memory does not grow
-    with the number of samples. The
-    products run in the precision of the input; the output is float32.
+    :func:`sklearn.config_context`), positions of a row in slabs when one
+    row's would not fit: beyond the output, memory does not grow with the
+    number of samples or positions. The products run in the precision of
+    the input; the output is float32, and a sketch beyond its range is
+    refused with an error naming the row.
 
     References
     ----------
@@ -142,7 +175,7 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     """
 
     _parameter_constraints: dict = {
-        "n_components": [Interval(Integral, 1, None, closed="left")],
+        "n_components": [Interval(Integral, 1, MAX_COMPONENTS, closed="both")],
         "random_state": ["random_state"],
     }
 
@@ -172,12 +205,13 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         X = self._validate_features(X, reset=True)
         random_state = check_random_state(self.random_state)
-        widths = [X.dtype[f].shape[0] for f in _FIELDS] if _is_structured(X) else [X.shape[1]]
+        structured = _is_structured(X)
         hashes, signs = [], []
-        for width in widths:
+        for width in widths(X) if structured else [X.shape[1]]:
             hashes.append(random_state.randint(0, self.n_components, size=width).astype(np.int64))
             signs.append(random_state.choice([-1.0, 1.0], size=width).astype(np.float32))
         self.hashes_, self.signs_ = tuple(hashes), tuple(signs)
+        self.feature_source_ = _feature_source(X) if structured else None
         self._n_features_out = self.n_components
         return self
 
@@ -195,27 +229,40 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         X_new : ndarray of shape (n_samples, n_components), dtype float32
             The sketched features; ``X_new @ Y_new.T`` estimates
             ``trace_kernel(X, Y)``.
+
+        Raises
+        ------
+        ValueError
+            If ``X`` is not of the kind and widths seen by :meth:`fit`, comes
+            from another model, layer, temperature or labels than the
+            features :meth:`fit` saw, or a row's sketch exceeds the float32
+            range.
         """
         check_is_fitted(self)
         X = self._validate_features(X, reset=False)
         factors = [X[f] for f in _FIELDS] if _is_structured(X) else [X]
         dtype = factors[0].dtype
+        m = self.n_components
         sketches = [
-            sp.csr_matrix(
-                (sign.astype(dtype), (np.arange(len(h)), h)),
-                shape=(len(h), self.n_components),
-            )
+            sp.csr_matrix((sign.astype(dtype), (np.arange(len(h)), h)), shape=(len(h), m))
             for h, sign in zip(self.hashes_, self.signs_)
         ]
-        out = np.empty((len(X), self.n_components), dtype=np.float32)
-        width = sum(f.shape[1] for f in factors)
-        row_bytes = (width + 6 * self.n_components) * dtype.itemsize
+        out = np.empty((len(X), m), dtype=np.float32)
+        # Temporaries of one position of one row: its factors, their counts
+        # and spectra, and the spectra's product.
+        position_bytes = (sum(f.shape[-1] for f in factors) + 6 * m) * dtype.itemsize
+        T = positions(X)
         # Blocks of a few MiB stay in cache (large blocks are several times
-        # slower); never more than scikit-learn's working_memory.
+        # slower); never more than scikit-learn's working_memory. A row of
+        # many positions is sketched a slab of positions at a time.
         budget = min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20)
-        chunk = max(1, int(budget // row_bytes))
+        chunk = max(1, int(budget // (T * position_bytes)))
+        slab = T if chunk > 1 else max(1, int(budget // position_bytes))
         for rows in gen_batches(len(X), chunk):
-            out[rows] = _tensor_sketch([f[rows] for f in factors], sketches, self.n_components)
+            with np.errstate(over="ignore", invalid="ignore"):  # refused below, naming the row
+                block = _tensor_sketch([f[rows] for f in factors], sketches, m, slab)
+            _check_float32_range(block, rows.start)
+            out[rows] = block
         return out
 
     def _validate_features(self, X, reset):
@@ -224,15 +271,17 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
             if not _is_structured(X):
                 return validate_data(self, X, dtype=(np.float64, np.float32))
             X = _check_features(X, "X")
-            self.n_features_in_ = X.dtype["forward"].shape[0] * X.dtype["backward"].shape[0]
+            self.n_features_in_ = int(np.prod(widths(X)))
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             return X
         if len(self.hashes_) == 1 and not _is_structured(X):
             return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        return _check_features(
+        X = _check_features(
             X, "X", reference=self._fitted_layout(), reference_name="the data TensorSketch was fitted on"
         )
+        _check_same_source(X, getattr(self, "feature_source_", None), type(self).__name__)
+        return X
 
     def _fitted_layout(self):
         """An empty array of the kind and widths seen by :meth:`fit`."""
@@ -246,12 +295,41 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         return tags
 
 
-def _tensor_sketch(factors, sketches, n_components):
-    """CountSketch each factor, then multiply the sketches' spectra."""
-    counts = [np.ascontiguousarray(f @ s) for f, s in zip(factors, sketches)]
-    if len(counts) == 1:
-        return counts[0]
-    spectrum = scipy.fft.rfft(counts[0], axis=1)
-    for count in counts[1:]:
-        spectrum *= scipy.fft.rfft(count, axis=1)
+def _tensor_sketch(factors, sketches, n_components, slab):
+    """CountSketch each factor, then multiply the sketches' spectra.
+
+    Factors of shape (rows, T, width) are sketched ``slab`` positions at a
+    time, and the spectra of all positions of a row summed: the sketch is
+    linear, so this is the sketch of ``sum_t outer(x_t, delta_t)``.
+    """
+    if len(factors) == 1:
+        return np.ascontiguousarray(factors[0] @ sketches[0])
+    if factors[0].ndim == 2:
+        factors = [f[:, None] for f in factors]
+    rows, T = factors[0].shape[:2]
+    spectrum = None
+    for start in range(0, T, slab):
+        part = None
+        for f, s in zip(factors, sketches):
+            count = np.ascontiguousarray(f[:, start : start + slab].reshape(-1, f.shape[2]) @ s)
+            fft = scipy.fft.rfft(count, axis=1)
+            part = fft if part is None else part * fft
+        part = part.reshape(rows, -1, part.shape[1]).sum(axis=1)
+        spectrum = part if spectrum is None else spectrum + part
     return scipy.fft.irfft(spectrum, n=n_components, axis=1)
+
+
+def _check_float32_range(block, first_row):
+    """Refuse a sketch that the float32 output cannot hold (row numbers are ``X``'s)."""
+    magnitude = np.abs(block).max(axis=1)
+    bad = ~(magnitude <= _FLOAT32_MAX)  # NaN too
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        size = (
+            f"{magnitude[row]:.3g} in magnitude" if np.isfinite(magnitude[row]) else "infinite (an overflow)"
+        )
+        raise ValueError(
+            f"the sketch of row {first_row + row} of X is {size}, beyond the "
+            f"float32 range of the output ({_FLOAT32_MAX:.3g}). Scale the features down: "
+            "DeepFisherTransformer's have unit norm."
+        )

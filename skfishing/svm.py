@@ -19,7 +19,8 @@ from sklearn.utils.validation import (
 )
 
 from .cache import ArrayStore, SharedCacheMixin, content_key, shared_cache
-from .kernel import _check_features, _is_structured, trace_kernel
+from .features import _check_same_source, _feature_source
+from .kernel import _check_features, _is_structured, trace_kernel, widths
 
 
 class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
@@ -27,7 +28,8 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
 
     Takes factorized gradient features (a structured array with fields
     ``"forward"`` and ``"backward"``, as returned by
-    :class:`~skfishing.DeepFisherTransformer`) or plain 2-D features, computes
+    :class:`~skfishing.DeepFisherTransformer`, of a layer applied once or at
+    several positions) or plain 2-D features, computes
     the Gram matrix with :func:`~skfishing.kernel.trace_kernel` in chunks and
     fits :class:`sklearn.svm.SVC` with ``kernel="precomputed"`` on it.
 
@@ -105,7 +107,9 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
     n_features_in_ : int
         Number of features seen during :meth:`fit`. For structured input, the
         dimension ``d * D`` of the explicit features
-        ``vec(outer(forward, backward))`` the trace kernel is linear on.
+        ``vec(outer(forward, backward))`` the trace kernel is linear on (for
+        fields of shapes ``(T, d)`` and ``(T, D)``, of the weight gradient
+        ``sum_t outer(backward[t], forward[t])``).
 
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of features seen during :meth:`fit`. Defined only when `X`
@@ -202,7 +206,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
         self.n_iter_ = np.concatenate([s.n_iter_ for s in self.estimators_])
         self.support_ = np.unique(np.concatenate([s.support_ for s in self.estimators_]))
         self.support_vectors_ = X[self.support_]
-        self.feature_source_ = _source(X)
+        self.feature_source_ = _feature_source(X)
         coefs = [_pairwise_coefficients(s, self.support_) for s in self.estimators_]
         self._dual_coef = np.hstack([coef for coef, _ in coefs])
         self._intercept = np.concatenate([intercept for _, intercept in coefs])
@@ -320,12 +324,12 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
                     reference=self.support_vectors_,
                     reference_name=f"the training data of {type(self).__name__}",
                 )
-                _check_same_source(checked, self.feature_source_)
+                _check_same_source(checked, self.feature_source_, type(self).__name__)
                 return checked
         if not _is_structured(X):
             return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
         X = _check_features(X, "X")
-        self.n_features_in_ = X.dtype["forward"].shape[0] * X.dtype["backward"].shape[0]
+        self.n_features_in_ = int(np.prod(widths(X)))
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_
         return X
@@ -352,54 +356,6 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
                 )
         self.classes_ = np.arange(Y.shape[1])
         return list(Y.T)
-
-
-def _source(X):
-    """Where structured features come from, from their dtype's metadata, or None.
-
-    Lists (a file format's stand-in for tuples) compare equal to tuples.
-    """
-    return _normal(getattr(X.dtype, "metadata", None))
-
-
-def _normal(source):
-    if not source:
-        return None
-    return {key: tuple(value) if isinstance(value, list) else value for key, value in source.items()}
-
-
-def _check_same_source(X, expected):
-    """Refuse gradient features of another model, layer or temperature.
-
-    :class:`~skfishing.DeepFisherTransformer` records where gradient features
-    come from in their dtype's metadata, which indexing, concatenation,
-    pickling and :func:`skfishing.features.load_features` keep; ``fit``
-    records it as ``feature_source_``. When the training features had it,
-    ``X`` must have the same; training features without it (built by hand)
-    are not checked.
-    """
-    source, expected = _source(X), _normal(expected)
-    if not expected or source == expected:
-        return
-    if not source:
-        raise ValueError(
-            "X carries no record of where its features come from, but the training data of "
-            f"TraceKernelSVC does (model sha256 {str(expected.get('model_sha256'))[:12]}..., layer "
-            f"{expected.get('layer')}, temperature {expected.get('temperature')}). Features lose it "
-            "when rebuilt by hand or converted with astype to a new dtype: compute them with the same "
-            "DeepFisherTransformer (keep both in one Pipeline), or build their dtype with "
-            "skfishing.features.gradient_dtype(d, D, source=...)."
-        )
-    differ = ", ".join(
-        f"{key} {source.get(key)!r} (fit: {expected.get(key)!r})"
-        for key in sorted(set(source) | set(expected))
-        if source.get(key) != expected.get(key)
-    )
-    raise ValueError(
-        f"X comes from another model or setting than the training data of TraceKernelSVC: "
-        f"{differ}. Compute the features with the same DeepFisherTransformer (keep both in one "
-        "Pipeline)."
-    )
 
 
 def _pairwise_coefficients(svc, support):

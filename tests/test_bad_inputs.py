@@ -594,13 +594,13 @@ CASES = [
         "2d-field",
         "structured: widths",
         S,
-        "fit(Z with forward of shape (4, 5), y)",
+        "fit(Z with forward of shape (4, 5) at 4 positions, backward of shape (12,) at one, y)",
         lambda e: (
             TraceKernelSVC().fit,
             (np.zeros(30, [("forward", "f4", (4, 5)), ("backward", "f4", (12,))]), e.y),
         ),
         ValueError,
-        r"X field 'forward' must be a non-empty 1-D subarray of floats, got dtype \('<f4', \(4, 5\)\)",
+        r"X fields 'forward' and 'backward' must have the same number of positions .*got shapes \(4, 5\) and \(12,\)",
     ),
     Case(
         "zero-width-field",
@@ -1200,6 +1200,33 @@ COVERED_ELSEWHERE = [
         "a skops file that sets memory= or cache_dir= (absolute, relative, ~): load resets them to None "
         "with a warning naming each folder; nothing is written there",
         "tests/test_persistence_paths.py::test_loaded_cache_folders_are_reset_with_a_warning",
+    ),
+    (
+        "mismatched features",
+        "TensorSketch (alone or in a pipeline, also after joblib) given features of another model, layer, "
+        "temperature or labels than at fit, or without the record fit had: refused, naming what differs "
+        "(issue 20, item 9)",
+        "tests/test_sketch_positions.py::test_features_of_another_source_are_refused, "
+        "test_features_of_another_temperature_from_the_transformer_are_refused",
+    ),
+    (
+        "NaN/inf",
+        "TensorSketch on float64 (or float32) features whose sketch exceeds the float32 output: refused, "
+        "naming the row (issue 20, item 19)",
+        "tests/test_sketch_positions.py::test_sketch_beyond_the_float32_range_is_refused",
+    ),
+    (
+        "sketch",
+        "TensorSketch(n_components=2**40), or above 2**20: refused by fit, before any memory is asked for "
+        "(issue 20, item 19)",
+        "tests/test_sketch_positions.py::test_n_components_beyond_the_maximum_is_refused_at_fit",
+    ),
+    (
+        "sketch",
+        "TensorSketch with an odd n_components (1, 15, 63): the explicit CountSketch of G, and unbiased "
+        "(issue 20, item 21)",
+        "tests/test_sketch_positions.py::test_equals_count_sketch_of_the_explicit_gradients, "
+        "test_unbiased_over_seeds_with_several_positions_and_odd_n_components",
     ),
 ]
 
