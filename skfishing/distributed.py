@@ -540,10 +540,8 @@ def from_zarr(store):
         return da.from_zarr(root["features"])
     forward, backward = (da.from_zarr(root[field]) for field in _FIELDS)
     source = {key: tuple(v) if isinstance(v, list) else v for key, v in info["source"].items()}
-    dtype = np.dtype(
-        [(field, array.dtype, array.shape[1:]) for field, array in zip(_FIELDS, (forward, backward))],
-        metadata=source or None,
-    )
+    fields = [(field, array.dtype, array.shape[1:]) for field, array in zip(_FIELDS, (forward, backward))]
+    dtype = np.dtype(fields, metadata=source) if source else np.dtype(fields)  # no metadata: None is refused
     positions = "p" if forward.ndim == 3 else ""  # a layer applied at several positions
     return da.blockwise(
         _join_fields,
