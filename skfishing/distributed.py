@@ -34,7 +34,7 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
 
-from .kernel import _FIELDS, _check_layout
+from .features import FIELDS, check_layout
 from .transformer import DeepFisherTransformer
 
 __all__ = ["dask_transform", "to_zarr", "from_zarr", "WORKER_ATTRIBUTE", "ZARR_ATTRIBUTE"]
@@ -289,8 +289,8 @@ def to_zarr(Z, store, *, overwrite=False):
     Z = _regular_rows(Z)
     structured = Z.dtype.names is not None
     if structured:
-        _check_layout(Z, "Z")
-        arrays = {field: Z[field] for field in _FIELDS}
+        check_layout(Z, "Z")
+        arrays = {field: Z[field] for field in FIELDS}
     elif Z.ndim == 2:
         arrays = {"features": Z}
     else:
@@ -413,7 +413,7 @@ def _foreign_entries(folder):
         return [
             "a zarr.json without the skfishing mark" if (folder / "zarr.json").exists() else "no zarr.json"
         ] + others[:5]
-    expected = {"zarr.json"} | set(_FIELDS if kind == "gradient" else ("features",))
+    expected = {"zarr.json"} | set(FIELDS if kind == "gradient" else ("features",))
     foreign = []
     for entry in sorted(folder.iterdir()):
         if entry.name not in expected or (entry.name != "zarr.json") != _is_folder(entry):
@@ -538,9 +538,9 @@ def from_zarr(store):
         )
     if info["kind"] == "dense":
         return da.from_zarr(root["features"])
-    forward, backward = (da.from_zarr(root[field]) for field in _FIELDS)
+    forward, backward = (da.from_zarr(root[field]) for field in FIELDS)
     source = {key: tuple(v) if isinstance(v, list) else v for key, v in info["source"].items()}
-    fields = [(field, array.dtype, array.shape[1:]) for field, array in zip(_FIELDS, (forward, backward))]
+    fields = [(field, array.dtype, array.shape[1:]) for field, array in zip(FIELDS, (forward, backward))]
     dtype = np.dtype(fields, metadata=source) if source else np.dtype(fields)  # no metadata: None is refused
     positions = "p" if forward.ndim == 3 else ""  # a layer applied at several positions
     return da.blockwise(

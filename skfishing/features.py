@@ -21,9 +21,9 @@ from numbers import Integral
 from pathlib import Path
 
 import numpy as np
-from sklearn.utils import Bunch
+from sklearn.utils import Bunch, check_array
 from sklearn.utils._param_validation import Interval, validate_params
-from sklearn.utils.validation import check_is_fitted
+from sklearn.utils.validation import assert_all_finite, check_is_fitted
 
 from .files import atomic_path, check_writable_folder
 
@@ -36,6 +36,9 @@ FORMAT = "skfishing-features-1"
 #: Keys of the provenance that gradient features carry in their dtype's
 #: metadata (``labels`` only when the transformer was given labels).
 SOURCE_KEYS = ("model_sha256", "layer", "temperature", "labels")
+
+#: The fields of gradient features: :math:`x` (the layer's input) and :math:`\delta`.
+FIELDS = ("forward", "backward")
 
 
 @validate_params(
@@ -93,6 +96,22 @@ def gradient_dtype(forward_dim, backward_dim, source=None, positions=None):
     return np.dtype(fields, metadata=dict(source))
 
 
+def make_source(model_sha256, layer, temperature, labels=None):
+    """The provenance of features: the one place it is built (see :data:`SOURCE_KEYS`).
+
+    ``layer`` is the paper's number of an FC layer, or the name of another
+    layer; ``labels`` (None for uniform) is kept as a tuple of floats.
+    """
+    source = {
+        "model_sha256": str(model_sha256),
+        "layer": layer if isinstance(layer, str) else int(layer),
+        "temperature": float(temperature),
+    }
+    if labels is not None:
+        source["labels"] = tuple(float(v) for v in np.ravel(labels))
+    return source
+
+
 def _source_of(features, transformer):
     """Provenance of ``features``: its dtype metadata, else the transformer's."""
     metadata = features.dtype.metadata
@@ -101,13 +120,7 @@ def _source_of(features, transformer):
         recorded = {key: metadata[key] for key in SOURCE_KEYS if key in metadata}
     if transformer is None:
         return recorded
-    source = {
-        "model_sha256": transformer.model_sha256_,
-        "layer": int(transformer.layer_),
-        "temperature": float(transformer.temperature),
-    }
-    if transformer.labels is not None:
-        source["labels"] = tuple(float(v) for v in np.ravel(transformer.labels))
+    source = transformer.feature_source_
     if recorded is not None and recorded != source:
         differ = ", ".join(
             f"{key} {recorded.get(key)!r} (transformer: {source.get(key)!r})"
@@ -118,7 +131,7 @@ def _source_of(features, transformer):
     return source
 
 
-def _check_features(features):
+def _arrays_to_write(features):
     """The arrays to write for ``features``, and their kind from the layout."""
     if not isinstance(features, np.ndarray):
         raise TypeError(
@@ -126,9 +139,7 @@ def _check_features(features):
             f"got {type(features).__name__}."
         )
     if features.dtype.names is not None:
-        from .kernel import _check_layout  # the one check of gradient features' layout
-
-        _check_layout(features, "features")
+        check_layout(features, "features")
         arrays = {name: features[name] for name in ("forward", "backward")}
         kind = "gradient"
     else:
@@ -212,11 +223,9 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
             np.savez(handle, **arrays)
 
 
-def _check_layout(arrays, features, transformer):
+def _check_widths(arrays, features, transformer):
     """Refuse features that ``transformer`` cannot have computed, or whose provenance is unknown."""
-    network, _ = transformer._network()
-    widths = [network.head.width(tensor) for tensor in transformer._outputs(network)]
-    for (name, array), width in zip(arrays.items(), widths):
+    for (name, array), width in zip(arrays.items(), transformer.feature_widths_):
         if array.shape[1] != width or array.dtype != np.float32:
             raise ValueError(
                 f"features {name!r} are {array.dtype} of width {array.shape[1]}, but the transformer "
@@ -234,16 +243,14 @@ def _check_layout(arrays, features, transformer):
 
 def _feature_arrays(features, transformer=None, paths=None):
     """Every array of a features file (see :func:`save_features`)."""
-    arrays, kind = _check_features(features)
+    arrays, kind = _arrays_to_write(features)
     if transformer is not None:
-        from .transformer import DeepFisherTransformer  # features.py is imported by it
-
-        if not isinstance(transformer, DeepFisherTransformer):
+        if not all(hasattr(transformer, name) for name in ("features", "fit", "transform")):
             raise TypeError(
                 "transformer must be the fitted DeepFisherTransformer that computed the "
                 f"features, got {type(transformer).__name__}."
             )
-        check_is_fitted(transformer)
+        check_is_fitted(transformer, ["feature_source_", "feature_widths_"])
         wanted = "gradient" if transformer.features == "gradient" else "2-D"
         if (kind == "gradient") != (wanted == "gradient"):
             raise ValueError(
@@ -255,7 +262,7 @@ def _feature_arrays(features, transformer=None, paths=None):
     n_samples = len(features)
     source = _source_of(features, transformer)  # a recorded provenance is compared first
     if transformer is not None:
-        _check_layout(arrays, features, transformer)
+        _check_widths(arrays, features, transformer)
     arrays["format"] = np.array(FORMAT)
     if kind is not None:
         arrays["kind"] = np.array(kind)
@@ -588,7 +595,7 @@ def _read_features(archive, path):
     return data
 
 
-def _feature_source(X):
+def feature_source(X):
     """Where structured features come from, from their dtype's metadata, or None.
 
     Lists (a file format's stand-in for tuples) compare equal to tuples.
@@ -602,7 +609,7 @@ def _normal_source(source):
     return {key: tuple(value) if isinstance(value, list) else value for key, value in source.items()}
 
 
-def _check_same_source(X, expected, owner):
+def check_same_source(X, expected, owner):
     """Refuse gradient features of another model, layer, temperature or labels.
 
     :class:`~skfishing.DeepFisherTransformer` records where gradient features
@@ -612,7 +619,7 @@ def _check_same_source(X, expected, owner):
     ``feature_source_``. When the training features had it, ``X`` must have
     the same; training features without it (built by hand) are not checked.
     """
-    source, expected = _feature_source(X), _normal_source(expected)
+    source, expected = feature_source(X), _normal_source(expected)
     if not expected or source == expected:
         return
     if not source:
@@ -634,3 +641,137 @@ def _check_same_source(X, expected, owner):
         f"{differ}. Compute the features with the same DeepFisherTransformer (keep both in one "
         "Pipeline)."
     )
+
+
+# -- the layout of gradient features: the one check, used by every module -------------
+
+
+def positions(X):
+    """Number T of positions of features ``X`` (1 for 1-D fields and plain 2-D features)."""
+    if not is_structured(X):
+        return 1
+    shape = X.dtype[FIELDS[0]].shape
+    return shape[0] if len(shape) == 2 else 1
+
+
+def widths(X):
+    """Widths ``(d_in, d_out)`` of the fields of structured features ``X``."""
+    return tuple(X.dtype[field].shape[-1] for field in FIELDS)
+
+
+def is_structured(X):
+    """Whether ``X`` is a NumPy structured array."""
+    return isinstance(X, np.ndarray) and X.dtype.names is not None
+
+
+def check_features(X, name="X", *, reference=None, reference_name="X"):
+    """Validate factorized or plain features.
+
+    Parameters
+    ----------
+    X : structured ndarray or array-like
+        Features to check.
+    name : str, default="X"
+        Name of ``X`` in error messages.
+    reference : ndarray, default=None
+        Already validated features that ``X`` must match in kind and widths.
+    reference_name : str, default="X"
+        Name of ``reference`` in error messages.
+
+    Returns
+    -------
+    X : ndarray
+        A structured array with native float32 or float64 fields, or a 2-D
+        float32 or float64 array.
+    """
+    if isinstance(X, np.void) and X.dtype.names is not None:
+        raise ValueError(f"{name} is one row of a structured array; pass Z[i:i + 1] for one sample.")
+    if isinstance(X, (list, tuple)) and X and all(isinstance(x, np.void) for x in X):
+        X = _stack_rows(X, name)
+    if is_structured(X):
+        X = _check_structured(X, name)
+    else:
+        X = check_array(X, dtype=(np.float64, np.float32), input_name=name)
+    if reference is not None:
+        _check_same_layout(X, name, reference, reference_name)
+    return X
+
+
+def _stack_rows(rows, name):
+    """A structured array from a list of its rows, keeping their dtype and provenance."""
+    dtypes = {row.dtype for row in rows}
+    metadata = {repr(row.dtype.metadata) for row in rows}
+    if len(dtypes) != 1 or len(metadata) != 1:
+        raise ValueError(
+            f"{name} is a list of rows of structured arrays of different kinds (dtypes or provenance); "
+            "pass one structured array."
+        )
+    return np.array(rows, dtype=rows[0].dtype)
+
+
+def _check_structured(X, name):
+    check_layout(X, name)
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
+    precision = np.result_type(*(X.dtype[f].base for f in FIELDS), np.float32)
+    # Same field order: NumPy casts structured arrays field by position. Provenance is kept.
+    fields = [(f, precision, X.dtype[f].shape) for f in X.dtype.names]
+    metadata = X.dtype.metadata
+    native = np.dtype(fields) if metadata is None else np.dtype(fields, metadata=dict(metadata))
+    if X.dtype != native:
+        X = X.astype(native)
+    for field in FIELDS:
+        assert_all_finite(X[field], input_name=f"{name}[{field!r}]")
+    return X
+
+
+def check_layout(X, name):
+    """Check the shape and fields of structured features (an ndarray or a Dask array), not their values.
+
+    Fields ``"forward"`` and ``"backward"`` must be non-empty float
+    subarrays, both 1-D (one position) or both 2-D of shapes ``(T, d)`` and
+    ``(T, D)``. The one check of gradient features' layout: the kernel, the
+    estimators, :func:`~skfishing.features.save_features` and
+    :func:`~skfishing.distributed.to_zarr` all call it.
+    """
+    if X.ndim != 1:
+        raise ValueError(f"{name} must be a structured array of shape (n_samples,), got shape {X.shape}.")
+    if sorted(X.dtype.names) != sorted(FIELDS):
+        raise ValueError(
+            f"{name} must have exactly the fields 'forward' and 'backward', got {X.dtype.names}."
+        )
+    for field in FIELDS:
+        dtype = X.dtype[field]
+        if dtype.base.kind != "f" or dtype.ndim not in (1, 2) or 0 in dtype.shape:
+            raise ValueError(
+                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, or a 2-D one "
+                f"of shape (positions, width), got dtype {dtype}."
+            )
+    forward, backward = (X.dtype[field].shape for field in FIELDS)
+    if len(forward) != len(backward) or forward[:-1] != backward[:-1]:
+        raise ValueError(
+            f"{name} fields 'forward' and 'backward' must have the same number of positions "
+            f"(both 1-D, or 2-D of shape (positions, width)); got shapes {forward} and {backward}."
+        )
+
+
+def _check_same_layout(X, name, reference, reference_name):
+    if is_structured(X) != is_structured(reference):
+        kinds = {True: "a structured array", False: "a 2-D array"}
+        raise ValueError(
+            f"{name} is {kinds[is_structured(X)]} but {reference_name} is "
+            f"{kinds[is_structured(reference)]}; both must be structured arrays "
+            "with fields 'forward' and 'backward' or both 2-D arrays."
+        )
+    if not is_structured(X):
+        if X.shape[1] != reference.shape[1]:
+            raise ValueError(
+                f"{name} has {X.shape[1]} features but {reference_name} has {reference.shape[1]}."
+            )
+        return
+    for field in FIELDS:
+        width, expected = X.dtype[field].shape[-1], reference.dtype[field].shape[-1]
+        if width != expected:
+            raise ValueError(
+                f"{name} has field {field!r} of width {width} but {reference_name} has {expected}."
+            )

@@ -4,11 +4,9 @@ from numbers import Integral
 
 import numpy as np
 from sklearn import get_config
-from sklearn.utils import check_array
 from sklearn.utils._param_validation import Interval, validate_params
-from sklearn.utils.validation import assert_all_finite
 
-_FIELDS = ("forward", "backward")
+from .features import FIELDS, check_features, is_structured, positions, widths
 
 #: Bytes of temporaries per block of the kernel of multi-position features
 #: (less if scikit-learn's ``working_memory`` is set lower).
@@ -17,7 +15,7 @@ _BLOCK_BYTES = 64 * 2**20
 
 @validate_params(
     {
-        # X and Y are checked by _check_features, whose messages name the field at fault.
+        # X and Y are checked by check_features, whose messages name the field at fault.
         "X": "no_validation",
         "Y": "no_validation",
         "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
@@ -98,9 +96,9 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     array([[2., 2.],
            [2., 8.]])
     """
-    X = _check_features(X, "X")
+    X = check_features(X, "X")
     symmetric = Y is None
-    Y = X if symmetric else _check_features(Y, "Y", reference=X, reference_name="X")
+    Y = X if symmetric else check_features(Y, "Y", reference=X, reference_name="X")
     if positions(X) > 1 or positions(Y) > 1:
         return _multi_position_kernel(X, Y, symmetric, chunk_size)
     dtype = np.result_type(_precision(X), _precision(Y))
@@ -135,22 +133,9 @@ def _fill(out, fx, fy, rows, cols):
 
 def _factors(X, dtype):
     """The 2-D arrays whose linear kernels multiply to the kernel of ``X``."""
-    if _is_structured(X):
-        return [X[field].reshape(len(X), -1).astype(dtype, copy=False) for field in _FIELDS]
+    if is_structured(X):
+        return [X[field].reshape(len(X), -1).astype(dtype, copy=False) for field in FIELDS]
     return [X.astype(dtype, copy=False)]
-
-
-def positions(X):
-    """Number T of positions of features ``X`` (1 for 1-D fields and plain 2-D features)."""
-    if not _is_structured(X):
-        return 1
-    shape = X.dtype[_FIELDS[0]].shape
-    return shape[0] if len(shape) == 2 else 1
-
-
-def widths(X):
-    """Widths ``(d_in, d_out)`` of the fields of structured features ``X``."""
-    return tuple(X.dtype[field].shape[-1] for field in _FIELDS)
 
 
 def _position_factors(X, rows, cols=(slice(None), slice(None))):
@@ -161,7 +146,7 @@ def _position_factors(X, rows, cols=(slice(None), slice(None))):
     T = positions(X)
     return [
         X[field][rows].reshape(-1, T, X.dtype[field].shape[-1])[:, :, keep].astype(np.float64)
-        for field, keep in zip(_FIELDS, cols)
+        for field, keep in zip(FIELDS, cols)
     ]
 
 
@@ -244,7 +229,7 @@ def _gradient_kernel(X, Y, symmetric, limit, budget):
 def _gradient_slab(X, cols, budget):
     """Entries ``[cols[1], cols[0]]`` of each row's G, flattened, built in chunks of rows."""
     T = positions(X)
-    width = sum(len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(_FIELDS, cols))
+    width = sum(len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(FIELDS, cols))
     chunk = max(1, budget // (8 * T * width))
     out = np.empty((len(X), _slab_size(X, cols)))
     for start in range(0, len(X), chunk):
@@ -256,7 +241,7 @@ def _gradient_slab(X, cols, budget):
 
 
 def _slab_size(X, cols):
-    forward, backward = (len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(_FIELDS, cols))
+    forward, backward = (len(range(*c.indices(X.dtype[f].shape[-1]))) for f, c in zip(FIELDS, cols))
     return forward * backward
 
 
@@ -274,123 +259,5 @@ def _mirror_upper_triangle(K, block):
 
 def _precision(X):
     """float32 or float64: the dtype the products of ``X`` run in."""
-    dtype = X.dtype[_FIELDS[0]].base if _is_structured(X) else X.dtype
+    dtype = X.dtype[FIELDS[0]].base if is_structured(X) else X.dtype
     return np.result_type(dtype, np.float32)
-
-
-def _is_structured(X):
-    """Whether ``X`` is a NumPy structured array."""
-    return isinstance(X, np.ndarray) and X.dtype.names is not None
-
-
-def _check_features(X, name="X", *, reference=None, reference_name="X"):
-    """Validate factorized or plain features.
-
-    Parameters
-    ----------
-    X : structured ndarray or array-like
-        Features to check.
-    name : str, default="X"
-        Name of ``X`` in error messages.
-    reference : ndarray, default=None
-        Already validated features that ``X`` must match in kind and widths.
-    reference_name : str, default="X"
-        Name of ``reference`` in error messages.
-
-    Returns
-    -------
-    X : ndarray
-        A structured array with native float32 or float64 fields, or a 2-D
-        float32 or float64 array.
-    """
-    if isinstance(X, np.void) and X.dtype.names is not None:
-        raise ValueError(f"{name} is one row of a structured array; pass Z[i:i + 1] for one sample.")
-    if isinstance(X, (list, tuple)) and X and all(isinstance(x, np.void) for x in X):
-        X = _stack_rows(X, name)
-    if _is_structured(X):
-        X = _check_structured(X, name)
-    else:
-        X = check_array(X, dtype=(np.float64, np.float32), input_name=name)
-    if reference is not None:
-        _check_same_layout(X, name, reference, reference_name)
-    return X
-
-
-def _stack_rows(rows, name):
-    """A structured array from a list of its rows, keeping their dtype and provenance."""
-    dtypes = {row.dtype for row in rows}
-    metadata = {repr(row.dtype.metadata) for row in rows}
-    if len(dtypes) != 1 or len(metadata) != 1:
-        raise ValueError(
-            f"{name} is a list of rows of structured arrays of different kinds (dtypes or provenance); "
-            "pass one structured array."
-        )
-    return np.array(rows, dtype=rows[0].dtype)
-
-
-def _check_structured(X, name):
-    _check_layout(X, name)
-    if X.shape[0] == 0:
-        raise ValueError(f"{name} is empty: found 0 samples, at least 1 is required.")
-    precision = np.result_type(*(X.dtype[f].base for f in _FIELDS), np.float32)
-    # Same field order: NumPy casts structured arrays field by position. Provenance is kept.
-    fields = [(f, precision, X.dtype[f].shape) for f in X.dtype.names]
-    metadata = X.dtype.metadata
-    native = np.dtype(fields) if metadata is None else np.dtype(fields, metadata=dict(metadata))
-    if X.dtype != native:
-        X = X.astype(native)
-    for field in _FIELDS:
-        assert_all_finite(X[field], input_name=f"{name}[{field!r}]")
-    return X
-
-
-def _check_layout(X, name):
-    """Check the shape and fields of structured features (an ndarray or a Dask array), not their values.
-
-    Fields ``"forward"`` and ``"backward"`` must be non-empty float
-    subarrays, both 1-D (one position) or both 2-D of shapes ``(T, d)`` and
-    ``(T, D)``. The one check of gradient features' layout: the kernel, the
-    estimators, :func:`~skfishing.features.save_features` and
-    :func:`~skfishing.distributed.to_zarr` all call it.
-    """
-    if X.ndim != 1:
-        raise ValueError(f"{name} must be a structured array of shape (n_samples,), got shape {X.shape}.")
-    if sorted(X.dtype.names) != sorted(_FIELDS):
-        raise ValueError(
-            f"{name} must have exactly the fields 'forward' and 'backward', got {X.dtype.names}."
-        )
-    for field in _FIELDS:
-        dtype = X.dtype[field]
-        if dtype.base.kind != "f" or dtype.ndim not in (1, 2) or 0 in dtype.shape:
-            raise ValueError(
-                f"{name} field {field!r} must be a non-empty 1-D subarray of floats, or a 2-D one "
-                f"of shape (positions, width), got dtype {dtype}."
-            )
-    forward, backward = (X.dtype[field].shape for field in _FIELDS)
-    if len(forward) != len(backward) or forward[:-1] != backward[:-1]:
-        raise ValueError(
-            f"{name} fields 'forward' and 'backward' must have the same number of positions "
-            f"(both 1-D, or 2-D of shape (positions, width)); got shapes {forward} and {backward}."
-        )
-
-
-def _check_same_layout(X, name, reference, reference_name):
-    if _is_structured(X) != _is_structured(reference):
-        kinds = {True: "a structured array", False: "a 2-D array"}
-        raise ValueError(
-            f"{name} is {kinds[_is_structured(X)]} but {reference_name} is "
-            f"{kinds[_is_structured(reference)]}; both must be structured arrays "
-            "with fields 'forward' and 'backward' or both 2-D arrays."
-        )
-    if not _is_structured(X):
-        if X.shape[1] != reference.shape[1]:
-            raise ValueError(
-                f"{name} has {X.shape[1]} features but {reference_name} has {reference.shape[1]}."
-            )
-        return
-    for field in _FIELDS:
-        width, expected = X.dtype[field].shape[-1], reference.dtype[field].shape[-1]
-        if width != expected:
-            raise ValueError(
-                f"{name} has field {field!r} of width {width} but {reference_name} has {expected}."
-            )

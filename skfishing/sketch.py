@@ -26,8 +26,15 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .features import _check_same_source, _feature_source
-from .kernel import _FIELDS, _check_features, _is_structured, positions, widths
+from .features import (
+    FIELDS,
+    check_features,
+    check_same_source,
+    feature_source,
+    is_structured,
+    positions,
+    widths,
+)
 
 __all__ = ["TensorSketch"]
 
@@ -205,13 +212,13 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         X = self._validate_features(X, reset=True)
         random_state = check_random_state(self.random_state)
-        structured = _is_structured(X)
+        structured = is_structured(X)
         hashes, signs = [], []
         for width in widths(X) if structured else [X.shape[1]]:
             hashes.append(random_state.randint(0, self.n_components, size=width).astype(np.int64))
             signs.append(random_state.choice([-1.0, 1.0], size=width).astype(np.float32))
         self.hashes_, self.signs_ = tuple(hashes), tuple(signs)
-        self.feature_source_ = _feature_source(X) if structured else None
+        self.feature_source_ = feature_source(X) if structured else None
         self._n_features_out = self.n_components
         return self
 
@@ -240,7 +247,7 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
         """
         check_is_fitted(self)
         X = self._validate_features(X, reset=False)
-        factors = [X[f] for f in _FIELDS] if _is_structured(X) else [X]
+        factors = [X[f] for f in FIELDS] if is_structured(X) else [X]
         dtype = factors[0].dtype
         m = self.n_components
         sketches = [
@@ -268,26 +275,26 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     def _validate_features(self, X, reset):
         """Factorized features, or 2-D ones through scikit-learn's checks."""
         if reset:
-            if not _is_structured(X):
+            if not is_structured(X):
                 return validate_data(self, X, dtype=(np.float64, np.float32))
-            X = _check_features(X, "X")
+            X = check_features(X, "X")
             self.n_features_in_ = int(np.prod(widths(X)))
             if hasattr(self, "feature_names_in_"):
                 del self.feature_names_in_
             return X
-        if len(self.hashes_) == 1 and not _is_structured(X):
+        if len(self.hashes_) == 1 and not is_structured(X):
             return validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
-        X = _check_features(
+        X = check_features(
             X, "X", reference=self._fitted_layout(), reference_name="the data TensorSketch was fitted on"
         )
-        _check_same_source(X, getattr(self, "feature_source_", None), type(self).__name__)
+        check_same_source(X, getattr(self, "feature_source_", None), type(self).__name__)
         return X
 
     def _fitted_layout(self):
         """An empty array of the kind and widths seen by :meth:`fit`."""
         if len(self.hashes_) == 1:
             return np.empty((0, len(self.hashes_[0])), dtype=np.float32)
-        return np.empty(0, dtype=[(f, np.float32, (len(h),)) for f, h in zip(_FIELDS, self.hashes_)])
+        return np.empty(0, dtype=[(f, np.float32, (len(h),)) for f, h in zip(FIELDS, self.hashes_)])
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

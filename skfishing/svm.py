@@ -19,8 +19,8 @@ from sklearn.utils.validation import (
 )
 
 from .cache import ArrayStore, SharedCacheMixin, content_key, shared_cache
-from .features import _check_same_source, _feature_source
-from .kernel import _check_features, _is_structured, trace_kernel, widths
+from .features import check_features, check_same_source, feature_source, is_structured, widths
+from .kernel import trace_kernel
 
 
 class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
@@ -206,7 +206,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
         self.n_iter_ = np.concatenate([s.n_iter_ for s in self.estimators_])
         self.support_ = np.unique(np.concatenate([s.support_ for s in self.estimators_]))
         self.support_vectors_ = X[self.support_]
-        self.feature_source_ = _feature_source(X)
+        self.feature_source_ = feature_source(X)
         coefs = [_pairwise_coefficients(s, self.support_) for s in self.estimators_]
         self._dual_coef = np.hstack([coef for coef, _ in coefs])
         self._intercept = np.concatenate([intercept for _, intercept in coefs])
@@ -317,18 +317,18 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
     def _validate_features(self, X, reset):
         if not reset:
             check_is_fitted(self)
-            if _is_structured(X) or _is_structured(self.support_vectors_):
-                checked = _check_features(
+            if is_structured(X) or is_structured(self.support_vectors_):
+                checked = check_features(
                     X,
                     "X",
                     reference=self.support_vectors_,
                     reference_name=f"the training data of {type(self).__name__}",
                 )
-                _check_same_source(checked, self.feature_source_, type(self).__name__)
+                check_same_source(checked, self.feature_source_, type(self).__name__)
                 return checked
-        if not _is_structured(X):
+        if not is_structured(X):
             return validate_data(self, X, reset=reset, dtype=(np.float64, np.float32))
-        X = _check_features(X, "X")
+        X = check_features(X, "X")
         self.n_features_in_ = int(np.prod(widths(X)))
         if hasattr(self, "feature_names_in_"):
             del self.feature_names_in_

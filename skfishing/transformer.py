@@ -18,7 +18,7 @@ from sklearn.utils.validation import _check_feature_names_in, validate_data
 
 from .batches import _from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
-from .features import gradient_dtype
+from .features import gradient_dtype, make_source
 from .graph import _check_labels as _checked_labels
 from .registry import resolve_model
 
@@ -132,6 +132,16 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         :meth:`transform` refuses to run if the model found at that name or
         path has changed since, so a fitted pipeline never silently computes
         features with other weights.
+
+    feature_source_ : dict
+        Where the features come from: ``model_sha256``, ``layer``,
+        ``temperature`` and, when given, ``labels`` (the provenance that
+        gradient features carry in their dtype, see
+        :func:`skfishing.features.gradient_dtype`).
+
+    feature_widths_ : tuple of int
+        Widths of the output: ``(d, D)`` of the fields ``"forward"`` and
+        ``"backward"`` for gradient features, ``(n_features,)`` otherwise.
 
     n_features_in_ : int
         Number of input features, when fitted on 2-D (tabular) input.
@@ -249,8 +259,11 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _fit(self, X):
         self._validate_params()
         network, preprocessing = self._network()
-        self.layer_ = self._outputs(network)[-1].layer
+        outputs = self._outputs(network)
+        self.layer_ = outputs[-1].layer
         self.model_sha256_ = network.sha256
+        self.feature_source_ = make_source(network.sha256, self.layer_, self.temperature, self.labels)
+        self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
         self._check_labels(network)
         if self.memory is not None:
             self._cache()  # a memory= folder that cannot be written fails here
@@ -547,13 +560,9 @@ class _Writer:
         self.temperature = transformer.temperature
         self.source = None
         if self.kind == "gradient":
-            self.source = {
-                "model_sha256": network.sha256,
-                "layer": outputs[1].layer,
-                "temperature": float(transformer.temperature),
-            }
-            if transformer.labels is not None:
-                self.source["labels"] = tuple(float(v) for v in np.ravel(transformer.labels))
+            self.source = make_source(
+                network.sha256, outputs[1].layer, transformer.temperature, transformer.labels
+            )
         self.result = None
 
     def allocate(self, n_samples):
