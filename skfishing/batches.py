@@ -169,7 +169,7 @@ def _threads(n_jobs):
     return int(n_jobs)
 
 
-def _from_frame(X):
+def from_frame(X):
     """The images of a one-column pandas DataFrame, as a list; other input as it is."""
     if not (hasattr(X, "columns") and hasattr(X, "iloc")):
         return X
@@ -184,7 +184,7 @@ def _from_frame(X):
 def _as_images(X, preprocessing):
     """Return ``X`` as a sequence of images, or None if it is a tensor."""
     if preprocessing is not None:
-        X = _from_frame(X)
+        X = from_frame(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "US" and preprocessing is not None:
         X = X.tolist() if X.ndim == 1 else X  # an array of file paths is a list of them
     if isinstance(X, np.ndarray) and X.dtype != object:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .demo import run_demo
-from .features import _check_output_file, _feature_arrays, _write_npz
+from .features import check_output_file, feature_arrays, write_npz
 from .images import ImagePreprocessing
 from .parts import PartsFolder, parts_folder
 from .registry import get_cache_dir, list_models, model_path, register_model, resolve_model
@@ -341,10 +341,12 @@ def _model_inputs(args):
         files += [("model file", path), ("preprocessing file of the model", path.with_suffix(".json"))]
         try:
             from . import state
-            from .network import _external_locations, _parse
+            from .network import external_locations, parse_model_file
 
             digest = state.file_sha256(path)
-            locations = state.memo(("onnx-external", digest), lambda: _external_locations(_parse(path)))
+            locations = state.memo(
+                ("onnx-external", digest), lambda: external_locations(parse_model_file(path))
+            )
         except (ValueError, OSError, ImportError):
             locations = []  # an unreadable model is reported when it is loaded
         files += [("external data file of the model", path.parent / location) for location in locations]
@@ -456,9 +458,9 @@ def _extract(args):
     images = collect_images(args.images, recursive=args.recursive)
     output = Path(args.output)
     _check_not_an_input(output, images, _model_inputs(args))
-    if not output.is_dir():  # a folder is reported by _check_output_file
+    if not output.is_dir():  # a folder is reported by check_output_file
         _check_output_format(output)
-    _check_output_file(output, args.overwrite, "pass --overwrite")
+    check_output_file(output, args.overwrite, "pass --overwrite")
     fish = DeepFisherTransformer(
         _model(args),
         layer=args.layer,
@@ -526,10 +528,10 @@ def _extract(args):
     left_out_set = set(left_out)
     kept = [path for i, path in enumerate(images) if i not in left_out_set]
     Z = _as_features(blocks, fish, network)
-    arrays = _feature_arrays(Z, fish, kept)
+    arrays = feature_arrays(Z, fish, kept)
     if args.skip_bad:
         arrays["skipped"] = np.array([images[i] for i in left_out], dtype=str).reshape(len(left_out))
-    _write_npz(output, arrays, args.overwrite, "pass --overwrite")
+    write_npz(output, arrays, args.overwrite, "pass --overwrite")
     parts.remove()
     if args.features == "gradient":
         shape = f"forward {Z['forward'].shape[1]}, backward {Z['backward'].shape[1]}"

@@ -168,7 +168,7 @@ def _check_finite(array, what):
         )
 
 
-def _check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=True"):
+def check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=True"):
     """Check that ``file`` can be written, before any work is done.
 
     The file must not exist (unless ``overwrite``), must not be a folder or
@@ -208,7 +208,7 @@ def _check_output_file(file, overwrite=False, how_to_overwrite="pass overwrite=T
     check_writable_folder(folder, "the output folder")
 
 
-def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
+def write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     """Write ``arrays`` to ``path`` through a temporary file and a rename.
 
     A failure or an interruption leaves no partial file behind, and an
@@ -217,7 +217,7 @@ def _write_npz(path, arrays, overwrite, how_to_overwrite="pass overwrite=True"):
     path = Path(path)
     # the file may have appeared meanwhile: checked again just before the rename, and
     # without overwrite the name is claimed atomically (a file created in between is kept)
-    check = lambda: _check_output_file(path, overwrite, how_to_overwrite)  # noqa: E731
+    check = lambda: check_output_file(path, overwrite, how_to_overwrite)  # noqa: E731
     with atomic_path(path, check=check, overwrite=overwrite, hint=how_to_overwrite) as temporary:
         with open(temporary, "wb") as handle:
             np.savez(handle, **arrays)
@@ -241,7 +241,7 @@ def _check_widths(arrays, features, transformer):
         )
 
 
-def _feature_arrays(features, transformer=None, paths=None):
+def feature_arrays(features, transformer=None, paths=None):
     """Every array of a features file (see :func:`save_features`)."""
     arrays, kind = _arrays_to_write(features)
     if transformer is not None:
@@ -354,9 +354,9 @@ def save_features(file, features, transformer=None, *, paths=None, overwrite=Fal
     >>> load_features("digits.npz").features.dtype.names  # doctest: +SKIP
     ('forward', 'backward')
     """
-    arrays = _feature_arrays(features, transformer, paths)
-    _check_output_file(file, overwrite)
-    _write_npz(file, arrays, overwrite)
+    arrays = feature_arrays(features, transformer, paths)
+    check_output_file(file, overwrite)
+    write_npz(file, arrays, overwrite)
 
 
 def _scalar(archive, key, kind, file):

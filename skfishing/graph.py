@@ -84,7 +84,7 @@ _CONSTRAINTS = {
 _LABELS_SUM_TOLERANCE = 1e-5
 
 
-def _check_labels(labels, n_classes):
+def check_labels(labels, n_classes):
     """The label vector :math:`g` as float64, checked (a probability vector) and divided by its sum.
 
     The loss :math:`-\\sum_j g_j \\log \\sigma_j(y_L / \\tau)` has the gradient
@@ -200,7 +200,7 @@ def _head_parts(head, temperature, labels):
     g = (
         np.full(head.n_classes, 1.0 / head.n_classes)
         if labels is None
-        else _check_labels(labels, head.n_classes)
+        else check_labels(labels, head.n_classes)
     )
     parts.const(TEMPERATURE, temperature)
     parts.const(LABELS, g)

@@ -384,7 +384,7 @@ def _check_regular_file(path):
         raise ValueError(f"'{os.fsdecode(path)}' is not a regular file, so not an ONNX model file")
 
 
-def _external_locations(model):
+def external_locations(model):
     """Locations (relative file names) of a model's external data, sorted."""
     locations = set()
     for tensor in onnx.external_data_helper._get_all_tensors(model):
@@ -415,7 +415,7 @@ def model_sha256(path):
     """
     _check_regular_file(path)
     digest = state.file_sha256(path)
-    locations = state.memo(("onnx-external", digest), lambda: _external_locations(_parse(path)))
+    locations = state.memo(("onnx-external", digest), lambda: external_locations(parse_model_file(path)))
     if not locations:
         return digest
     combined = hashlib.sha256(digest.encode())
@@ -431,7 +431,7 @@ def model_sha256(path):
     return combined.hexdigest()
 
 
-def _parse(path, load_external_data=False):
+def parse_model_file(path, load_external_data=False):
     if os.path.getsize(path) == 0:
         raise ValueError(f"'{os.fsdecode(path)}' is empty (0 bytes), not an ONNX model")
     try:
@@ -453,7 +453,7 @@ def load_onnx(path):
     model : onnx.ModelProto
     """
     _check_regular_file(path)
-    return _parse(path, load_external_data=True)
+    return parse_model_file(path, load_external_data=True)
 
 
 def get_network(model, providers=None, *, allow_tf32=False):

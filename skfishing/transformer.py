@@ -16,10 +16,10 @@ from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, validate_data
 
-from .batches import _from_frame, iter_batches
+from .batches import from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
 from .features import gradient_dtype, make_source
-from .graph import _check_labels as _checked_labels
+from .graph import check_labels
 from .registry import resolve_model
 
 __all__ = ["DeepFisherTransformer"]
@@ -260,11 +260,11 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         network, preprocessing = self._network()
         outputs = self._outputs(network)
+        self._check_labels(network)
         self.layer_ = outputs[-1].layer
         self.model_sha256_ = network.sha256
         self.feature_source_ = make_source(network.sha256, self.layer_, self.temperature, self.labels)
         self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
-        self._check_labels(network)
         if self.memory is not None:
             self._cache()  # a memory= folder that cannot be written fails here
         X = self._check_tabular(X, network, preprocessing, reset=True)
@@ -343,7 +343,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         return head.features(self.features, layer)
 
     def _check_labels(self, network):
-        return None if self.labels is None else _checked_labels(self.labels, network.head.n_classes)
+        return None if self.labels is None else check_labels(self.labels, network.head.n_classes)
 
     def _cache(self):
         """The feature cache and disk store to use, or (None, None) for a one-off run."""
@@ -376,7 +376,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _check_input(self, X, network, preprocessing):
         X = self._check_tabular(X, network, preprocessing, reset=False)
         if preprocessing is not None:
-            X = _from_frame(X)  # a one-column DataFrame of images: its values, not its column names
+            X = from_frame(X)  # a one-column DataFrame of images: its values, not its column names
         if isinstance(X, (list, tuple)) or (
             not isinstance(X, (np.ndarray, str, bytes, os.PathLike, Image.Image)) and hasattr(X, "__iter__")
         ):
