@@ -34,19 +34,20 @@ _PREFETCH_BATCHES = 2
 # 1.72x with 16).
 _IMAGES_PER_TASK = 16
 
+#: Constraint of ``batch_size`` (here and in the estimators that pass it on).
+BATCH_SIZE = [Interval(Integral, 1, None, closed="left")]
+#: Constraint of ``n_jobs``: joblib's convention (-1 all CPUs, -2 all but one, None the default).
+N_JOBS = [Interval(Integral, None, -1, closed="right"), Interval(Integral, 1, None, closed="left"), None]
+
 
 @validate_params(
     {
         "X": "no_validation",  # checked below, with messages that name the bad sample
         "input_shape": [tuple, list],
         "preprocessing": [ImagePreprocessing, None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": BATCH_SIZE,
         "dtype": "no_validation",
-        "n_jobs": [
-            Interval(Integral, None, -1, closed="right"),
-            Interval(Integral, 1, None, closed="left"),
-            None,
-        ],
+        "n_jobs": N_JOBS,
         "progress": ["boolean"],
         "desc": [str, None],
         "skip": ["array-like", None],

@@ -71,11 +71,13 @@ __all__ = [
 
 _F32 = np.finfo(np.float32)
 #: Parameters of the graph builders, checked once by validate_params.
-_TEMPERATURE = [Interval(Real, float(_F32.tiny), float(_F32.max), closed="both")]
+#: Constraint of ``temperature`` (here and in DeepFisherTransformer): positive, and
+#: represented by float32 with full precision.
+TEMPERATURE_RANGE = [Interval(Real, float(_F32.tiny), float(_F32.max), closed="both")]
 _CONSTRAINTS = {
     "model": [onnx.ModelProto],
     "head": [FCHead],
-    "temperature": _TEMPERATURE,
+    "temperature": TEMPERATURE_RANGE,
     "labels": ["array-like", None],
 }
 

@@ -12,13 +12,16 @@ from .features import FIELDS, check_features, is_structured, positions, widths
 #: (less if scikit-learn's ``working_memory`` is set lower).
 _BLOCK_BYTES = 64 * 2**20
 
+#: Constraint of ``chunk_size``, rows of the Gram matrix per chunk (here and in TraceKernelSVC).
+CHUNK_SIZE = [Interval(Integral, 1, None, closed="left"), None]
+
 
 @validate_params(
     {
         # X and Y are checked by check_features, whose messages name the field at fault.
         "X": "no_validation",
         "Y": "no_validation",
-        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "chunk_size": CHUNK_SIZE,
     },
     prefer_skip_nested_validation=True,
 )

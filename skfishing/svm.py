@@ -20,7 +20,7 @@ from sklearn.utils.validation import (
 
 from .cache import ArrayStore, SharedCacheMixin, content_key, shared_cache
 from .features import check_features, check_same_source, feature_source, is_structured, widths
-from .kernel import trace_kernel
+from .kernel import CHUNK_SIZE, trace_kernel
 
 
 class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
@@ -143,7 +143,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
         "cache_size": [Interval(Real, 0, None, closed="neither")],
         "break_ties": ["boolean"],
         "decision_function_shape": [StrOptions({"ovo", "ovr"})],
-        "chunk_size": [Interval(Integral, 1, None, closed="left"), None],
+        "chunk_size": CHUNK_SIZE,
     }
 
     def __init__(

@@ -6,7 +6,7 @@ import os
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from numbers import Integral, Real
+from numbers import Integral
 
 import numpy as np
 import onnx
@@ -16,10 +16,10 @@ from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, validate_data
 
-from .batches import from_frame, iter_batches
+from .batches import BATCH_SIZE, N_JOBS, from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
 from .features import gradient_dtype, make_source
-from .graph import check_labels
+from .graph import TEMPERATURE_RANGE, check_labels
 from .registry import resolve_model
 
 __all__ = ["DeepFisherTransformer"]
@@ -169,17 +169,13 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     _parameter_constraints = {
         "model": [str, os.PathLike, onnx.ModelProto],
         "layer": [Interval(Integral, None, None, closed="neither"), str],
-        "temperature": [Interval(Real, float(_F32.tiny), float(_F32.max), closed="both")],
+        "temperature": TEMPERATURE_RANGE,
         "features": [StrOptions({"gradient", "activation", "probabilities"})],
         "labels": ["array-like", None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": BATCH_SIZE,
         "providers": [list, tuple, None],
         "allow_tf32": ["boolean"],
-        "n_jobs": [
-            Interval(Integral, None, -1, closed="right"),
-            Interval(Integral, 1, None, closed="left"),
-            None,
-        ],
+        "n_jobs": N_JOBS,
         "progress": ["boolean"],
         "cache_dir": [str, os.PathLike, None],
         "memory": [str, os.PathLike, FeatureCache, None],

@@ -102,7 +102,7 @@ def _calls():
         "skfishing.batches.iter_batches": [iterate],
         "skfishing.cache.ArrayStore": [lambda **p: ArrayStore(**p)],
         "skfishing.cache.FeatureCache": [lambda **p: FeatureCache(**p)],
-        "skfishing.download.FileHashes": [lambda **p: FileHashes(**p)],
+        "skfishing.state.FileHashes": [lambda **p: FileHashes(**p)],
         "skfishing.datasets.load_digits_images": [lambda **p: load_digits_images(**p)],
         "skfishing.distributed.dask_transform": [dask],
         "skfishing.features.gradient_dtype": [
