@@ -175,6 +175,7 @@ class DiskStore:
         The folder (created when missing); ``~`` is the user's home.
     """
 
+    @validate_params({"directory": [str, os.PathLike]}, prefer_skip_nested_validation=True)
     def __init__(self, directory):
         self.directory = Path(directory).expanduser()
         self.version = disk_version()
@@ -510,6 +511,7 @@ class SharedCacheMixin:
         super().__setstate__(state_)
 
 
+@validate_params({"estimator": "no_validation"}, prefer_skip_nested_validation=True)  # any object
 def shared_cache(estimator):
     """The cache that ``estimator`` shares with its clones, or None if it has none yet.
 
@@ -542,6 +544,9 @@ def clear_caches():
     state.clear()
 
 
+@validate_params(
+    {"array": "no_validation", "context": [str]}, prefer_skip_nested_validation=True
+)  # any array
 def content_key(array, context):
     """Key of the whole content of ``array`` (values, dtype and shape) and ``context``.
 
@@ -563,6 +568,7 @@ def content_key(array, context):
     return digest.hexdigest(length=_KEY_LENGTH)
 
 
+@validate_params({"keys": [list], "context": [str]}, prefer_skip_nested_validation=True)
 def derived_keys(keys, context):
     """Keys for what is computed from each keyed sample and ``context``.
 

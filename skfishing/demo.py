@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.utils import Bunch
+from sklearn.utils._param_validation import validate_params
 from tqdm.auto import tqdm
 
 from .cache import FeatureCache
@@ -187,6 +188,17 @@ def _report(results):
     return "\n".join(lines)
 
 
+@validate_params(
+    {
+        "data": [str, os.PathLike, None],
+        "model": [str, os.PathLike],
+        "quick": ["boolean"],
+        "progress": ["boolean"],
+        "cache_dir": [str, os.PathLike, None],
+        "out": "no_validation",  # a text stream
+    },
+    prefer_skip_nested_validation=True,
+)
 def run_demo(
     data=None,
     *,

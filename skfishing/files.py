@@ -21,6 +21,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from sklearn.utils._param_validation import validate_params
+
 __all__ = ["atomic_path", "check_writable_folder"]
 
 # errors of os.link where the file system has no hard links (FAT, some network file systems)
@@ -144,6 +146,7 @@ def _removed_on_sigterm():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+@validate_params({"folder": [str, os.PathLike], "what": [str]}, prefer_skip_nested_validation=True)
 def check_writable_folder(folder, what):
     """Check that files can be created in ``folder`` (it must exist).
 

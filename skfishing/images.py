@@ -214,6 +214,9 @@ def _make_normalisation(preprocessing):
     return (np.float32(preprocessing.scale), *constants)
 
 
+@validate_params(
+    {"image": "no_validation"}, prefer_skip_nested_validation=True
+)  # checked below, naming what it is
 def load_image(image):
     """Load an image as an 8-bit RGB :class:`PIL.Image.Image`.
 

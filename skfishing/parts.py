@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from sklearn.utils._param_validation import validate_params
 
 from .batches import image_error
 from .files import atomic_path
@@ -36,6 +37,7 @@ _MANIFEST = "manifest.json"
 _IMAGE_ERRORS = (OSError, ValueError)
 
 
+@validate_params({"output": [str, os.PathLike]}, prefer_skip_nested_validation=True)
 def parts_folder(output):
     """The parts folder of an output file: ``feats.npz`` -> ``feats.npz.parts``.
 
