@@ -550,15 +550,10 @@ def _as_features(blocks, fish, network):
         return blocks["features"]
     from .features import gradient_dtype
 
-    source = {
-        "model_sha256": fish.model_sha256_,
-        "layer": int(fish.layer_),
-        "temperature": float(fish.temperature),
-    }
-    Z = np.empty(
-        len(blocks["forward"]),
-        dtype=gradient_dtype(blocks["forward"].shape[1], blocks["backward"].shape[1], source),
-    )
+    forward, backward = blocks["forward"], blocks["backward"]
+    positions = forward.shape[1] if forward.ndim == 3 else None  # a layer applied at several positions
+    dtype = gradient_dtype(forward.shape[-1], backward.shape[-1], fish.feature_source_, positions=positions)
+    Z = np.empty(len(forward), dtype=dtype)
     Z["forward"], Z["backward"] = blocks["forward"], blocks["backward"]
     return Z
 
