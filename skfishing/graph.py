@@ -122,6 +122,8 @@ def _head_parts(head, temperature, labels):
         inputs = [x, parts.const(f"{PREFIX}W{k}", layer.weight)]
         if layer.bias is not None:
             inputs.append(parts.const(f"{PREFIX}b{k}", layer.bias))
+        elif head.opset < 11:  # Gemm's C is optional from opset 11 on
+            inputs.append(parts.const(f"{PREFIX}zero", 0))
         y = parts.node("Gemm", inputs, Tensor("y", k).name)
         if k != last:
             x = parts.node("Relu", [y], Tensor("x", k).name)
@@ -135,14 +137,33 @@ def _head_parts(head, temperature, labels):
     parts.const(LABELS, g)
     scaled = parts.node("Div", [y, TEMPERATURE], f"{PREFIX}scaled{last}")
     soft = parts.node("Softmax", [scaled], f"{PREFIX}soft{last}", axis=1)
-    delta = parts.node("Sub", [LABELS, soft], Tensor("delta", last).name)
     zero = parts.const(f"{PREFIX}zero", 0)
+    # dy is dE/dy_k; delta_k is dy, times the scale of a folded BatchNormalization.
+    dy = parts.node("Sub", [LABELS, soft], _dy_name(head, last))
+    _scaled_delta(parts, head, last, dy)
     for k in range(last - 1, first - 1, -1):
-        # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
-        bp = parts.node("Gemm", [delta, f"{PREFIX}W{k + 1}"], f"{PREFIX}bp{k}", transB=1)
+        # dE/dy_k = (dE/dy_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
+        bias = [f"{PREFIX}zero"] if head.opset < 11 else []
+        bp = parts.node("Gemm", [dy, f"{PREFIX}W{k + 1}", *bias], f"{PREFIX}bp{k}", transB=1)
         mask = parts.node("Greater", [Tensor("y", k).name, zero], f"{PREFIX}mask{k}")
-        delta = parts.node("Where", [mask, bp, zero], Tensor("delta", k).name)
+        dy = parts.node("Where", [mask, bp, zero], _dy_name(head, k))
+        _scaled_delta(parts, head, k, dy)
     return parts
+
+
+def _layer(head, k):
+    return head.layers[k - head.numbers[0]]
+
+
+def _dy_name(head, k):
+    """Name of dE/dy_k: delta_k itself unless a folded BatchNormalization scales it."""
+    return Tensor("delta", k).name if _layer(head, k).scale is None else f"{PREFIX}dy{k}"
+
+
+def _scaled_delta(parts, head, k, dy):
+    scale = _layer(head, k).scale
+    if scale is not None:
+        parts.node("Mul", [dy, parts.const(f"{PREFIX}s{k}", scale)], Tensor("delta", k).name)
 
 
 def _needed(nodes, targets, stop):

@@ -20,6 +20,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .flatten import FLATTEN_OPS, ShapeEvaluator, check_flatten
+
 __all__ = ["FCLayer", "FCHead", "HeadStructureError", "Tensor", "find_fc_head", "LAST_LAYER", "PREFIX"]
 
 #: Number of the last FC layer (the classifier), as in the paper's AlexNet.
@@ -29,8 +31,8 @@ PREFIX = "fish_"
 #: Operators that pass the FC input through unchanged at inference time.
 _PASS_THROUGH = frozenset({"Dropout", "Identity"})
 #: Operators that flatten the trunk output into FC input.
-_FLATTEN = frozenset({"Flatten", "Reshape"})
-_MIN_OPSET = 11
+_FLATTEN = FLATTEN_OPS
+_MIN_OPSET = 9
 
 
 class Tensor(NamedTuple):
@@ -58,7 +60,7 @@ class HeadStructureError(ValueError):
 
 @dataclass(frozen=True)
 class FCLayer:
-    """One fully connected layer ``y = x @ weight (+ bias)``.
+    r"""One fully connected layer ``y = x @ weight (+ bias)``.
 
     Attributes
     ----------
@@ -71,12 +73,21 @@ class FCLayer:
         scaled by Gemm's ``alpha``.
     bias : ndarray of shape (n_outputs,) or None
         The bias, scaled by Gemm's ``beta``.
+    scale : ndarray of shape (n_outputs,) or None
+        The factor :math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}` of an
+        inference-mode ``BatchNormalization`` that follows the layer, or None.
+        Such a normalisation is folded into ``weight`` and ``bias`` (``y`` is
+        its output); the features' :math:`\delta_k` is then
+        :math:`s \odot \partial E / \partial y`, so that
+        :math:`x_{k-1} \delta_k^T` stays the gradient with respect to the
+        layer's own weights.
     """
 
     number: int
     name: str
     weight: np.ndarray
     bias: np.ndarray | None
+    scale: np.ndarray | None = None
 
     @property
     def n_inputs(self):
@@ -103,12 +114,16 @@ class FCHead:
         The default-domain opset of the source model.
     dtype : numpy dtype
         Element type of the weights (float32 or float64).
+    input_source : str, default=""
+        The node that computes the head input, in words (where the head
+        stopped reading the graph).
     """
 
     input_name: str
     layers: tuple
     opset: int
     dtype: np.dtype
+    input_source: str = ""
 
     @property
     def numbers(self):
@@ -181,7 +196,8 @@ class FCHead:
 
     def describe(self):
         """One line per layer, for error messages."""
-        lines = [f"  activation {self.input_number}: head input '{self.input_name}'"]
+        source = f", computed by {self.input_source}" if self.input_source else ""
+        lines = [f"  activation {self.input_number}: head input '{self.input_name}'{source}"]
         for layer in self.layers:
             lines.append(f"  layer {layer.number}: '{layer.name}' ({layer.n_inputs} -> {layer.n_outputs})")
         return "\n".join(lines)
@@ -239,6 +255,42 @@ def _skip(index, tensor, ops):
 
 
 def _as_fc(index, tensor):
+    """The FC layer producing ``tensor`` as (input, name, W, b, scale), or None.
+
+    ``scale`` is None, or the factor of a BatchNormalization folded into W and b.
+    """
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type == "BatchNormalization":
+        return _folded_batchnorm(index, node)
+    fc = _as_linear(index, tensor)
+    return None if fc is None else (*fc, None)
+
+
+def _folded_batchnorm(index, node):
+    """A Linear -> BatchNormalization pair as one FC layer, or None."""
+    params = [index.constant(name) for name in node.input[1:5]]
+    if len(params) != 4 or any(p is None for p in params) or _attr(node, "training_mode", 0):
+        return None
+    fc = _as_linear(index, _skip(index, node.input[0], _PASS_THROUGH))
+    if fc is None:
+        return None
+    fc_input, name, weight, bias = fc
+    gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)
+    if any(p.shape != (weight.shape[1],) for p in (gamma, beta, mean, var)):
+        return None
+    scale = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
+    folded_bias = ((0.0 if bias is None else bias.astype(np.float64)) - mean) * scale + beta
+    dtype = weight.dtype
+    return (
+        fc_input,
+        name,
+        (weight.astype(np.float64) * scale).astype(dtype),
+        folded_bias.astype(dtype),
+        scale.astype(dtype),
+    )
+
+
+def _as_linear(index, tensor):
     """The FC layer producing ``tensor`` as (input, name, W, b), or None."""
     node = index.producer.get(tensor)
     if node is None:
@@ -279,26 +331,6 @@ def _as_fc(index, tensor):
     return None
 
 
-def _check_flatten(index, top, bottom):
-    """Check that the nodes between ``bottom`` and ``top`` only flatten rows."""
-    tensor = top
-    while tensor != bottom:
-        node = index.producer[tensor]
-        if node.op_type == "Flatten" and _attr(node, "axis", 1) != 1:
-            raise HeadStructureError(
-                f"Flatten node '{node.name}' below the FC head has axis="
-                f"{_attr(node, 'axis', 1)}; only axis=1 (one row per sample) is supported"
-            )
-        if node.op_type == "Reshape":
-            shape = index.constant(node.input[1])
-            if shape is None or shape.shape != (2,):
-                raise HeadStructureError(
-                    f"Reshape node '{node.name}' below the FC head does not reshape "
-                    "to a constant 2-D shape; cannot tell that it flattens each sample"
-                )
-        tensor = node.input[0]
-
-
 def find_fc_head(model):
     """Find the fully connected head of an ONNX classifier.
 
@@ -337,6 +369,7 @@ def find_fc_head(model):
             "(convert it with onnx.version_converter.convert_version)"
         )
     index = _GraphIndex(graph)
+    shapes = ShapeEvaluator(model, index)
     tensor = _skip(index, graph.output[0].name, _PASS_THROUGH)
     node = index.producer.get(tensor)
     if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
@@ -347,17 +380,23 @@ def find_fc_head(model):
         fc = _as_fc(index, tensor)
         if fc is None:
             break
-        fc_input, name, weight, bias = fc
-        found.append((name, weight, bias))
+        fc_input, name, weight, bias, scale = fc
+        found.append((name, weight, bias, scale))
         below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
-        _check_flatten(index, fc_input, below)
+        check_flatten(shapes, fc_input, below, HeadStructureError)
+        source = index.describe(below)
         relu = index.producer.get(below)
         if relu is not None and relu.op_type == "Relu":
             lower = _skip(index, relu.input[0], _PASS_THROUGH | _FLATTEN)
             if _as_fc(index, lower) is not None:
-                _check_flatten(index, relu.input[0], lower)
+                check_flatten(shapes, relu.input[0], lower, HeadStructureError)
                 tensor = lower
                 continue
+            source += (
+                f" of {index.describe(lower)}, where reading the head stopped (not a fully "
+                "connected layer with constant weights, nor one followed by an "
+                "inference-mode BatchNormalization with constant statistics)"
+            )
         head_input = below
         break
 
@@ -369,16 +408,16 @@ def find_fc_head(model):
             "skfishing needs a classifier whose head is a stack of FC layers"
         )
     found.reverse()
-    dtypes = {w.dtype for _, w, _ in found}
+    dtypes = {w.dtype for _, w, _, _ in found}
     if len(dtypes) != 1 or not np.issubdtype(found[0][1].dtype, np.floating):
         raise HeadStructureError(f"FC weights must share one float dtype, found {sorted(map(str, dtypes))}")
     first = LAST_LAYER - len(found) + 1
     layers = []
-    for i, (name, weight, bias) in enumerate(found):
+    for i, (name, weight, bias, scale) in enumerate(found):
         if layers and layers[-1].n_outputs != weight.shape[0]:
             raise HeadStructureError(
                 f"FC layer '{name}' takes {weight.shape[0]} inputs but the layer "
                 f"below it gives {layers[-1].n_outputs}"
             )
-        layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias))
-    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype)
+        layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias, scale))
+    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype, source)

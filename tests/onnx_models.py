@@ -365,3 +365,128 @@ def tiny_cnn_model(seed=0, n_classes=10):
     model.ir_version = 8
     onnx.checker.check_model(model, full_check=True)
     return model
+
+
+def torch_onnx(net, example, *, opset=17, dynamic=True):
+    """The legacy (``dynamo=False``) ONNX export of ``net`` at ``opset``.
+
+    Input ``input``, output ``logits``; the batch dimension is dynamic unless
+    ``dynamic=False`` (then fixed to the example's).
+    """
+    import io
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            net,
+            example,
+            buf,
+            dynamo=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+            opset_version=opset,
+        )
+    return onnx.load_from_string(buf.getvalue())
+
+
+#: Spellings of "one row per sample" between a trunk and its FC head.
+FLATTEN_SPELLINGS = (
+    "view",  # x.view(x.size(0), -1)
+    "reshape",  # x.reshape(x.shape[0], -1)
+    "torch.flatten",  # torch.flatten(x, 1)
+    "nn.Flatten",
+    "gap-view",  # AdaptiveAvgPool2d(1), then view(x.size(0), -1)
+    "gap-flatten",
+    "mean-squeeze",  # x.mean((2, 3), keepdim=True).squeeze(3).squeeze(2)
+    "maxpool-squeeze",  # max-pool to 1x1, then squeeze(-1).squeeze(-1)
+    "maxpool-view",
+)
+
+
+def flatten_net(spelling, *, seed=0, n_classes=5, batchnorm=False):
+    """A small torch CNN (input (N, 3, 8, 8)) whose trunk output is flattened
+    by one of :data:`FLATTEN_SPELLINGS`, then fc6 -> ReLU -> fc7 -> ReLU ->
+    fc8, eval mode. With ``batchnorm=True`` the head is Linear ->
+    BatchNorm1d -> ReLU -> Dropout -> Linear -> ReLU -> Linear, with random
+    running statistics.
+    """
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+            pooled = spelling.split("-")[0] in ("gap", "mean", "maxpool")
+            width = 4 if pooled else 4 * 4 * 4
+            if batchnorm:
+                bn = nn.BatchNorm1d(12)
+                with torch.no_grad():
+                    bn.running_mean.normal_(0, 0.5)
+                    bn.running_var.uniform_(0.5, 2.0)
+                    bn.weight.normal_(1.0, 0.3)
+                    bn.bias.normal_(0, 0.3)
+                layers = [nn.Linear(width, 12), bn, nn.ReLU(), nn.Dropout()]
+            else:
+                layers = [nn.Linear(width, 12), nn.ReLU()]
+            layers += [nn.Linear(12, 9), nn.ReLU(), nn.Linear(9, n_classes)]
+            self.head = nn.Sequential(*layers)
+            with torch.no_grad():
+                for module in self.head:
+                    if isinstance(module, nn.Linear):
+                        module.bias.normal_(0, 0.3)
+
+        def forward(self, x):
+            x = torch.relu(self.conv(x))
+            if spelling.startswith("gap"):
+                x = nn.functional.adaptive_avg_pool2d(x, 1)
+            elif spelling.startswith("mean"):
+                x = x.mean((2, 3), keepdim=True)
+            elif spelling.startswith("maxpool"):
+                x = nn.functional.max_pool2d(x, 8)
+            else:
+                x = nn.functional.max_pool2d(x, 2)
+            last = spelling.split("-")[-1]
+            if last in ("view",):
+                x = x.view(x.size(0), -1)
+            elif last == "reshape":
+                x = x.reshape(x.shape[0], -1)
+            elif last in ("torch.flatten", "flatten"):
+                x = torch.flatten(x, 1)
+            elif last == "nn.Flatten":
+                x = nn.Flatten()(x)
+            elif last == "squeeze":
+                x = x.squeeze(3).squeeze(2)
+            return self.head(x)
+
+    return Net().eval()
+
+
+def torch_weight_gradients(net, X, temperature=2.0):
+    """Per-sample ``dE/dW`` of every Linear layer of ``net`` by torch autograd.
+
+    E is the cross-entropy between uniform labels and softmax(logits / tau).
+    Returns a list (one per Linear, in module order) of float64 arrays
+    (n, in, out), not normalised.
+    """
+    import torch
+    from torch import nn
+
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    grads = [[] for _ in linears]
+    for x in X:
+        net.zero_grad()
+        logits = net(torch.as_tensor(x[None]))
+        log_soft = torch.log_softmax(logits / temperature, dim=1)
+        (-(log_soft / logits.shape[1]).sum()).backward()
+        for out, lin in zip(grads, linears):
+            out.append(lin.weight.grad.detach().numpy().astype(np.float64).T)
+    return [np.stack(g) for g in grads]
