@@ -490,3 +490,217 @@ def torch_weight_gradients(net, X, temperature=2.0):
         for out, lin in zip(grads, linears):
             out.append(lin.weight.grad.detach().numpy().astype(np.float64).T)
     return [np.stack(g) for g in grads]
+
+
+def _random_fc(rng, widths):
+    """Weights (in, out) and biases of FC layers of ``widths``, float32."""
+    weights = [
+        (rng.normal(size=(a, b)) / np.sqrt(a)).astype(np.float32) for a, b in zip(widths[:-1], widths[1:])
+    ]
+    biases = [rng.normal(scale=0.3, size=b).astype(np.float32) for b in widths[1:]]
+    return weights, biases
+
+
+def _conv(rng, nodes, inits, x, name, out_channels, in_channels, kernel, *, group=1, out=None, **attrs):
+    """A Conv node with random weights ``{name}_w_0`` / ``{name}_b_0`` (Caffe2 names)."""
+    fan_in = in_channels // group * kernel * kernel
+    weight = rng.normal(size=(out_channels, in_channels // group, kernel, kernel)) / np.sqrt(fan_in)
+    inits += [
+        _init(f"{name}_w_0", weight.astype(np.float32)),
+        _init(f"{name}_b_0", rng.normal(scale=0.1, size=out_channels).astype(np.float32)),
+    ]
+    out = out or f"{name}_1"
+    nodes.append(
+        helper.make_node(
+            "Conv",
+            [x, f"{name}_w_0", f"{name}_b_0"],
+            [out],
+            kernel_shape=[kernel, kernel],
+            group=group,
+            **attrs,
+        )
+    )
+    return out
+
+
+def _pool5_width(nodes, inits, inputs, pool5):
+    graph = helper.make_graph(nodes, "trunk", inputs, [helper.make_tensor_value_info(pool5, 1, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    dims = [d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim]
+    return int(np.prod(dims[1:]))
+
+
+def zoo_alexnet_model(*, size=99, channels=(8, 16, 12, 12, 8), fc=(24, 20), n_classes=10, seed=0):
+    """The op structure of the model zoo's ``bvlcalexnet-12.onnx``, small and random.
+
+    The Caffe BVLC AlexNet as Caffe2 converted it: input ``data_0`` with a
+    fixed batch of 1, conv1 11x11 stride 4, LRN, max-pools padded at the end
+    (Caffe's ceil mode), grouped conv2/conv4/conv5, a constant
+    ``Reshape`` to ``[1, pool5 width]`` (``OC2_DUMMY_1``), ``Gemm`` with
+    ``transB=1`` (fc6, fc7, fc8), ``Dropout`` with a mask output, and
+    ``Softmax`` (``prob_1``) at the output; opset 12. The full model has
+    ``size=224``, ``channels=(96, 256, 384, 384, 256)``, ``fc=(4096, 4096)``
+    and 1000 classes.
+
+    Returns (model, weights, biases): the FC weights (in, out) and biases
+    as float64.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    c1, c2, c3, c4, c5 = channels
+    ceil_pads = dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1])
+    x = _conv(rng, nodes, inits, "data_0", "conv1", c1, 3, 11, strides=[4, 4])
+    nodes += [
+        helper.make_node("Relu", [x], ["conv1_2"]),
+        helper.make_node("LRN", ["conv1_2"], ["norm1_1"], size=5, alpha=1e-4, beta=0.75, bias=1.0),
+        helper.make_node("MaxPool", ["norm1_1"], ["pool1_1"], **ceil_pads),
+    ]
+    x = _conv(rng, nodes, inits, "pool1_1", "conv2", c2, c1, 5, group=2, pads=[2, 2, 2, 2])
+    nodes += [
+        helper.make_node("Relu", [x], ["conv2_2"]),
+        helper.make_node("LRN", ["conv2_2"], ["norm2_1"], size=5, alpha=1e-4, beta=0.75, bias=1.0),
+        helper.make_node("MaxPool", ["norm2_1"], ["pool2_1"], **ceil_pads),
+    ]
+    x = "pool2_1"
+    for name, out_c, in_c, group in (("conv3", c3, c2, 1), ("conv4", c4, c3, 2), ("conv5", c5, c4, 2)):
+        x = _conv(rng, nodes, inits, x, name, out_c, in_c, 3, group=group, pads=[1, 1, 1, 1])
+        nodes.append(helper.make_node("Relu", [x], [f"{name}_2"]))
+        x = f"{name}_2"
+    nodes.append(helper.make_node("MaxPool", [x], ["pool5_1"], **ceil_pads))
+    inputs = [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, size, size])]
+    width = _pool5_width(nodes, inits, inputs, "pool5_1")
+    inits.append(_init("OC2_DUMMY_1", np.array([1, width], np.int64)))
+    nodes.append(helper.make_node("Reshape", ["pool5_1", "OC2_DUMMY_1"], ["OC2_DUMMY_0"]))
+    weights, biases = _random_fc(rng, (width, *fc, n_classes))
+    x = "OC2_DUMMY_0"
+    for i, name in enumerate(["fc6", "fc7", "fc8"]):
+        inits += [_init(f"{name}_w_0", weights[i].T.copy()), _init(f"{name}_b_0", biases[i])]
+        nodes.append(
+            helper.make_node(
+                "Gemm", [x, f"{name}_w_0", f"{name}_b_0"], [f"{name}_1"], transB=1, alpha=1.0, beta=1.0
+            )
+        )
+        x = f"{name}_1"
+        if i < 2:
+            nodes += [
+                helper.make_node("Relu", [x], [f"{name}_2"]),
+                helper.make_node("Dropout", [f"{name}_2"], [f"{name}_3", f"_{name}_mask_0"]),
+            ]
+            x = f"{name}_3"
+    nodes.append(helper.make_node("Softmax", [x], ["prob_1"]))
+    graph = helper.make_graph(
+        nodes,
+        "bvlcalexnet",
+        inputs,
+        [helper.make_tensor_value_info("prob_1", TensorProto.FLOAT, [1, n_classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model, [w.astype(np.float64) for w in weights], [b.astype(np.float64) for b in biases]
+
+
+def zoo_vgg16_model(*, size=64, channels=(4, 6, 8, 8, 8), fc=(24, 20), n_classes=10, seed=0):
+    """The op structure of the model zoo's ``vgg16-12.onnx``, small and random.
+
+    The MXNet Gluon export: input ``data`` (batch 1), thirteen 3x3 convs in
+    blocks of 2, 2, 3, 3, 3 with ReLU and a 2x2 max-pool after each block,
+    then ``Flatten -> Gemm -> Relu -> Dropout -> Flatten -> Gemm -> Relu ->
+    Dropout -> Flatten -> Gemm`` (``transB=1``), logits without Softmax, and
+    Gluon's names (``vgg0_conv0_fwd``, ``flatten_60``, ``vgg0_dense0_fwd``).
+    The full model has ``size=224``, ``channels=(64, 128, 256, 512, 512)``,
+    ``fc=(4096, 4096)`` and 1000 classes.
+
+    Returns (model, weights, biases) as :func:`zoo_alexnet_model`.
+    """
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    x, in_c, conv, counter = "data", 3, 0, 60
+    for block, (repeat, out_c) in enumerate(zip((2, 2, 3, 3, 3), channels)):
+        for _ in range(repeat):
+            weight = rng.normal(size=(out_c, in_c, 3, 3)) / np.sqrt(9 * in_c)
+            inits += [
+                _init(f"vgg0_conv{conv}_weight", weight.astype(np.float32)),
+                _init(f"vgg0_conv{conv}_bias", rng.normal(scale=0.1, size=out_c).astype(np.float32)),
+            ]
+            nodes += [
+                helper.make_node(
+                    "Conv",
+                    [x, f"vgg0_conv{conv}_weight", f"vgg0_conv{conv}_bias"],
+                    [f"vgg0_conv{conv}_fwd"],
+                    name=f"vgg0_conv{conv}_fwd",
+                    kernel_shape=[3, 3],
+                    pads=[1, 1, 1, 1],
+                    strides=[1, 1],
+                ),
+                helper.make_node(
+                    "Relu", [f"vgg0_conv{conv}_fwd"], [f"vgg0_relu{conv}_fwd"], name=f"vgg0_relu{conv}_fwd"
+                ),
+            ]
+            x, in_c, conv = f"vgg0_relu{conv}_fwd", out_c, conv + 1
+        nodes.append(
+            helper.make_node(
+                "MaxPool",
+                [x],
+                [f"vgg0_pool{block}_fwd"],
+                name=f"vgg0_pool{block}_fwd",
+                kernel_shape=[2, 2],
+                strides=[2, 2],
+                pads=[0, 0, 0, 0],
+            )
+        )
+        x = f"vgg0_pool{block}_fwd"
+    inputs = [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 3, size, size])]
+    width = _pool5_width(nodes, inits, inputs, x)
+    weights, biases = _random_fc(rng, (width, *fc, n_classes))
+    for i in range(3):
+        flat = f"flatten_{counter + 5 * i}"
+        inits += [
+            _init(f"vgg0_dense{i}_weight", weights[i].T.copy()),
+            _init(f"vgg0_dense{i}_bias", biases[i]),
+        ]
+        nodes += [
+            helper.make_node("Flatten", [x], [flat], name=flat),
+            helper.make_node(
+                "Gemm",
+                [flat, f"vgg0_dense{i}_weight", f"vgg0_dense{i}_bias"],
+                [f"vgg0_dense{i}_fwd"],
+                name=f"vgg0_dense{i}_fwd",
+                alpha=1.0,
+                beta=1.0,
+                transA=0,
+                transB=1,
+            ),
+        ]
+        x = f"vgg0_dense{i}_fwd"
+        if i < 2:
+            nodes += [
+                helper.make_node("Relu", [x], [f"vgg0_dense{i}_relu_fwd"], name=f"vgg0_dense{i}_relu_fwd"),
+                helper.make_node(
+                    "Dropout",
+                    [f"vgg0_dense{i}_relu_fwd"],
+                    [f"vgg0_dropout{i}_fwd"],
+                    name=f"vgg0_dropout{i}_fwd",
+                ),
+            ]
+            x = f"vgg0_dropout{i}_fwd"
+    graph = helper.make_graph(
+        nodes,
+        "vgg16",
+        inputs,
+        [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, n_classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 7
+    onnx.checker.check_model(model, full_check=True)
+    return model, [w.astype(np.float64) for w in weights], [b.astype(np.float64) for b in biases]
+
+
+def with_output(model, tensor):
+    """A copy of ``model`` that also outputs ``tensor`` (type left to the runtime)."""
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    copy.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
+    return copy
