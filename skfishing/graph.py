@@ -116,7 +116,13 @@ def _head_parts(head, temperature, labels):
     """Every node of the head: forward to the softmax, backward to the lowest layer."""
     parts = _Parts(head)
     first, last = head.numbers[0], head.numbers[-1]
-    x = parts.node("Flatten", [head.input_name], Tensor("x", first - 1).name, axis=1)
+    source = head.input_name
+    if head.input_quantization is not None:  # a QOperator model: dequantize the trunk output
+        names = [f"{PREFIX}input_scale", f"{PREFIX}input_zero_point"]
+        for name, value in zip(names, head.input_quantization):
+            parts.inits.append(numpy_helper.from_array(np.asarray(value), name))
+        source = parts.node("DequantizeLinear", [source, *names], f"{PREFIX}input_dequantized")
+    x = parts.node("Flatten", [source], Tensor("x", first - 1).name, axis=1)
     for layer in head.layers:
         k = layer.number
         inputs = [x, parts.const(f"{PREFIX}W{k}", layer.weight)]
@@ -166,6 +172,13 @@ def _scaled_delta(parts, head, k, dy):
         parts.node("Mul", [dy, parts.const(f"{PREFIX}s{k}", scale)], Tensor("delta", k).name)
 
 
+def _input_elem(head):
+    """ONNX element type of the head input (quantized for a QOperator model)."""
+    if head.input_quantization is not None:
+        return helper.np_dtype_to_tensor_dtype(np.asarray(head.input_quantization[1]).dtype)
+    return helper.np_dtype_to_tensor_dtype(head.dtype)
+
+
 def _needed(nodes, targets, stop):
     """The nodes that ``targets`` depend on, not looking past the ``stop`` tensors.
 
@@ -198,7 +211,7 @@ def _finish(graph, opset, source=None):
         ir_version = helper.find_min_ir_version_for(opsets)
     else:
         opsets = list(source.opset_import)
-        ir_version = max(source.ir_version, helper.find_min_ir_version_for(opsets), 4)
+        ir_version = max(source.ir_version, helper.find_min_ir_version_for(opsets, ignore_unknown=True), 4)
     model = helper.make_model(graph, opset_imports=opsets, producer_name="skfishing")
     model.ir_version = ir_version
     return model
@@ -374,8 +387,7 @@ def build_trunk_model(model, head):
     nodes, inits, inputs = _trunk(model, head)
     if not nodes:
         return None
-    elem = helper.np_dtype_to_tensor_dtype(head.dtype)
-    output = helper.make_tensor_value_info(head.input_name, elem, None)
+    output = helper.make_tensor_value_info(head.input_name, _input_elem(head), None)
     graph = helper.make_graph(nodes, "skfishing_trunk", inputs, [output], initializer=inits)
     return _finish(graph, head.opset, source=model)
 
@@ -483,8 +495,7 @@ def build_head_model(head, *, temperature=2.0, labels=None):
         ``fish_labels``; outputs as listed by :func:`output_names` (without
         the pre-activations).
     """
-    parts = _Parts(head)
-    head_input = helper.make_tensor_value_info(head.input_name, parts.elem, None)
+    head_input = helper.make_tensor_value_info(head.input_name, _input_elem(head), None)
     graph_input = helper.make_model(
         helper.make_graph([], "input", [head_input], []), opset_imports=[helper.make_opsetid("", head.opset)]
     )

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import quantized
 from .flatten import FLATTEN_OPS, ShapeEvaluator, check_flatten
 
 __all__ = ["FCLayer", "FCHead", "HeadStructureError", "Tensor", "find_fc_head", "LAST_LAYER", "PREFIX"]
@@ -117,6 +118,10 @@ class FCHead:
     input_source : str, default=""
         The node that computes the head input, in words (where the head
         stopped reading the graph).
+    input_quantization : tuple of ndarray or None, default=None
+        ``(scale, zero_point)`` when the head input is a quantized tensor
+        (a QOperator model): the head dequantizes it first. See
+        :mod:`skfishing.quantized`.
     """
 
     input_name: str
@@ -124,6 +129,7 @@ class FCHead:
     opset: int
     dtype: np.dtype
     input_source: str = ""
+    input_quantization: tuple | None = None
 
     @property
     def numbers(self):
@@ -245,30 +251,76 @@ def _attr(node, name, default):
     return default
 
 
-def _skip(index, tensor, ops):
-    """Walk down from ``tensor`` through nodes whose op_type is in ``ops``."""
+def _constant(index, name):
+    """A constant tensor, or the dequantized value of a quantized constant."""
+    return quantized.constant(index, name)
+
+
+def _skip(index, tensor, ops, *, output=False, pairs=True):
+    """Walk down from ``tensor`` through nodes whose op_type is in ``ops``.
+
+    Also through QuantizeLinear -> DequantizeLinear pairs of activations
+    (rounding, not read into the head) unless their range starts at zero (a
+    fused ReLU); with ``output=True``, through every such pair and through a
+    lone DequantizeLinear (the output of a QOperator model); with
+    ``pairs=False``, through no such pair.
+    """
     while True:
         node = index.producer.get(tensor)
-        if node is None or node.op_type not in ops:
+        pair = quantized.activation_pair(index, tensor) if pairs else None
+        if pair is not None and (output or not pair[1]):
+            tensor = pair[0]
+        elif output and quantized.output_dequantize(index, tensor) is not None:
+            tensor = quantized.output_dequantize(index, tensor)
+        elif node is None or node.op_type not in ops:
             return tensor
-        tensor = node.input[0]
+        else:
+            tensor = node.input[0]
+
+
+def _relu_input(index, tensor):
+    """The input of the ReLU computing ``tensor``, or None.
+
+    A ``Relu`` node, a QuantizeLinear -> DequantizeLinear pair whose range
+    starts at zero, or a QOperator FC layer whose output range does (then
+    the tensor itself: the layer below is that FC layer, ReLU fused).
+    """
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type == "Relu":
+        return node.input[0]
+    pair = quantized.activation_pair(index, tensor)
+    if pair is not None and pair[1]:
+        return pair[0]
+    if quantized.fused_relu(index, tensor):
+        return tensor
+    return None
 
 
 def _as_fc(index, tensor):
-    """The FC layer producing ``tensor`` as (input, name, W, b, scale), or None.
+    """The FC layer producing ``tensor`` as (input, name, W, b, scale, quantization), or None.
 
-    ``scale`` is None, or the factor of a BatchNormalization folded into W and b.
+    ``scale`` is None, or the factor of a BatchNormalization folded into W and
+    b; ``quantization`` is ``(scale, zero_point)`` of a quantized input, or None.
     """
     node = index.producer.get(tensor)
     if node is not None and node.op_type == "BatchNormalization":
-        return _folded_batchnorm(index, node)
+        fc = _folded_batchnorm(index, node)
+        return None if fc is None else (*fc, None)
     fc = _as_linear(index, tensor)
-    return None if fc is None else (*fc, None)
+    if fc is not None:
+        return (*fc, None, None)
+    fc = quantized.as_fc(index, tensor)
+    if fc is None:
+        return None
+    fc_input, name, weight, bias, input_quantization = fc
+    dtype = np.float32
+    bias = None if bias is None else bias.astype(dtype)
+    return fc_input, name, weight.astype(dtype), bias, None, input_quantization
 
 
 def _folded_batchnorm(index, node):
     """A Linear -> BatchNormalization pair as one FC layer, or None."""
-    params = [index.constant(name) for name in node.input[1:5]]
+    params = [_constant(index, name) for name in node.input[1:5]]
     if len(params) != 4 or any(p is None for p in params) or _attr(node, "training_mode", 0):
         return None
     fc = _as_linear(index, _skip(index, node.input[0], _PASS_THROUGH))
@@ -296,7 +348,7 @@ def _as_linear(index, tensor):
     if node is None:
         return None
     if node.op_type == "Gemm":
-        weight = index.constant(node.input[1])
+        weight = _constant(index, node.input[1])
         if weight is None:
             raise HeadStructureError(
                 f"Gemm node '{node.name}' takes its weight '{node.input[1]}' from "
@@ -309,23 +361,23 @@ def _as_linear(index, tensor):
         weight = weight * _attr(node, "alpha", 1.0)
         bias = None
         if len(node.input) > 2 and node.input[2]:
-            bias = index.constant(node.input[2])
+            bias = _constant(index, node.input[2])
             if bias is None:
                 raise HeadStructureError(f"Gemm node '{node.name}' has a computed bias")
             bias = np.broadcast_to((bias * _attr(node, "beta", 1.0)).reshape(-1), weight.shape[1:])
         return node.input[0], node.name or node.input[1], weight, bias
     if node.op_type == "Add":
         for i in (0, 1):
-            bias = index.constant(node.input[1 - i])
-            matmul = index.producer.get(node.input[i])
+            bias = _constant(index, node.input[1 - i])
+            matmul = index.producer.get(_skip(index, node.input[i], frozenset(), output=True))
             if bias is not None and matmul is not None and matmul.op_type == "MatMul":
-                weight = index.constant(matmul.input[1])
+                weight = _constant(index, matmul.input[1])
                 if weight is not None and weight.ndim == 2:
                     bias = np.broadcast_to(bias.reshape(-1), weight.shape[1:])
                     return matmul.input[0], matmul.name or matmul.input[1], weight, bias
         return None
     if node.op_type == "MatMul":
-        weight = index.constant(node.input[1])
+        weight = _constant(index, node.input[1])
         if weight is not None and weight.ndim == 2:
             return node.input[0], node.name or node.input[1], weight, None
     return None
@@ -370,26 +422,26 @@ def find_fc_head(model):
         )
     index = _GraphIndex(graph)
     shapes = ShapeEvaluator(model, index)
-    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH)
+    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH, output=True)
     node = index.producer.get(tensor)
     if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        tensor = _skip(index, node.input[0], _PASS_THROUGH)
+        tensor = _skip(index, node.input[0], _PASS_THROUGH, output=True)
 
     found = []
     while True:
         fc = _as_fc(index, tensor)
         if fc is None:
             break
-        fc_input, name, weight, bias, scale = fc
+        fc_input, name, weight, bias, scale, input_quantization = fc
         found.append((name, weight, bias, scale))
         below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
         check_flatten(shapes, fc_input, below, HeadStructureError)
         source = index.describe(below)
-        relu = index.producer.get(below)
-        if relu is not None and relu.op_type == "Relu":
-            lower = _skip(index, relu.input[0], _PASS_THROUGH | _FLATTEN)
+        relu_input = _relu_input(index, below)
+        if relu_input is not None:
+            lower = _skip(index, relu_input, _PASS_THROUGH | _FLATTEN)
             if _as_fc(index, lower) is not None:
-                check_flatten(shapes, relu.input[0], lower, HeadStructureError)
+                check_flatten(shapes, relu_input, lower, HeadStructureError)
                 tensor = lower
                 continue
             source += (
@@ -397,7 +449,9 @@ def find_fc_head(model):
                 "connected layer with constant weights, nor one followed by an "
                 "inference-mode BatchNormalization with constant statistics)"
             )
-        head_input = below
+        # the tensor this FC layer reads, quantization rounding included
+        head_input = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN, pairs=False)
+        source = index.describe(head_input) + source[len(index.describe(below)) :]
         break
 
     if not found:
@@ -420,4 +474,4 @@ def find_fc_head(model):
                 f"below it gives {layers[-1].n_outputs}"
             )
         layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias, scale))
-    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype, source)
+    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype, source, input_quantization)

@@ -704,3 +704,76 @@ def with_output(model, tensor):
     copy = onnx.ModelProto.FromString(model.SerializeToString())
     copy.graph.output.append(helper.make_tensor_value_info(tensor, TensorProto.FLOAT, None))
     return copy
+
+
+def quantized_models(model, calibration, directory, *, input_name="input"):
+    """``model`` quantized by ``onnxruntime.quantization`` in three formats.
+
+    Returns a dict ``{"QDQ": ..., "QOperator": ..., "dynamic": ...}`` of
+    ModelProto: ``quantize_static`` (int8, per tensor) in both formats with
+    ``calibration`` (an array of samples) as calibration data, and
+    ``quantize_dynamic``.
+    """
+    import logging
+    import os
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_dynamic, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter([{input_name: x[None]} for x in calibration])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    source = os.path.join(directory, "float.onnx")
+    onnx.save(model, source)
+    result = {}
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice on pre-processing
+    try:
+        for name in ("QDQ", "QOperator"):
+            path = os.path.join(directory, f"{name}.onnx")
+            quantize_static(source, path, Reader(), quant_format=getattr(QuantFormat, name))
+            result[name] = onnx.load(path)
+        path = os.path.join(directory, "dynamic.onnx")
+        quantize_dynamic(source, path)
+        result["dynamic"] = onnx.load(path)
+    finally:
+        logging.getLogger().setLevel(level)
+    return result
+
+
+def dequantized_weights(qmodel, layers):
+    """The FC weights (in, out) and biases of a quantized model, float64,
+    found by the names ``onnxruntime.quantization`` gives them.
+
+    ``layers`` lists ``(weight name, bias name, stored (out, in))`` of the
+    float model.
+    """
+    inits = {i.name: numpy_helper.to_array(i).astype(np.float64) for i in qmodel.graph.initializer}
+
+    def deq(prefix):
+        return (inits[f"{prefix}_quantized"] - inits[f"{prefix}_zero_point"]) * inits[f"{prefix}_scale"]
+
+    weights, biases = [], []
+    for weight, bias, out_in in layers:
+        if f"{weight}_Transposed_quantized" in inits:  # quantize_dynamic stores W (in, out)
+            w = deq(f"{weight}_Transposed")
+        else:
+            w = deq(weight)
+            w = w.T if out_in else w
+        if bias in inits:
+            b = inits[bias]
+        elif f"{bias}_quantized_scale" in inits:  # QDQ: int32 with its own scale
+            b = (inits[f"{bias}_quantized"] - inits[f"{bias}_quantized_zero_point"]) * inits[
+                f"{bias}_quantized_scale"
+            ]
+        elif f"{bias}_scale" in inits:  # QLinearAdd: int8 bias
+            b = deq(bias)
+        else:  # QGemm: int32 bias in units of input scale x weight scale
+            node = next(n for n in qmodel.graph.node if f"{bias}_quantized" in n.input)
+            b = inits[f"{bias}_quantized"] * inits[node.input[1]] * inits[f"{weight}_scale"]
+        weights.append(w)
+        biases.append(b.reshape(-1))
+    return weights, biases

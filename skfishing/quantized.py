@@ -1,0 +1,216 @@
+r"""The FC head of a quantized (int8) classifier, read as the float head it stands for.
+
+Three layouts of ``onnxruntime.quantization`` are read:
+
+* QDQ (``quantize_static(quant_format=QDQ)``): ``QuantizeLinear`` /
+  ``DequantizeLinear`` pairs around float ``Gemm``/``MatMul`` nodes whose
+  weights are ``DequantizeLinear`` of int8 constants;
+* QOperator (``quant_format=QOperator``): ``QGemm``, ``QLinearMatMul`` and
+  ``QLinearAdd`` on quantized tensors, a ``DequantizeLinear`` at the output;
+* dynamic (``quantize_dynamic``): ``DynamicQuantizeLinear ->
+  MatMulInteger -> Cast -> Mul -> Add``.
+
+Each FC layer is read with its weights and bias dequantized,
+:math:`(q - z) s`, and a ReLU wherever the quantized output range starts at
+zero (the quantizer drops a ``Relu`` and lets the output's zero point clip
+instead). The trunk runs quantized, as it is; the head is rebuilt in float
+and differentiated in float. So the features of a quantized model are the
+exact gradient of the *dequantized* head (without the rounding of its
+intermediate activations) at the activations the quantized trunk computes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import helper
+
+#: Quantized FC operators of the QOperator format.
+_QLINEAR_FC = frozenset({"QGemm", "QLinearMatMul", "QLinearAdd"})
+
+
+def _attr(node, name, default):
+    for attr in node.attribute:
+        if attr.name == name:
+            return helper.get_attribute_value(attr)
+    return default
+
+
+def dequantize(q, scale, zero_point=None, axis=1):
+    """``(q - zero_point) * scale`` in float64, per tensor or along ``axis``."""
+    q = np.asarray(q, dtype=np.float64)
+    scale = np.asarray(scale, dtype=np.float64)
+    zero = np.zeros(()) if zero_point is None else np.asarray(zero_point, dtype=np.float64)
+    if scale.ndim == 1 and scale.size > 1 or zero.ndim == 1 and zero.size > 1:
+        shape = [1] * q.ndim
+        shape[axis % q.ndim] = -1
+        scale, zero = (
+            scale.reshape(shape if scale.size > 1 else ()),
+            zero.reshape(shape if zero.size > 1 else ()),
+        )
+    else:
+        scale, zero = scale.reshape(()), zero.reshape(())
+    return (q - zero) * scale
+
+
+def constant(index, name):
+    """A constant, or ``DequantizeLinear`` of constants evaluated (float, in the scale's dtype)."""
+    value = index.constant(name)
+    if value is not None:
+        return value
+    node = index.producer.get(name)
+    if node is None or node.op_type != "DequantizeLinear":
+        return None
+    q, scale = index.constant(node.input[0]), index.constant(node.input[1])
+    zero = index.constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+    if q is None or scale is None or (len(node.input) > 2 and node.input[2] and zero is None):
+        return None
+    return dequantize(q, scale, zero, _attr(node, "axis", 1)).astype(scale.dtype)
+
+
+def zero_floor(index, zero_point_name):
+    """Whether a quantized tensor's range starts at 0 (its zero point is the type's minimum)."""
+    zero = index.constant(zero_point_name) if zero_point_name else None
+    if zero is None or zero.dtype.kind not in "iu":
+        return False
+    return bool(np.all(zero == np.iinfo(zero.dtype).min))
+
+
+def activation_pair(index, tensor):
+    """``(float input, zero floor)`` if ``tensor`` is DequantizeLinear(QuantizeLinear(x)), else None."""
+    dq = index.producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear" or constant(index, dq.input[0]) is not None:
+        return None
+    q = index.producer.get(dq.input[0])
+    if q is None or q.op_type != "QuantizeLinear":
+        return None
+    return q.input[0], zero_floor(index, dq.input[2] if len(dq.input) > 2 else "")
+
+
+def output_dequantize(index, tensor):
+    """The quantized tensor a ``DequantizeLinear`` of an activation reads, or None."""
+    dq = index.producer.get(tensor)
+    if dq is None or dq.op_type != "DequantizeLinear" or constant(index, dq.input[0]) is not None:
+        return None
+    return dq.input[0]
+
+
+def fused_relu(index, tensor):
+    """Whether a QOperator FC computing ``tensor`` clips its output at 0 (a fused ReLU)."""
+    node = index.producer.get(tensor)
+    if node is None or node.op_type not in _QLINEAR_FC:
+        return False
+    zero_point = node.input[-1] if len(node.input) > 8 or node.op_type != "QGemm" else ""
+    return zero_floor(index, zero_point)
+
+
+def as_fc(index, tensor):
+    """A quantized FC layer producing ``tensor``, or None.
+
+    Returns ``(input, name, weight, bias, input_quantization)`` with float64
+    ``weight`` (n_inputs, n_outputs) and ``bias``; ``input_quantization`` is
+    ``(scale, zero_point)`` of a quantized input, or None for a float input.
+    """
+    node = index.producer.get(tensor)
+    if node is None:
+        return None
+    if node.op_type == "QGemm":
+        return _qgemm(index, node)
+    if node.op_type == "QLinearMatMul":
+        return _qlinear_matmul(index, node, None)
+    if node.op_type == "QLinearAdd":
+        for i in (0, 3):
+            bias_q = index.constant(node.input[3 - i])
+            matmul = index.producer.get(node.input[i])
+            if bias_q is not None and matmul is not None and matmul.op_type == "QLinearMatMul":
+                bias = constant_dequantized(index, node.input[3 - i : 6 - i])
+                return _qlinear_matmul(index, matmul, bias)
+        return None
+    if node.op_type in ("Add", "Mul"):
+        return _dynamic(index, node)
+    return None
+
+
+def constant_dequantized(index, names):
+    """Dequantize constant ``(q, scale, zero_point)`` given by tensor names, or None."""
+    values = [index.constant(name) if name else None for name in names]
+    if values[0] is None or values[1] is None:
+        return None
+    return dequantize(values[0], values[1], values[2] if len(values) > 2 else None, -1).reshape(-1)
+
+
+def _qgemm(index, node):
+    inputs = list(node.input) + [""] * (9 - len(node.input))
+    if _attr(node, "transA", 0):
+        return None
+    b, b_scale, b_zero = (index.constant(n) if n else None for n in inputs[3:6])
+    a_scale, a_zero = index.constant(inputs[1]), index.constant(inputs[2]) if inputs[2] else None
+    if b is None or b_scale is None or a_scale is None:
+        return None
+    trans_b = _attr(node, "transB", 0)
+    weight = dequantize(b, b_scale, b_zero, 0 if trans_b else 1)
+    weight = (weight.T if trans_b else weight) * _attr(node, "alpha", 1.0)
+    bias = None
+    if inputs[6]:
+        c = index.constant(inputs[6])
+        if c is None:
+            return None
+        bias = np.asarray(c, np.float64).reshape(-1) * (
+            np.asarray(a_scale, np.float64).reshape(()) * np.asarray(b_scale, np.float64).reshape(-1)
+        )
+        bias = np.broadcast_to(bias, weight.shape[1:])
+    return node.input[0], node.name or inputs[3], weight, bias, (a_scale, a_zero)
+
+
+def _qlinear_matmul(index, node, bias):
+    b, b_scale = index.constant(node.input[3]), index.constant(node.input[4])
+    b_zero = index.constant(node.input[5]) if node.input[5] else None
+    a_scale, a_zero = index.constant(node.input[1]), index.constant(node.input[2]) if node.input[2] else None
+    if b is None or b.ndim != 2 or b_scale is None or a_scale is None:
+        return None
+    weight = dequantize(b, b_scale, b_zero, 1)
+    if bias is not None:
+        bias = np.broadcast_to(bias, weight.shape[1:])
+    return node.input[0], node.name or node.input[3], weight, bias, (a_scale, a_zero)
+
+
+def _dynamic(index, node):
+    """``[Add(] Mul(Cast(MatMulInteger(DynamicQuantizeLinear(x), Bq)), scales) [, bias)]``."""
+    bias = None
+    if node.op_type == "Add":
+        for i in (0, 1):
+            bias = index.constant(node.input[1 - i])
+            mul = index.producer.get(node.input[i])
+            if bias is not None and mul is not None and mul.op_type == "Mul":
+                break
+        else:
+            return None
+        node = mul
+    for i in (0, 1):
+        cast = index.producer.get(node.input[i])
+        scales = index.producer.get(node.input[1 - i])
+        if cast is not None and cast.op_type == "Cast" and scales is not None and scales.op_type == "Mul":
+            break
+    else:
+        return None
+    matmul = index.producer.get(cast.input[0])
+    if matmul is None or matmul.op_type != "MatMulInteger":
+        return None
+    quantize = index.producer.get(matmul.input[0])
+    if quantize is None or quantize.op_type != "DynamicQuantizeLinear":
+        return None
+    b = index.constant(matmul.input[1])
+    b_zero = index.constant(matmul.input[3]) if len(matmul.input) > 3 and matmul.input[3] else None
+    b_scale = next(
+        (
+            index.constant(n)
+            for n in scales.input
+            if n != quantize.output[1] and index.constant(n) is not None
+        ),
+        None,
+    )
+    if b is None or b.ndim != 2 or b_scale is None or set(scales.input) - {quantize.output[1]} == set():
+        return None
+    weight = dequantize(b, b_scale, b_zero, 1)
+    if bias is not None:
+        bias = np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), weight.shape[1:])
+    return quantize.input[0], matmul.name or matmul.input[1], weight, bias, None
