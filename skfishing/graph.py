@@ -117,10 +117,15 @@ def _head_parts(head, temperature, labels):
     parts = _Parts(head)
     first, last = head.numbers[0], head.numbers[-1]
     source = head.input_name
-    if head.input_quantization is not None:  # a QOperator model: dequantize the trunk output
-        names = [f"{PREFIX}input_scale", f"{PREFIX}input_zero_point"]
-        for name, value in zip(names, head.input_quantization):
-            parts.inits.append(numpy_helper.from_array(np.asarray(value), name))
+    quantization = head.input_quantization
+    if quantization is not None:  # an int8 model: round the trunk output as the model does
+        names = [f"{PREFIX}input_scale"]
+        parts.inits.append(numpy_helper.from_array(np.asarray(quantization.scale), names[0]))
+        if quantization.zero_point is not None:
+            names.append(f"{PREFIX}input_zero_point")
+            parts.inits.append(numpy_helper.from_array(np.asarray(quantization.zero_point), names[1]))
+        if not quantization.quantized:
+            source = parts.node("QuantizeLinear", [source, *names], f"{PREFIX}input_quantized")
         source = parts.node("DequantizeLinear", [source, *names], f"{PREFIX}input_dequantized")
     x = parts.node("Flatten", [source], Tensor("x", first - 1).name, axis=1)
     for layer in head.layers:
@@ -174,8 +179,10 @@ def _scaled_delta(parts, head, k, dy):
 
 def _input_elem(head):
     """ONNX element type of the head input (quantized for a QOperator model)."""
-    if head.input_quantization is not None:
-        return helper.np_dtype_to_tensor_dtype(np.asarray(head.input_quantization[1]).dtype)
+    quantization = head.input_quantization
+    if quantization is not None and quantization.quantized:
+        dtype = np.uint8 if quantization.zero_point is None else np.asarray(quantization.zero_point).dtype
+        return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     return helper.np_dtype_to_tensor_dtype(head.dtype)
 
 

@@ -118,10 +118,10 @@ class FCHead:
     input_source : str, default=""
         The node that computes the head input, in words (where the head
         stopped reading the graph).
-    input_quantization : tuple of ndarray or None, default=None
-        ``(scale, zero_point)`` when the head input is a quantized tensor
-        (a QOperator model): the head dequantizes it first. See
-        :mod:`skfishing.quantized`.
+    input_quantization : InputQuantization or None, default=None
+        How the head input of an int8 model is rounded before the first FC
+        layer, as in the model (see :mod:`skfishing.quantized`); None for a
+        float model.
     """
 
     input_name: str
@@ -256,41 +256,71 @@ def _constant(index, name):
     return quantized.constant(index, name)
 
 
-def _skip(index, tensor, ops, *, output=False, pairs=True):
+def _skip(index, tensor, ops, *, output=False):
     """Walk down from ``tensor`` through nodes whose op_type is in ``ops``.
 
-    Also through QuantizeLinear -> DequantizeLinear pairs of activations
+    Also through QuantizeLinear and DequantizeLinear of activations
     (rounding, not read into the head) unless their range starts at zero (a
-    fused ReLU); with ``output=True``, through every such pair and through a
-    lone DequantizeLinear (the output of a QOperator model); with
-    ``pairs=False``, through no such pair.
+    fused ReLU); with ``output=True`` through all of them.
     """
     while True:
         node = index.producer.get(tensor)
-        pair = quantized.activation_pair(index, tensor) if pairs else None
-        if pair is not None and (output or not pair[1]):
-            tensor = pair[0]
-        elif output and quantized.output_dequantize(index, tensor) is not None:
-            tensor = quantized.output_dequantize(index, tensor)
+        step = quantized.activation_step(index, tensor)
+        if step is not None and (output or not step[1]):
+            tensor = step[0]
         elif node is None or node.op_type not in ops:
             return tensor
         else:
             tensor = node.input[0]
 
 
+def _head_input(index, fc_input, fc_quantization):
+    """The trunk output below the lowest FC layer's input, and how the head rounds it.
+
+    Walks down through pass-through and flatten nodes and through the
+    QuantizeLinear/DequantizeLinear of activations, so that the trunk ends
+    below any flatten (a Caffe-style constant Reshape included). The rounding
+    the FC layer's input underwent is kept as a
+    :class:`~skfishing.quantized.InputQuantization` (None for a float input
+    that was never rounded): the quantization of a QOperator FC layer's
+    input, else the DequantizeLinear nearest to the layer.
+    """
+    quantized_here = fc_quantization is not None
+    rounding = fc_quantization
+    tensor = fc_input
+    while True:
+        node = index.producer.get(tensor)
+        if node is None:
+            break
+        if node.op_type in _PASS_THROUGH | _FLATTEN:
+            tensor = node.input[0]
+            continue
+        step = quantized.activation_step(index, tensor)
+        if step is None:
+            break
+        if rounding is None and node.op_type == "DequantizeLinear":
+            zero = _constant(index, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            rounding = (_constant(index, node.input[1]), zero)
+        quantized_here = node.op_type == "DequantizeLinear"  # below it: the integers
+        tensor = step[0]
+    if rounding is None or rounding[0] is None:
+        return tensor, None
+    return tensor, quantized.InputQuantization(rounding[0], rounding[1], quantized_here)
+
+
 def _relu_input(index, tensor):
     """The input of the ReLU computing ``tensor``, or None.
 
-    A ``Relu`` node, a QuantizeLinear -> DequantizeLinear pair whose range
-    starts at zero, or a QOperator FC layer whose output range does (then
-    the tensor itself: the layer below is that FC layer, ReLU fused).
+    A ``Relu`` node, a QuantizeLinear or DequantizeLinear whose range starts
+    at zero, or a QOperator FC layer whose output range does (then the
+    tensor itself: the layer below is that FC layer, ReLU fused).
     """
     node = index.producer.get(tensor)
     if node is not None and node.op_type == "Relu":
         return node.input[0]
-    pair = quantized.activation_pair(index, tensor)
-    if pair is not None and pair[1]:
-        return pair[0]
+    step = quantized.activation_step(index, tensor)
+    if step is not None and step[1]:
+        return step[0]
     if quantized.fused_relu(index, tensor):
         return tensor
     return None
@@ -424,7 +454,7 @@ def find_fc_head(model):
     shapes = ShapeEvaluator(model, index)
     tensor = _skip(index, graph.output[0].name, _PASS_THROUGH, output=True)
     node = index.producer.get(tensor)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax", "QLinearSoftmax"):
         tensor = _skip(index, node.input[0], _PASS_THROUGH, output=True)
 
     found = []
@@ -439,7 +469,8 @@ def find_fc_head(model):
         source = index.describe(below)
         relu_input = _relu_input(index, below)
         if relu_input is not None:
-            lower = _skip(index, relu_input, _PASS_THROUGH | _FLATTEN)
+            # ReLU is idempotent: more ReLUs and zero-floor roundings may follow
+            lower = _skip(index, relu_input, _PASS_THROUGH | _FLATTEN | {"Relu"}, output=True)
             if _as_fc(index, lower) is not None:
                 check_flatten(shapes, relu_input, lower, HeadStructureError)
                 tensor = lower
@@ -449,8 +480,8 @@ def find_fc_head(model):
                 "connected layer with constant weights, nor one followed by an "
                 "inference-mode BatchNormalization with constant statistics)"
             )
-        # the tensor this FC layer reads, quantization rounding included
-        head_input = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN, pairs=False)
+        head_input, input_quantization = _head_input(index, fc_input, input_quantization)
+        check_flatten(shapes, fc_input, head_input, HeadStructureError)
         source = index.describe(head_input) + source[len(index.describe(below)) :]
         break
 

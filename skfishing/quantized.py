@@ -16,16 +16,37 @@ zero (the quantizer drops a ``Relu`` and lets the output's zero point clip
 instead). The trunk runs quantized, as it is; the head is rebuilt in float
 and differentiated in float. So the features of a quantized model are the
 exact gradient of the *dequantized* head (without the rounding of its
-intermediate activations) at the activations the quantized trunk computes.
+intermediate activations) at the activations the quantized trunk computes,
+rounded as the model rounds the input of its first FC layer.
+
+``quantize_dynamic`` quantizes the activations of a whole batch with one
+scale (``DynamicQuantizeLinear``): with such a model, a sample's features
+depend on the other samples of its batch, at the level of the quantization
+error; ``batch_size=1`` makes them a function of the sample alone.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 from onnx import helper
 
 #: Quantized FC operators of the QOperator format.
 _QLINEAR_FC = frozenset({"QGemm", "QLinearMatMul", "QLinearAdd"})
+
+
+class InputQuantization(NamedTuple):
+    """How the head input of an int8 model is rounded before the first FC layer.
+
+    ``quantized=True``: the head input holds the integers (a QOperator
+    model) and is dequantized, ``(q - zero_point) * scale``; else it is a
+    float tensor that the model quantizes and dequantizes again (QDQ).
+    """
+
+    scale: np.ndarray
+    zero_point: np.ndarray | None
+    quantized: bool
 
 
 def _attr(node, name, default):
@@ -75,23 +96,18 @@ def zero_floor(index, zero_point_name):
     return bool(np.all(zero == np.iinfo(zero.dtype).min))
 
 
-def activation_pair(index, tensor):
-    """``(float input, zero floor)`` if ``tensor`` is DequantizeLinear(QuantizeLinear(x)), else None."""
-    dq = index.producer.get(tensor)
-    if dq is None or dq.op_type != "DequantizeLinear" or constant(index, dq.input[0]) is not None:
-        return None
-    q = index.producer.get(dq.input[0])
-    if q is None or q.op_type != "QuantizeLinear":
-        return None
-    return q.input[0], zero_floor(index, dq.input[2] if len(dq.input) > 2 else "")
+def activation_step(index, tensor):
+    """``(input, zero floor)`` if ``tensor`` is a QuantizeLinear or DequantizeLinear of an activation.
 
-
-def output_dequantize(index, tensor):
-    """The quantized tensor a ``DequantizeLinear`` of an activation reads, or None."""
-    dq = index.producer.get(tensor)
-    if dq is None or dq.op_type != "DequantizeLinear" or constant(index, dq.input[0]) is not None:
+    "Zero floor": the quantized range starts at 0, so the node clips at 0 (a
+    ReLU that the quantizer fused into the zero point).
+    """
+    node = index.producer.get(tensor)
+    if node is None or node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
         return None
-    return dq.input[0]
+    if constant(index, node.input[0]) is not None:
+        return None
+    return node.input[0], zero_floor(index, node.input[2] if len(node.input) > 2 else "")
 
 
 def fused_relu(index, tensor):

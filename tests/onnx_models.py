@@ -777,3 +777,30 @@ def dequantized_weights(qmodel, layers):
         weights.append(w)
         biases.append(b.reshape(-1))
     return weights, biases
+
+
+def head_input_values(model, head, X, input_name="input", *, one_by_one=True):
+    """The head input of ``model`` as onnxruntime computes it in the graph as
+    it is (one sample at a time, or the whole batch), then rounded and
+    dequantized in NumPy as the int8 model does before its first FC layer;
+    float64 (n, width)."""
+    import onnxruntime as ort
+
+    elem = {np.dtype(np.uint8): TensorProto.UINT8, np.dtype(np.int8): TensorProto.INT8}
+    quantization = head.input_quantization
+    quantized = quantization is not None and quantization.quantized
+    kind = elem[np.asarray(quantization.zero_point).dtype] if quantized else TensorProto.FLOAT
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    copy.graph.output.append(helper.make_tensor_value_info(head.input_name, kind, None))
+    session = ort.InferenceSession(copy.SerializeToString(), providers=["CPUExecutionProvider"])
+    batches = [x[None] for x in X] if one_by_one else [X]
+    value = np.concatenate(
+        [session.run([head.input_name], {input_name: b})[0].reshape(len(b), -1) for b in batches]
+    ).astype(np.float64)
+    if quantization is not None:
+        scale, zero = (np.asarray(v, np.float64) for v in quantization[:2])
+        if not quantized:  # the model rounds it to its integers first
+            info = np.iinfo(np.asarray(quantization.zero_point).dtype)
+            value = np.clip(np.round(value / scale) + zero, info.min, info.max)
+        value = (value - zero) * scale
+    return value

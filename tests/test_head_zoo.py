@@ -10,7 +10,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from onnx_models import numpy_fisher, with_output, zoo_alexnet_model, zoo_vgg16_model
+from onnx_models import (
+    dequantized_weights,
+    head_input_values,
+    numpy_fisher,
+    quantized_models,
+    with_output,
+    zoo_alexnet_model,
+    zoo_vgg16_model,
+)
 from skfishing.head import Tensor
 from skfishing.network import get_network
 
@@ -56,6 +64,49 @@ def test_zoo_structure_gives_exact_features_in_batches(name, temperature):
 
     # the head: NumPy float64 from the same pool5
     xs, deltas, _ = numpy_fisher(expected_pool5, weights, biases, temperature)
+    for j, k in enumerate((6, 7, 8)):
+        np.testing.assert_allclose(got[Tensor("x", k - 1)], xs[j], rtol=1e-5, atol=1e-5, err_msg=f"x{k - 1}")
+        np.testing.assert_allclose(
+            got[Tensor("delta", k)], deltas[j], rtol=1e-4, atol=1e-6, err_msg=f"delta{k}"
+        )
+
+
+@pytest.fixture(scope="module")
+def zoo_int8(tmp_path_factory):
+    """The two zoo structures quantized (QDQ, QOperator, dynamic), as the zoo publishes int8 variants."""
+    result = {}
+    for name, (build, input_name, _, _) in ZOO.items():
+        model, _, _ = build()
+        size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+        images = np.random.default_rng(4).uniform(-1, 1, size=(12, 3, size, size)).astype(np.float32)
+        directory = str(tmp_path_factory.mktemp(name))
+        result[name] = quantized_models(model, images[:8], directory, input_name=input_name), images[8:]
+    return result
+
+
+ZOO_LAYERS = {
+    "bvlcalexnet-12": [(f"fc{k}_w_0", f"fc{k}_b_0", True) for k in (6, 7, 8)],
+    "vgg16-12": [(f"vgg0_dense{i}_weight", f"vgg0_dense{i}_bias", True) for i in range(3)],
+}
+
+
+@pytest.mark.parametrize("fmt", ["QDQ", "QOperator", "dynamic"])
+@pytest.mark.parametrize("name", ZOO)
+def test_zoo_int8_variants_give_the_gradient_of_the_dequantized_head(name, fmt, zoo_int8):
+    models, X = zoo_int8[name]
+    qmodel = models[fmt]
+    net = get_network(qmodel, CPU)
+    assert net.head.numbers == (6, 7, 8)
+    x5 = head_input_values(qmodel, net.head, X, input_name=ZOO[name][1])
+    weights, biases = dequantized_weights(qmodel, ZOO_LAYERS[name])
+    xs, deltas, _ = numpy_fisher(x5, weights, biases, 2.0)
+    tensors = [Tensor("x", k - 1) for k in (6, 7, 8)] + [Tensor("delta", k) for k in (6, 7, 8)]
+    if fmt == "dynamic":  # its activations are quantized per batch: compare one image at a time
+        values = [net.run(x[None], tensors)[0] for x in X]
+        values = [np.concatenate(column) for column in zip(*values)]
+    else:
+        values = net.run(X, tensors)[0]
+    got = dict(zip(tensors, values))
     for j, k in enumerate((6, 7, 8)):
         np.testing.assert_allclose(got[Tensor("x", k - 1)], xs[j], rtol=1e-5, atol=1e-5, err_msg=f"x{k - 1}")
         np.testing.assert_allclose(
