@@ -334,18 +334,23 @@ def _as_fc(index, tensor):
     """
     node = index.producer.get(tensor)
     if node is not None and node.op_type == "BatchNormalization":
-        fc = _folded_batchnorm(index, node)
-        return None if fc is None else (*fc, None)
+        return _folded_batchnorm(index, node)
+    fc = _as_plain_fc(index, tensor)
+    return None if fc is None else (*fc[:4], None, fc[4])
+
+
+def _as_plain_fc(index, tensor):
+    """A float or quantized FC layer as (input, name, W, b, quantization), or None."""
     fc = _as_linear(index, tensor)
     if fc is not None:
-        return (*fc, None, None)
+        return (*fc, None)
     fc = quantized.as_fc(index, tensor)
     if fc is None:
         return None
     fc_input, name, weight, bias, input_quantization = fc
     dtype = np.float32
     bias = None if bias is None else bias.astype(dtype)
-    return fc_input, name, weight.astype(dtype), bias, None, input_quantization
+    return fc_input, name, weight.astype(dtype), bias, input_quantization
 
 
 def _folded_batchnorm(index, node):
@@ -353,10 +358,10 @@ def _folded_batchnorm(index, node):
     params = [_constant(index, name) for name in node.input[1:5]]
     if len(params) != 4 or any(p is None for p in params) or _attr(node, "training_mode", 0):
         return None
-    fc = _as_linear(index, _skip(index, node.input[0], _PASS_THROUGH))
+    fc = _as_plain_fc(index, _skip(index, node.input[0], _PASS_THROUGH, output=True))
     if fc is None:
         return None
-    fc_input, name, weight, bias = fc
+    fc_input, name, weight, bias, input_quantization = fc
     gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)
     if any(p.shape != (weight.shape[1],) for p in (gamma, beta, mean, var)):
         return None
@@ -369,6 +374,7 @@ def _folded_batchnorm(index, node):
         (weight.astype(np.float64) * scale).astype(dtype),
         folded_bias.astype(dtype),
         scale.astype(dtype),
+        input_quantization,
     )
 
 
