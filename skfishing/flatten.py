@@ -19,6 +19,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
+__all__ = ["BATCH", "FLATTEN_OPS", "ShapeEvaluator", "check_flatten"]
+
 #: The symbolic batch dimension of the evaluated shapes.
 BATCH = ("batch",)
 #: Name of the symbolic batch dimension given to the graph inputs for shape inference.

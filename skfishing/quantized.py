@@ -32,6 +32,8 @@ from typing import NamedTuple
 import numpy as np
 from onnx import helper
 
+__all__ = ["InputQuantization", "dequantize_model"]
+
 #: Quantized FC operators of the QOperator format.
 _QLINEAR_FC = frozenset({"QGemm", "QLinearMatMul", "QLinearAdd"})
 
@@ -230,3 +232,208 @@ def _dynamic(index, node):
     if bias is not None:
         bias = np.broadcast_to(np.asarray(bias, np.float64).reshape(-1), weight.shape[1:])
     return quantize.input[0], matmul.name or matmul.input[1], weight, bias, None
+
+
+#: QOperator operators and the float operator each becomes, with the
+#: positions of its float inputs (quantized activations) in the node's inputs.
+_QLINEAR_FLOAT = {
+    "QLinearGlobalAveragePool": ("GlobalAveragePool", (0,)),
+    "QLinearAveragePool": ("AveragePool", (0,)),
+    "QLinearSigmoid": ("Sigmoid", (0,)),
+    "QLinearLeakyRelu": ("LeakyRelu", (0,)),
+    "QLinearSoftmax": ("Softmax", (0,)),
+    "QLinearMul": ("Mul", (0, 3)),
+    "QLinearAdd": ("Add", (0, 3)),
+    "QLinearMatMul": ("MatMul", (0, 3)),
+}
+#: Attributes of QOperator nodes that their float operators do not have.
+_QUANTIZED_ATTRIBUTES = frozenset({"channels_last", "opset"})
+
+
+def dequantize_model(model):
+    """A float model of the same architecture as an int8 model.
+
+    Every quantized initializer is dequantized, ``(q - zero_point) *
+    scale``; ``QuantizeLinear``/``DequantizeLinear`` of activations and
+    ``DynamicQuantizeLinear`` are removed; QOperator nodes (``QLinearConv``,
+    ``QGemm``, ``QLinearMatMul``, ``QLinearAdd``, ``QLinearMul``,
+    ``QLinearGlobalAveragePool``, ``QLinearAveragePool``,
+    ``QLinearConcat``, ``QLinearSigmoid``, ``QLinearLeakyRelu``,
+    ``QLinearSoftmax``) and ``MatMulInteger``/``ConvInteger`` become their
+    float operators, with a ``Relu`` where the quantized output range started
+    at zero. The result runs the network in float32 with the int8 model's
+    weights (as dequantized), for a user who has only the int8 file; pass it
+    to :class:`~skfishing.DeepFisherTransformer` like any model.
+
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        A model quantized by ``onnxruntime.quantization`` (QDQ, QOperator
+        or dynamic).
+
+    Returns
+    -------
+    model : onnx.ModelProto
+        The float model; its inputs and outputs keep their names.
+
+    Raises
+    ------
+    ValueError
+        If a quantized operator has no float counterpart here, naming it.
+    """
+    import onnx
+
+    from .head import _GraphIndex
+
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__}")
+    graph = model.graph
+    index = _GraphIndex(graph)
+    rename, nodes, inits = {}, [], {}
+    integer_outputs = set()  # outputs of MatMulInteger/ConvInteger (then Cast, Mul by scales)
+
+    def src(name):
+        while name in rename:
+            name = rename[name]
+        return name
+
+    def float_const(name, value):
+        inits[name] = onnx.numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+        return name
+
+    def add(float_op, float_inputs, output, zero_point_name="", **float_attrs):
+        """The float node, then a Relu where the quantized output range started at 0."""
+        relu = zero_floor(index, zero_point_name)
+        nodes.append(
+            helper.make_node(float_op, float_inputs, [f"{output}_prerelu" if relu else output], **float_attrs)
+        )
+        if relu:
+            nodes.append(helper.make_node("Relu", [f"{output}_prerelu"], [output]))
+
+    for node in graph.node:
+        op, inputs = node.op_type, list(node.input)
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if op == "DequantizeLinear" and index.constant(inputs[0]) is not None:
+            float_const(node.output[0], constant(index, node.output[0]))
+        elif op == "QuantizeLinear" and zero_floor(index, inputs[2] if len(inputs) > 2 else ""):
+            nodes.append(helper.make_node("Relu", [src(inputs[0])], [node.output[0]]))  # a fused ReLU
+        elif op in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"):
+            rename[node.output[0]] = inputs[0]
+        elif op in ("MatMulInteger", "ConvInteger"):
+            weight = dequantize(
+                index.constant(inputs[1]),
+                _scale_of(index, node, graph),
+                index.constant(inputs[3]) if len(inputs) > 3 and inputs[3] else None,
+                1 if op == "MatMulInteger" else 0,
+            )
+            w = float_const(f"{node.output[0]}_weight", weight)
+            float_op = "MatMul" if op == "MatMulInteger" else "Conv"
+            nodes.append(helper.make_node(float_op, [src(inputs[0]), w], [node.output[0]], **attrs))
+            integer_outputs.add(node.output[0])
+        elif op == "Cast" and src(inputs[0]) in integer_outputs:
+            rename[node.output[0]] = inputs[0]
+            integer_outputs.add(node.output[0])
+        elif op == "Mul" and any(src(i) in integer_outputs for i in inputs):
+            rename[node.output[0]] = next(i for i in inputs if src(i) in integer_outputs)
+        elif op == "QLinearConv":
+            weight = float_const(
+                f"{node.output[0]}_weight",
+                dequantize(
+                    index.constant(inputs[3]), index.constant(inputs[4]), index.constant(inputs[5]), 0
+                ),
+            )
+            conv_inputs = [src(inputs[0]), weight]
+            if len(inputs) > 8 and inputs[8]:
+                bias = index.constant(inputs[8]) * (index.constant(inputs[1]) * index.constant(inputs[4]))
+                conv_inputs.append(float_const(f"{node.output[0]}_bias", bias))
+            add("Conv", conv_inputs, node.output[0], inputs[7], **attrs)
+        elif op == "QGemm":
+            fc = _qgemm(index, node)
+            if fc is None:
+                raise ValueError(f"QGemm node '{node.name}' has weights that are not constant")
+            gemm_inputs = [src(inputs[0]), float_const(f"{node.output[0]}_weight", fc[2])]
+            if fc[3] is not None:
+                gemm_inputs.append(float_const(f"{node.output[0]}_bias", fc[3]))
+            add("Gemm", gemm_inputs, node.output[0], inputs[8] if len(inputs) > 8 else "")
+        elif op == "QLinearConcat":
+            parts = [src(inputs[i]) for i in range(2, len(inputs), 3)]
+            nodes.append(helper.make_node("Concat", parts, [node.output[0]], axis=attrs["axis"]))
+        elif op in _QLINEAR_FLOAT:
+            float_op, positions = _QLINEAR_FLOAT[op]
+            float_inputs = []
+            for i in positions:
+                if index.constant(inputs[i]) is not None:
+                    axis = 1 if op == "QLinearMatMul" else -1
+                    value = dequantize(
+                        index.constant(inputs[i]),
+                        index.constant(inputs[i + 1]),
+                        index.constant(inputs[i + 2]) if inputs[i + 2] else None,
+                        axis,
+                    )
+                    float_inputs.append(float_const(f"{node.output[0]}_in{i}", value))
+                else:
+                    float_inputs.append(src(inputs[i]))
+            kept = {k: v for k, v in attrs.items() if k not in _QUANTIZED_ATTRIBUTES}
+            zero_point = inputs[-1] if op in ("QLinearMatMul", "QLinearAdd", "QLinearMul") else ""
+            add(float_op, float_inputs, node.output[0], zero_point, **kept)
+        elif op.startswith("QLinear") or op in ("QGemm", "QAttention", "DynamicQuantizeMatMul"):
+            raise ValueError(
+                f"{op} node '{node.name or node.output[0]}' has no float counterpart in dequantize_model"
+            )
+        else:
+            copy = onnx.NodeProto.FromString(node.SerializeToString())
+            del copy.input[:]
+            copy.input.extend(src(i) if i else "" for i in inputs)
+            nodes.append(copy)
+
+    for output in graph.output:  # outputs keep their names
+        if src(output.name) != output.name:
+            nodes.append(helper.make_node("Identity", [src(output.name)], [output.name]))
+    nodes = _live(nodes, [o.name for o in graph.output])
+    used = {name for n in nodes for name in n.input}
+    for init in graph.initializer:
+        if init.name in used and init.name not in inits and init.data_type not in _QUANTIZED_TYPES:
+            inits[init.name] = init
+    outputs = [onnx.ValueInfoProto.FromString(o.SerializeToString()) for o in graph.output]
+    for output in outputs:
+        output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    float_graph = helper.make_graph(
+        nodes, graph.name, list(graph.input), outputs, initializer=[i for n, i in inits.items() if n in used]
+    )
+    result = helper.make_model(float_graph, opset_imports=list(model.opset_import))
+    result.ir_version = model.ir_version
+    return result
+
+
+_QUANTIZED_TYPES = frozenset({2, 3})  # uint8, int8: never read by a float graph
+
+
+def _live(nodes, outputs):
+    """The nodes the outputs depend on, in order (the scales' arithmetic drops out)."""
+    producer = {out: i for i, n in enumerate(nodes) for out in n.output}
+    keep, stack = set(), list(outputs)
+    while stack:
+        i = producer.get(stack.pop())
+        if i is not None and i not in keep:
+            keep.add(i)
+            stack.extend(nodes[i].input)
+    return [n for i, n in enumerate(nodes) if i in keep]
+
+
+def _scale_of(index, node, graph):
+    """The weight scale of a dynamic MatMulInteger/ConvInteger: a constant factor of the Mul that rescales it."""
+    cast = next((n for n in graph.node if n.op_type == "Cast" and n.input[0] == node.output[0]), None)
+    mul = cast and next((n for n in graph.node if n.op_type == "Mul" and cast.output[0] in n.input), None)
+    scales = mul and next(
+        (
+            index.producer.get(i)
+            for i in mul.input
+            if i != cast.output[0] and index.producer.get(i) is not None
+        ),
+        None,
+    )
+    if scales is not None and scales.op_type == "Mul":
+        for name in scales.input:
+            if index.constant(name) is not None:
+                return index.constant(name)
+    raise ValueError(f"{node.op_type} node '{node.name or node.output[0]}': its weight scale was not found")
