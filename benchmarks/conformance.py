@@ -27,6 +27,7 @@ installed. torch builds the networks; the builders live in
 
     python benchmarks/conformance.py --smoke
     python benchmarks/conformance.py            # + torchvision and timm
+    python benchmarks/conformance.py --no-tiny --only resnet18 vit_tiny_patch16_224
 """
 
 import argparse
@@ -166,7 +167,7 @@ def smoke_rows():
         yield from rows_for(name, spelling, None, model, zoo_images[8:], zoo_images[:8], input_name)
 
 
-def full_rows():
+def full_rows(only=None):
     import torch
 
     images = np.random.default_rng(1).normal(size=(10, 3, 224, 224)).astype(np.float32)
@@ -184,6 +185,8 @@ def full_rows():
     except ImportError:
         print("timm not installed: its rows are left out", file=sys.stderr)
     for name, make in nets:
+        if only and name.removeprefix("timm ") not in only:
+            continue
         torch.manual_seed(0)
         net = make().eval()
         for dynamo in (False, True):
@@ -235,10 +238,14 @@ def export(net, dynamo):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true", help="tiny networks only (seconds)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="torchvision/timm architectures to run (default: all)"
+    )
+    parser.add_argument("--no-tiny", action="store_true", help="leave out the tiny networks")
     args = parser.parse_args(argv)
-    rows = list(smoke_rows())
+    rows = [] if args.no_tiny else list(smoke_rows())
     if not args.smoke:
-        rows += list(full_rows())
+        rows += list(full_rows(args.only))
     widths = [
         max(len(str(row[i])) for row in rows + [("architecture", "spelling", "format")]) for i in range(3)
     ]

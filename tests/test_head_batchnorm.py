@@ -60,3 +60,52 @@ def test_batchnorm_that_cannot_be_folded_is_named_in_the_layer_list():
     assert head.numbers == (8,)
     with pytest.raises(ValueError, match="of BatchNormalization node 'bn7', where reading the head stopped"):
         head.features("gradient", 7)
+
+
+def test_batchnorm_after_gemm_with_alpha_beta_matches_numpy():
+    """Gemm(alpha=0.5, beta=2, transB=1) -> BatchNormalization -> Relu -> Gemm,
+    in float64: delta_6 is dE/dz of the Gemm output z (before the BatchNorm),
+    checked against central finite differences of E in z."""
+    rng = np.random.default_rng(7)
+    W6, b6 = rng.normal(size=(5, 4)), rng.normal(size=5)  # stored (out, in): transB=1
+    W7, b7 = rng.normal(size=(5, 3)), rng.normal(size=3)
+    gamma, beta = rng.uniform(0.5, 2, 5), rng.normal(size=5)
+    mean, var, eps = rng.normal(size=5), rng.uniform(0.5, 2, 5), 1e-3
+    inits = {"W6": W6, "b6": b6, "W7": W7, "b7": b7, "g": gamma, "be": beta, "m": mean, "v": var}
+    nodes = [
+        helper.make_node("Gemm", ["x", "W6", "b6"], ["z"], name="fc6", alpha=0.5, beta=2.0, transB=1),
+        helper.make_node("BatchNormalization", ["z", "g", "be", "m", "v"], ["bn"], epsilon=eps),
+        helper.make_node("Relu", ["bn"], ["r"]),
+        helper.make_node("Gemm", ["r", "W7", "b7"], ["y"], name="fc7"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "bn",
+        [helper.make_tensor_value_info("x", 11, ["N", 4])],
+        [helper.make_tensor_value_info("y", 11, ["N", 3])],
+        initializer=[numpy_helper.from_array(v.astype(np.float64), k) for k, v in inits.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    net = get_network(model, CPU)
+    assert net.head.numbers == (7, 8)
+    X = rng.normal(size=(6, 4))
+    (x6, delta7), _ = net.run(X, (Tensor("x", 6), Tensor("delta", 7)))
+
+    def energy(z):
+        bn = (z - mean) / np.sqrt(var + eps) * gamma + beta
+        logits = np.maximum(bn, 0) @ W7 + b7
+        s = logits / 2.0
+        log_soft = (
+            s - s.max(1, keepdims=True) - np.log(np.exp(s - s.max(1, keepdims=True)).sum(1, keepdims=True))
+        )
+        return -(log_soft / 3).sum(1)
+
+    z = 0.5 * X @ W6.T + 2.0 * b6
+    step = 1e-6
+    dz = np.stack(
+        [(energy(z + step * np.eye(5)[j]) - energy(z - step * np.eye(5)[j])) / (2 * step) for j in range(5)],
+        1,
+    )
+    # delta is -tau dE/dz (the paper's sign and scale): E's gradient in W is -x delta^T / tau
+    np.testing.assert_allclose(-delta7 / 2.0, dz, atol=1e-8)
+    np.testing.assert_allclose(x6, X, atol=0)
