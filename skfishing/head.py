@@ -2,9 +2,12 @@
 
 :func:`find_fc_head` walks the graph back from its output: an optional
 Softmax, then fully connected (FC) layers (``Gemm``, or ``MatMul`` with an
-optional ``Add``) joined by ``Relu``, with ``Dropout``, ``Identity``,
-``Flatten`` or 2-D ``Reshape`` nodes skipped, down to the tensor the first FC
-layer flattens: the trunk output (AlexNet's pool5). It returns an
+optional ``Add``; an inference-mode ``BatchNormalization`` after one is
+folded into it) joined by ``Relu``, with ``Dropout``, ``Identity`` and
+flattening nodes skipped (``Flatten``, ``Reshape``, ``Squeeze``: each must
+provably keep one row per sample, :mod:`skfishing.flatten`), down to the
+tensor the first FC layer flattens: the trunk output (AlexNet's pool5). The
+head of an int8 model is read dequantized (:mod:`skfishing.quantized`). It returns an
 :class:`FCHead`: the layers with their weights (as ``(n_inputs,
 n_outputs)`` matrices, whatever the graph's ``transB``), numbered as in the
 paper, where the classifier is layer 8. Graph surgery
