@@ -103,7 +103,7 @@ def refused(exc):
     return f"refused: {type(exc).__name__}: {message[:160]}"
 
 
-def rows_for(name, spelling, net, model, X, calibration, input_name="input"):
+def rows_for(name, spelling, net, model, X, calibration, input_name="input", preprocess=False):
     """One row per format for a float model (``net`` is its torch module or None)."""
     try:
         yield (
@@ -117,7 +117,9 @@ def rows_for(name, spelling, net, model, X, calibration, input_name="input"):
         return
     with tempfile.TemporaryDirectory() as directory:
         try:
-            quantized = onnx_models.quantized_models(model, calibration, directory, input_name=input_name)
+            quantized = onnx_models.quantized_models(
+                model, calibration, directory, input_name=input_name, preprocess=preprocess
+            )
         except Exception as exc:  # noqa: BLE001 - the quantizer's failure is a cell too
             for fmt in FORMATS[1:]:
                 yield name, spelling, fmt, f"not quantized: {type(exc).__name__}: {str(exc)[:120]}"
@@ -202,7 +204,7 @@ def full_rows(only=None):
                 except (HeadStructureError, ValueError) as exc:
                     yield name, spelling, "float32", refused(exc)
             else:
-                yield from rows_for(name, spelling, net, model, images[4:], images[:4])
+                yield from rows_for(name, spelling, net, model, images[4:], images[:4], preprocess=True)
 
 
 def export(net, dynamo):

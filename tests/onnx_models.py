@@ -708,13 +708,16 @@ def with_output(model, tensor):
     return copy
 
 
-def quantized_models(model, calibration, directory, *, input_name="input"):
+def quantized_models(model, calibration, directory, *, input_name="input", preprocess=False):
     """``model`` quantized by ``onnxruntime.quantization`` in three formats.
 
     Returns a dict ``{"QDQ": ..., "QOperator": ..., "dynamic": ...}`` of
     ModelProto: ``quantize_static`` (int8, per tensor) in both formats with
     ``calibration`` (an array of samples) as calibration data, and
-    ``quantize_dynamic``.
+    ``quantize_dynamic``. ``preprocess=True`` runs the quantizer's
+    ``quant_pre_process`` first (shape inference and graph optimisation; the
+    quantizer fails without it on torchvision exports of networks with
+    BatchNorm).
     """
     import logging
     import os
@@ -730,6 +733,11 @@ def quantized_models(model, calibration, directory, *, input_name="input"):
 
     source = os.path.join(directory, "float.onnx")
     onnx.save(model, source)
+    if preprocess:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        quant_pre_process(source, os.path.join(directory, "preprocessed.onnx"))
+        source = os.path.join(directory, "preprocessed.onnx")
     result = {}
     level = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # the quantizer's advice on pre-processing
