@@ -52,7 +52,8 @@ import onnx
 from onnx import helper, numpy_helper
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .head import PREFIX, FCHead, Tensor, _GraphIndex, find_fc_head
+from .graph_index import GraphIndex
+from .head import PREFIX, FCHead, Tensor, find_fc_head
 
 __all__ = [
     "add_backward",
@@ -188,12 +189,25 @@ def _head_parts(head, temperature, labels):
     """Every node of the head: forward to the softmax, backward to the lowest layer."""
     parts = _Parts(head)
     first, last = head.numbers[0], head.numbers[-1]
-    x = parts.node("Flatten", [head.input_name], Tensor("x", first - 1).name, axis=1)
+    source = head.input_name
+    quantization = head.input_quantization
+    if quantization is not None:  # an int8 model: round the trunk output as the model does
+        names = [f"{PREFIX}input_scale"]
+        parts.inits.append(numpy_helper.from_array(np.asarray(quantization.scale), names[0]))
+        if quantization.zero_point is not None:
+            names.append(f"{PREFIX}input_zero_point")
+            parts.inits.append(numpy_helper.from_array(np.asarray(quantization.zero_point), names[1]))
+        if not quantization.quantized:
+            source = parts.node("QuantizeLinear", [source, *names], f"{PREFIX}input_quantized")
+        source = parts.node("DequantizeLinear", [source, *names], f"{PREFIX}input_dequantized")
+    x = parts.node("Flatten", [source], Tensor("x", first - 1).name, axis=1)
     for layer in head.layers:
         k = layer.number
         inputs = [x, parts.const(f"{PREFIX}W{k}", layer.weight)]
         if layer.bias is not None:
             inputs.append(parts.const(f"{PREFIX}b{k}", layer.bias))
+        elif head.opset < 11:  # Gemm's C is optional from opset 11 on
+            inputs.append(parts.const(f"{PREFIX}zero", 0))
         y = parts.node("Gemm", inputs, Tensor("y", k).name)
         if k != last:
             x = parts.node("Relu", [y], Tensor("x", k).name)
@@ -206,13 +220,17 @@ def _head_parts(head, temperature, labels):
     )
     parts.const(TEMPERATURE, temperature)
     parts.const(LABELS, g)
-    delta = _delta_last(parts, y, head.n_classes)
+    # dy is dE/dy_k; delta_k is dy, times the scale of a folded BatchNormalization.
+    dy = _delta_last(parts, y, head.n_classes, _dy_name(head, last))
     zero = parts.const(f"{PREFIX}zero", 0)
+    _scaled_delta(parts, head, last, dy)
     for k in range(last - 1, first - 1, -1):
-        # delta_k = (delta_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
-        bp = parts.node("Gemm", [delta, f"{PREFIX}W{k + 1}"], f"{PREFIX}bp{k}", transB=1)
+        # dE/dy_k = (dE/dy_{k+1} @ W_{k+1}^T) * [y_k > 0]; W is stored (in, out).
+        bias = [f"{PREFIX}zero"] if head.opset < 11 else []
+        bp = parts.node("Gemm", [dy, f"{PREFIX}W{k + 1}", *bias], f"{PREFIX}bp{k}", transB=1)
         mask = parts.node("Greater", [Tensor("y", k).name, zero], f"{PREFIX}mask{k}")
-        delta = parts.node("Where", [mask, bp, zero], Tensor("delta", k).name)
+        dy = parts.node("Where", [mask, bp, zero], _dy_name(head, k))
+        _scaled_delta(parts, head, k, dy)
     return parts
 
 
@@ -222,7 +240,7 @@ _SERIES_BELOW = 0.5
 _EXACT_UP_TO = 2.0**40
 
 
-def _delta_last(parts, y, n_classes):
+def _delta_last(parts, y, n_classes, output):
     r"""Nodes computing :math:`\delta_L = k\,(g - \sigma(y / \tau))` without cancellation.
 
     With :math:`x = (y - \max y) / \tau`, :math:`\epsilon = \operatorname{expm1}(x)`
@@ -297,8 +315,32 @@ def _delta_last(parts, y, n_classes):
     return parts.node(
         "Add",
         [parts.node("Mul", [centred, scale], name("k_gu")), uniform_minus_soft],
-        Tensor("delta", parts.head.numbers[-1]).name,
+        output,
     )
+
+
+def _layer(head, k):
+    return head.layers[k - head.numbers[0]]
+
+
+def _dy_name(head, k):
+    """Name of dE/dy_k: delta_k itself unless a folded BatchNormalization scales it."""
+    return Tensor("delta", k).name if _layer(head, k).scale is None else f"{PREFIX}dy{k}"
+
+
+def _scaled_delta(parts, head, k, dy):
+    scale = _layer(head, k).scale
+    if scale is not None:
+        parts.node("Mul", [dy, parts.const(f"{PREFIX}s{k}", scale)], Tensor("delta", k).name)
+
+
+def _input_elem(head):
+    """ONNX element type of the head input (quantized for a QOperator model)."""
+    quantization = head.input_quantization
+    if quantization is not None and quantization.quantized:
+        dtype = np.uint8 if quantization.zero_point is None else np.asarray(quantization.zero_point).dtype
+        return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    return helper.np_dtype_to_tensor_dtype(head.dtype)
 
 
 def _needed(nodes, targets, stop):
@@ -333,7 +375,7 @@ def _finish(graph, opset, source=None):
         ir_version = helper.find_min_ir_version_for(opsets)
     else:
         opsets = list(source.opset_import)
-        ir_version = max(source.ir_version, helper.find_min_ir_version_for(opsets), 4)
+        ir_version = max(source.ir_version, helper.find_min_ir_version_for(opsets, ignore_unknown=True), 4)
     model = helper.make_model(graph, opset_imports=opsets, producer_name="skfishing")
     model.ir_version = ir_version
     return model
@@ -351,7 +393,7 @@ def _dynamic_batch(value_info):
 
 def _trunk(model, head):
     """Nodes, initializers and (batch-dynamic) inputs of ``model`` up to the head input."""
-    index = _GraphIndex(model.graph)
+    index = GraphIndex(model.graph)
     if head.input_name in index.graph_inputs:
         inputs = [i for i in model.graph.input if i.name == head.input_name]
         return [], [], [_dynamic_batch(i) for i in inputs]
@@ -510,8 +552,7 @@ def build_trunk_model(model, head):
     nodes, inits, inputs = _trunk(model, head)
     if not nodes:
         return None
-    elem = helper.np_dtype_to_tensor_dtype(head.dtype)
-    output = helper.make_tensor_value_info(head.input_name, elem, None)
+    output = helper.make_tensor_value_info(head.input_name, _input_elem(head), None)
     graph = helper.make_graph(nodes, "skfishing_trunk", inputs, [output], initializer=inits)
     return _finish(graph, head.opset, source=model)
 
@@ -621,8 +662,7 @@ def build_head_model(head, *, temperature=2.0, labels=None):
         ``fish_labels``; outputs as listed by :func:`output_names` (without
         the pre-activations).
     """
-    parts = _Parts(head)
-    head_input = helper.make_tensor_value_info(head.input_name, parts.elem, None)
+    head_input = helper.make_tensor_value_info(head.input_name, _input_elem(head), None)
     graph_input = helper.make_model(
         helper.make_graph([], "input", [head_input], []), opset_imports=[helper.make_opsetid("", head.opset)]
     )

@@ -2,9 +2,12 @@
 
 :func:`find_fc_head` walks the graph back from its output: an optional
 Softmax, then fully connected (FC) layers (``Gemm``, or ``MatMul`` with an
-optional ``Add``) joined by ``Relu``, with ``Dropout``, ``Identity``,
-``Flatten`` or 2-D ``Reshape`` nodes skipped, down to the tensor the first FC
-layer flattens: the trunk output (AlexNet's pool5). It returns an
+optional ``Add``; an inference-mode ``BatchNormalization`` after one is
+folded into it) joined by ``Relu``, with ``Dropout``, ``Identity`` and
+flattening nodes skipped (``Flatten``, ``Reshape``, ``Squeeze``: each must
+provably keep one row per sample, :mod:`skfishing.flatten`), down to the
+tensor the first FC layer flattens: the trunk output (AlexNet's pool5). The
+head of an int8 model is read dequantized (:mod:`skfishing.quantized`). It returns an
 :class:`FCHead`: the layers with their weights (as ``(n_inputs,
 n_outputs)`` matrices, whatever the graph's ``transB``), numbered as in the
 paper, where the classifier is layer 8. Graph surgery
@@ -18,7 +21,10 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+
+from . import quantized
+from .flatten import FLATTEN_OPS, ShapeEvaluator, check_flatten
+from .graph_index import GraphIndex, attribute
 
 __all__ = ["FCLayer", "FCHead", "HeadStructureError", "Tensor", "find_fc_head", "LAST_LAYER", "PREFIX"]
 
@@ -29,8 +35,8 @@ PREFIX = "fish_"
 #: Operators that pass the FC input through unchanged at inference time.
 _PASS_THROUGH = frozenset({"Dropout", "Identity"})
 #: Operators that flatten the trunk output into FC input.
-_FLATTEN = frozenset({"Flatten", "Reshape"})
-_MIN_OPSET = 11
+_FLATTEN = FLATTEN_OPS
+_MIN_OPSET = 9
 
 
 class Tensor(NamedTuple):
@@ -58,7 +64,7 @@ class HeadStructureError(ValueError):
 
 @dataclass(frozen=True)
 class FCLayer:
-    """One fully connected layer ``y = x @ weight (+ bias)``.
+    r"""One fully connected layer ``y = x @ weight (+ bias)``.
 
     Attributes
     ----------
@@ -71,12 +77,21 @@ class FCLayer:
         scaled by Gemm's ``alpha``.
     bias : ndarray of shape (n_outputs,) or None
         The bias, scaled by Gemm's ``beta``.
+    scale : ndarray of shape (n_outputs,) or None
+        The factor :math:`s = \gamma / \sqrt{\sigma^2 + \epsilon}` of an
+        inference-mode ``BatchNormalization`` that follows the layer, or None.
+        Such a normalisation is folded into ``weight`` and ``bias`` (``y`` is
+        its output); the features' :math:`\delta_k` is then
+        :math:`s \odot \partial E / \partial y`, so that
+        :math:`x_{k-1} \delta_k^T` stays the gradient with respect to the
+        layer's own weights.
     """
 
     number: int
     name: str
     weight: np.ndarray
     bias: np.ndarray | None
+    scale: np.ndarray | None = None
 
     @property
     def n_inputs(self):
@@ -103,12 +118,21 @@ class FCHead:
         The default-domain opset of the source model.
     dtype : numpy dtype
         Element type of the weights (float32 or float64).
+    input_source : str, default=""
+        The node that computes the head input, in words (where the head
+        stopped reading the graph).
+    input_quantization : InputQuantization or None, default=None
+        How the head input of an int8 model is rounded before the first FC
+        layer, as in the model (see :mod:`skfishing.quantized`); None for a
+        float model.
     """
 
     input_name: str
     layers: tuple
     opset: int
     dtype: np.dtype
+    input_source: str = ""
+    input_quantization: tuple | None = None
 
     @property
     def numbers(self):
@@ -181,7 +205,8 @@ class FCHead:
 
     def describe(self):
         """One line per layer, for error messages."""
-        lines = [f"  activation {self.input_number}: head input '{self.input_name}'"]
+        source = f", computed by {self.input_source}" if self.input_source else ""
+        lines = [f"  activation {self.input_number}: head input '{self.input_name}'{source}"]
         for layer in self.layers:
             lines.append(f"  layer {layer.number}: '{layer.name}' ({layer.n_inputs} -> {layer.n_outputs})")
         return "\n".join(lines)
@@ -194,109 +219,172 @@ def _default_opset(model):
     raise HeadStructureError("the model imports no default-domain ONNX opset")
 
 
-class _GraphIndex:
-    """Producers, constants and attributes of a graph, for walking it."""
-
-    def __init__(self, graph):
-        self.graph = graph
-        self.producer = {}
-        for node in graph.node:
-            for out in node.output:
-                self.producer[out] = node
-        self.constants = {init.name: init for init in graph.initializer}
-        for node in graph.node:
-            if node.op_type == "Constant" and node.attribute:
-                attr = node.attribute[0]
-                if attr.name == "value":
-                    self.constants[node.output[0]] = attr.t
-        self.graph_inputs = {i.name for i in graph.input} - set(self.constants)
-
-    def constant(self, name):
-        tensor = self.constants.get(name)
-        return None if tensor is None else numpy_helper.to_array(tensor)
-
-    def describe(self, tensor):
-        node = self.producer.get(tensor)
-        if node is None:
-            return f"graph input '{tensor}'" if tensor in self.graph_inputs else f"'{tensor}'"
-        return f"{node.op_type} node '{node.name or node.output[0]}'"
+def _constant(index, name):
+    """A constant tensor, or the dequantized value of a quantized constant."""
+    return quantized.constant(index, name)
 
 
-def _attr(node, name, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return helper.get_attribute_value(attr)
-    return default
+def _skip(index, tensor, ops, *, output=False):
+    """Walk down from ``tensor`` through nodes whose op_type is in ``ops``.
 
-
-def _skip(index, tensor, ops):
-    """Walk down from ``tensor`` through nodes whose op_type is in ``ops``."""
+    Also through QuantizeLinear and DequantizeLinear of activations
+    (rounding, not read into the head) unless their range starts at zero (a
+    fused ReLU); with ``output=True`` through all of them.
+    """
     while True:
         node = index.producer.get(tensor)
-        if node is None or node.op_type not in ops:
+        step = quantized.activation_step(index, tensor)
+        if step is not None and (output or not step[1]):
+            tensor = step[0]
+        elif node is None or node.op_type not in ops:
             return tensor
-        tensor = node.input[0]
+        else:
+            tensor = node.input[0]
+
+
+def _head_input(index, fc_input, fc_quantization):
+    """The trunk output below the lowest FC layer's input, and how the head rounds it.
+
+    Walks down through pass-through and flatten nodes and through the
+    QuantizeLinear/DequantizeLinear of activations, so that the trunk ends
+    below any flatten (a Caffe-style constant Reshape included). The rounding
+    the FC layer's input underwent is kept as a
+    :class:`~skfishing.quantized.InputQuantization` (None for a float input
+    that was never rounded): the quantization of a QOperator FC layer's
+    input, else the DequantizeLinear nearest to the layer.
+    """
+    quantized_here = fc_quantization is not None
+    rounding = fc_quantization
+    tensor = fc_input
+    while True:
+        node = index.producer.get(tensor)
+        if node is None:
+            break
+        if node.op_type in _PASS_THROUGH | _FLATTEN:
+            tensor = node.input[0]
+            continue
+        step = quantized.activation_step(index, tensor)
+        if step is None:
+            break
+        if rounding is None and node.op_type == "DequantizeLinear":
+            zero = _constant(index, node.input[2]) if len(node.input) > 2 and node.input[2] else None
+            rounding = (_constant(index, node.input[1]), zero)
+        quantized_here = node.op_type == "DequantizeLinear"  # below it: the integers
+        tensor = step[0]
+    if rounding is None or rounding[0] is None:
+        return tensor, None
+    return tensor, quantized.InputQuantization(rounding[0], rounding[1], quantized_here)
+
+
+def _relu_input(index, tensor):
+    """The input of the ReLU computing ``tensor``, or None.
+
+    A ``Relu`` node, a QuantizeLinear or DequantizeLinear whose range starts
+    at zero, or a QOperator FC layer whose output range does (then the
+    tensor itself: the layer below is that FC layer, ReLU fused).
+    """
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type == "Relu":
+        return node.input[0]
+    step = quantized.activation_step(index, tensor)
+    if step is not None and step[1]:
+        return step[0]
+    if quantized.fused_relu(index, tensor):
+        return tensor
+    return None
 
 
 def _as_fc(index, tensor):
+    """The FC layer producing ``tensor`` as (input, name, W, b, scale, quantization), or None.
+
+    ``scale`` is None, or the factor of a BatchNormalization folded into W and
+    b; ``quantization`` is ``(scale, zero_point)`` of a quantized input, or None.
+    """
+    node = index.producer.get(tensor)
+    if node is not None and node.op_type == "BatchNormalization":
+        return _folded_batchnorm(index, node)
+    fc = _as_plain_fc(index, tensor)
+    return None if fc is None else (*fc[:4], None, fc[4])
+
+
+def _as_plain_fc(index, tensor):
+    """A float or quantized FC layer as (input, name, W, b, quantization), or None."""
+    fc = _as_linear(index, tensor)
+    if fc is not None:
+        return (*fc, None)
+    fc = quantized.as_fc(index, tensor)
+    if fc is None:
+        return None
+    fc_input, name, weight, bias, input_quantization = fc
+    dtype = np.float32
+    bias = None if bias is None else bias.astype(dtype)
+    return fc_input, name, weight.astype(dtype), bias, input_quantization
+
+
+def _folded_batchnorm(index, node):
+    """A Linear -> BatchNormalization pair as one FC layer, or None."""
+    params = [_constant(index, name) for name in node.input[1:5]]
+    if len(params) != 4 or any(p is None for p in params) or attribute(node, "training_mode", 0):
+        return None
+    fc = _as_plain_fc(index, _skip(index, node.input[0], _PASS_THROUGH, output=True))
+    if fc is None:
+        return None
+    fc_input, name, weight, bias, input_quantization = fc
+    gamma, beta, mean, var = (np.asarray(p, dtype=np.float64).reshape(-1) for p in params)
+    if any(p.shape != (weight.shape[1],) for p in (gamma, beta, mean, var)):
+        return None
+    scale = gamma / np.sqrt(var + attribute(node, "epsilon", 1e-5))
+    folded_bias = ((0.0 if bias is None else bias.astype(np.float64)) - mean) * scale + beta
+    dtype = weight.dtype
+    return (
+        fc_input,
+        name,
+        (weight.astype(np.float64) * scale).astype(dtype),
+        folded_bias.astype(dtype),
+        scale.astype(dtype),
+        input_quantization,
+    )
+
+
+def _as_linear(index, tensor):
     """The FC layer producing ``tensor`` as (input, name, W, b), or None."""
     node = index.producer.get(tensor)
     if node is None:
         return None
     if node.op_type == "Gemm":
-        weight = index.constant(node.input[1])
+        weight = _constant(index, node.input[1])
         if weight is None:
             raise HeadStructureError(
                 f"Gemm node '{node.name}' takes its weight '{node.input[1]}' from "
                 "a computed tensor; only constant weights are supported"
             )
-        if _attr(node, "transA", 0):
+        if attribute(node, "transA", 0):
             raise HeadStructureError(f"Gemm node '{node.name}' has transA=1, which is not supported")
-        if _attr(node, "transB", 0):
+        if attribute(node, "transB", 0):
             weight = weight.T
-        weight = weight * _attr(node, "alpha", 1.0)
+        weight = weight * attribute(node, "alpha", 1.0)
         bias = None
         if len(node.input) > 2 and node.input[2]:
-            bias = index.constant(node.input[2])
+            bias = _constant(index, node.input[2])
             if bias is None:
                 raise HeadStructureError(f"Gemm node '{node.name}' has a computed bias")
-            bias = np.broadcast_to((bias * _attr(node, "beta", 1.0)).reshape(-1), weight.shape[1:])
+            bias = np.broadcast_to((bias * attribute(node, "beta", 1.0)).reshape(-1), weight.shape[1:])
         return node.input[0], node.name or node.input[1], weight, bias
     if node.op_type == "Add":
         for i in (0, 1):
-            bias = index.constant(node.input[1 - i])
-            matmul = index.producer.get(node.input[i])
+            bias = _constant(index, node.input[1 - i])
+            matmul = index.producer.get(_skip(index, node.input[i], frozenset(), output=True))
             if bias is not None and matmul is not None and matmul.op_type == "MatMul":
-                weight = index.constant(matmul.input[1])
+                weight = _constant(index, matmul.input[1])
                 if weight is not None and weight.ndim == 2:
                     bias = np.broadcast_to(bias.reshape(-1), weight.shape[1:])
                     return matmul.input[0], matmul.name or matmul.input[1], weight, bias
         return None
     if node.op_type == "MatMul":
-        weight = index.constant(node.input[1])
+        weight = _constant(index, node.input[1])
         if weight is not None and weight.ndim == 2:
             return node.input[0], node.name or node.input[1], weight, None
     return None
-
-
-def _check_flatten(index, top, bottom):
-    """Check that the nodes between ``bottom`` and ``top`` only flatten rows."""
-    tensor = top
-    while tensor != bottom:
-        node = index.producer[tensor]
-        if node.op_type == "Flatten" and _attr(node, "axis", 1) != 1:
-            raise HeadStructureError(
-                f"Flatten node '{node.name}' below the FC head has axis="
-                f"{_attr(node, 'axis', 1)}; only axis=1 (one row per sample) is supported"
-            )
-        if node.op_type == "Reshape":
-            shape = index.constant(node.input[1])
-            if shape is None or shape.shape != (2,):
-                raise HeadStructureError(
-                    f"Reshape node '{node.name}' below the FC head does not reshape "
-                    "to a constant 2-D shape; cannot tell that it flattens each sample"
-                )
-        tensor = node.input[0]
 
 
 def find_fc_head(model):
@@ -336,29 +424,39 @@ def find_fc_head(model):
             f"the model uses ONNX opset {opset}; opset {_MIN_OPSET} or newer is needed "
             "(convert it with onnx.version_converter.convert_version)"
         )
-    index = _GraphIndex(graph)
-    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH)
+    index = GraphIndex(graph)
+    shapes = ShapeEvaluator(model, index)
+    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH, output=True)
     node = index.producer.get(tensor)
-    if node is not None and node.op_type in ("Softmax", "LogSoftmax"):
-        tensor = _skip(index, node.input[0], _PASS_THROUGH)
+    if node is not None and node.op_type in ("Softmax", "LogSoftmax", "QLinearSoftmax"):
+        tensor = _skip(index, node.input[0], _PASS_THROUGH, output=True)
 
     found = []
     while True:
         fc = _as_fc(index, tensor)
         if fc is None:
             break
-        fc_input, name, weight, bias = fc
-        found.append((name, weight, bias))
+        fc_input, name, weight, bias, scale, input_quantization = fc
+        found.append((name, weight, bias, scale))
         below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
-        _check_flatten(index, fc_input, below)
-        relu = index.producer.get(below)
-        if relu is not None and relu.op_type == "Relu":
-            lower = _skip(index, relu.input[0], _PASS_THROUGH | _FLATTEN)
+        check_flatten(shapes, fc_input, below, HeadStructureError)
+        source = index.describe(below)
+        relu_input = _relu_input(index, below)
+        if relu_input is not None:
+            # ReLU is idempotent: more ReLUs and zero-floor roundings may follow
+            lower = _skip(index, relu_input, _PASS_THROUGH | _FLATTEN | {"Relu"}, output=True)
             if _as_fc(index, lower) is not None:
-                _check_flatten(index, relu.input[0], lower)
+                check_flatten(shapes, relu_input, lower, HeadStructureError)
                 tensor = lower
                 continue
-        head_input = below
+            source += (
+                f" of {index.describe(lower)}, where reading the head stopped (not a fully "
+                "connected layer with constant weights, nor one followed by an "
+                "inference-mode BatchNormalization with constant statistics)"
+            )
+        head_input, input_quantization = _head_input(index, fc_input, input_quantization)
+        check_flatten(shapes, fc_input, head_input, HeadStructureError)
+        source = index.describe(head_input) + source[len(index.describe(below)) :]
         break
 
     if not found:
@@ -369,16 +467,16 @@ def find_fc_head(model):
             "skfishing needs a classifier whose head is a stack of FC layers"
         )
     found.reverse()
-    dtypes = {w.dtype for _, w, _ in found}
+    dtypes = {w.dtype for _, w, _, _ in found}
     if len(dtypes) != 1 or not np.issubdtype(found[0][1].dtype, np.floating):
         raise HeadStructureError(f"FC weights must share one float dtype, found {sorted(map(str, dtypes))}")
     first = LAST_LAYER - len(found) + 1
     layers = []
-    for i, (name, weight, bias) in enumerate(found):
+    for i, (name, weight, bias, scale) in enumerate(found):
         if layers and layers[-1].n_outputs != weight.shape[0]:
             raise HeadStructureError(
                 f"FC layer '{name}' takes {weight.shape[0]} inputs but the layer "
                 f"below it gives {layers[-1].n_outputs}"
             )
-        layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias))
-    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype)
+        layers.append(FCLayer(first + i, name, np.ascontiguousarray(weight), bias, scale))
+    return FCHead(head_input, tuple(layers), opset, found[0][1].dtype, source, input_quantization)

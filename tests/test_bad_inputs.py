@@ -1228,6 +1228,18 @@ COVERED_ELSEWHERE = [
         "tests/test_sketch_positions.py::test_equals_count_sketch_of_the_explicit_gradients, "
         "test_unbiased_over_seeds_with_several_positions_and_odd_n_components",
     ),
+    (
+        "model",
+        "a flatten below the FC head that cannot be proven to keep one row per sample (a Reshape whose "
+        "first dimension is not the batch, a Squeeze of the batch axis): HeadStructureError naming the node",
+        "tests/test_head_flatten.py::test_what_cannot_be_proven_is_refused",
+    ),
+    (
+        "model",
+        "BatchNormalization in the FC head that cannot be folded (computed statistics): the layer list of "
+        "the error for a missing layer names the node where reading the head stopped",
+        "tests/test_head_batchnorm.py::test_batchnorm_that_cannot_be_folded_is_named_in_the_layer_list",
+    ),
 ]
 
 

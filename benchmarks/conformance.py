@@ -1,0 +1,262 @@
+r"""Which ONNX files skfishing reads: architecture x export spelling x format.
+
+Each row exports (or builds) a classifier, quantizes it where the format
+asks, and runs :class:`~skfishing.network` on a few random images:
+
+* float32 rows: accepted when the head is found; the cell gives the largest
+  difference between the features' ``dE/dW_k = -x_{k-1} delta_k^T / tau``
+  and torch autograd's gradient of the same Linear layer's weights (the
+  last Linear modules of the network, in order), over every FC layer;
+* int8 rows (``onnxruntime.quantization``: ``quantize_static`` in QDQ and
+  QOperator format, ``quantize_dynamic``): the correlation of the trace
+  kernel of the int8 features with the float model's, for the lowest FC
+  layer;
+* refused rows: the start of skfishing's message.
+
+Random weights make the int8 column pessimistic: a deep random network
+gives nearly the same logits for every image, so :math:`\delta` varies
+little between images and the quantization noise weighs more than on a
+trained network.
+
+``--smoke`` runs tiny networks only (every flatten spelling at opsets 9, 13
+and 21, the zoo's AlexNet and VGG16 structures, a BatchNorm1d head, each
+in the four formats) in seconds; without it, torchvision's and timm's
+architectures (random weights, 224x224) are added where those packages are
+installed. torch builds the networks; the builders live in
+``tests/onnx_models.py``. Usage::
+
+    python benchmarks/conformance.py --smoke
+    python benchmarks/conformance.py            # + torchvision and timm
+    python benchmarks/conformance.py --no-tiny --only resnet18 vit_tiny_patch16_224
+"""
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import warnings
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+import onnx_models  # noqa: E402
+from skfishing.head import HeadStructureError, Tensor  # noqa: E402
+from skfishing.network import get_network  # noqa: E402
+
+CPU = ["CPUExecutionProvider"]
+FORMATS = ("float32", "QDQ", "QOperator", "dynamic")
+TORCHVISION = (
+    "alexnet",
+    "vgg11",
+    "resnet18",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "densenet121",
+    "convnext_tiny",
+    "vit_b_16",
+)
+TIMM = ("vit_tiny_patch16_224", "mobilenetv3_small_100")
+TEMPERATURE = 2.0
+
+
+def features_gradients(model, X):
+    """Per-sample dE/dW_k from skfishing's features, lowest layer first, and the head."""
+    net = get_network(model, CPU)
+    grads = []
+    for k in net.head.numbers:
+        (x, delta), _ = net.run(X, (Tensor("x", k - 1), Tensor("delta", k)), temperature=TEMPERATURE)
+        grads.append(-np.einsum("ni,nj->nij", x.astype(np.float64), delta) / TEMPERATURE)
+    return net, grads
+
+
+def float_cell(net, model, X):
+    """Largest difference to torch autograd over the head's layers."""
+    from torch import nn
+
+    _, grads = features_gradients(model, X)
+    expected = onnx_models.torch_weight_gradients(net, X, TEMPERATURE)
+    n_linear = len([m for m in net.modules() if isinstance(m, nn.Linear)])
+    expected = expected[n_linear - len(grads) :]
+    error = max(float(np.abs(g - e).max()) for g, e in zip(grads, expected))
+    return f"accepted, {len(grads)} FC layer(s), max |grad - torch| = {error:.1e}"
+
+
+def kernel(net, X, k):
+    (x, delta), _ = net.run(X, (Tensor("x", k - 1), Tensor("delta", k)))
+    return (x @ x.T) * (delta @ delta.T)
+
+
+def int8_cell(float_model, int8_model, X):
+    """Trace-kernel correlation with the float model, at the float model's lowest FC layer."""
+    float_net, int8_net = get_network(float_model, CPU), get_network(int8_model, CPU)
+    k = float_net.head.numbers[0]
+    if int8_net.head.numbers != float_net.head.numbers:
+        return f"head differs: layers {int8_net.head.numbers}, float32 has {float_net.head.numbers}"
+    corr = np.corrcoef(kernel(float_net, X, k).ravel(), kernel(int8_net, X, k).ravel())[0, 1]
+    return f"accepted, trace kernel correlation with float32 (layer {k}) = {corr:.4f}"
+
+
+def refused(exc):
+    message = str(exc).split("; ")[0]
+    return f"refused: {type(exc).__name__}: {message[:160]}"
+
+
+def rows_for(name, spelling, net, model, X, calibration, input_name="input", preprocess=False):
+    """One row per format for a float model (``net`` is its torch module or None)."""
+    try:
+        yield (
+            name,
+            spelling,
+            "float32",
+            float_cell(net, model, X) if net is not None else float_only(model, X),
+        )
+    except (HeadStructureError, ValueError) as exc:
+        yield name, spelling, "float32", refused(exc)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        try:
+            quantized = onnx_models.quantized_models(
+                model, calibration, directory, input_name=input_name, preprocess=preprocess
+            )
+        except Exception as exc:  # noqa: BLE001 - the quantizer's failure is a cell too
+            for fmt in FORMATS[1:]:
+                yield name, spelling, fmt, f"not quantized: {type(exc).__name__}: {str(exc)[:120]}"
+            return
+        for fmt in FORMATS[1:]:
+            try:
+                yield name, spelling, fmt, int8_cell(model, quantized[fmt], X)
+            except (HeadStructureError, ValueError) as exc:
+                yield name, spelling, fmt, refused(exc)
+
+
+def float_only(model, X):
+    _, grads = features_gradients(model, X)
+    return f"accepted, {len(grads)} FC layer(s) (no torch oracle)"
+
+
+def smoke_rows():
+    import torch
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(24, 3, 8, 8)).astype(np.float32)
+    for spelling in onnx_models.FLATTEN_SPELLINGS:
+        net = onnx_models.flatten_net(spelling)
+        for opset in (9, 13, 21):
+            model = onnx_models.torch_onnx(net, torch.zeros(1, 3, 8, 8), opset=opset)
+            try:
+                cell = float_cell(net, model, images[:6])
+            except (HeadStructureError, ValueError) as exc:
+                cell = refused(exc)
+            yield "tiny-cnn", f"{spelling} (opset {opset})", "float32", cell
+    net = onnx_models.flatten_net("view", batchnorm=True)
+    model = onnx_models.torch_onnx(net, torch.zeros(1, 3, 8, 8), opset=13)
+    yield from rows_for(
+        "tiny-cnn + BatchNorm1d head", "view (opset 13)", net, model, images[16:], images[:16]
+    )
+    net = onnx_models.flatten_net("view")
+    model = onnx_models.torch_onnx(net, torch.zeros(1, 3, 8, 8), opset=13)
+    yield from rows_for("tiny-cnn", "view (opset 13)", net, model, images[16:], images[:16])
+    for name, build, input_name in (
+        ("zoo bvlcalexnet-12 structure", onnx_models.zoo_alexnet_model, "data_0"),
+        ("zoo vgg16-12 structure", onnx_models.zoo_vgg16_model, "data"),
+    ):
+        model, _, _ = build()
+        size = model.graph.input[0].type.tensor_type.shape.dim[2].dim_value
+        zoo_images = rng.uniform(-1, 1, size=(12, 3, size, size)).astype(np.float32)
+        spelling = "Caffe2 constant Reshape" if "alexnet" in name else "Gluon Flatten"
+        yield from rows_for(name, spelling, None, model, zoo_images[8:], zoo_images[:8], input_name)
+
+
+def full_rows(only=None):
+    import torch
+
+    images = np.random.default_rng(1).normal(size=(10, 3, 224, 224)).astype(np.float32)
+    nets = []
+    try:
+        import torchvision
+
+        nets += [(name, lambda n=name: getattr(torchvision.models, n)(weights=None)) for name in TORCHVISION]
+    except ImportError:
+        print("torchvision not installed: its rows are left out", file=sys.stderr)
+    try:
+        import timm
+
+        nets += [(f"timm {name}", lambda n=name: timm.create_model(n, pretrained=False)) for name in TIMM]
+    except ImportError:
+        print("timm not installed: its rows are left out", file=sys.stderr)
+    for name, make in nets:
+        if only and name.removeprefix("timm ") not in only:
+            continue
+        torch.manual_seed(0)
+        net = make().eval()
+        for dynamo in (False, True):
+            spelling = "torch.onnx dynamo=True" if dynamo else "torch.onnx dynamo=False, opset 17"
+            try:
+                model = export(net, dynamo)
+            except Exception as exc:  # noqa: BLE001 - an export failure is a cell too
+                yield name, spelling, "float32", f"not exported: {type(exc).__name__}: {str(exc)[:120]}"
+                continue
+            if dynamo:  # one quantization per architecture is enough
+                try:
+                    yield name, spelling, "float32", float_cell(net, model, images[:4])
+                except (HeadStructureError, ValueError) as exc:
+                    yield name, spelling, "float32", refused(exc)
+            else:
+                yield from rows_for(name, spelling, net, model, images[4:], images[:4], preprocess=True)
+
+
+def export(net, dynamo):
+    import onnx
+    import torch
+
+    example = torch.zeros(1, 3, 224, 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:  # a batch of 2: torch.export specialises a batch of 1
+            program = torch.onnx.export(
+                net,
+                (torch.zeros(2, 3, 224, 224),),
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("N")},),
+                external_data=False,
+            )
+            return program.model_proto
+        buf = io.BytesIO()
+        torch.onnx.export(
+            net,
+            example,
+            buf,
+            dynamo=False,
+            opset_version=17,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
+        )
+        return onnx.load_from_string(buf.getvalue())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny networks only (seconds)")
+    parser.add_argument(
+        "--only", nargs="+", metavar="NAME", help="torchvision/timm architectures to run (default: all)"
+    )
+    parser.add_argument("--no-tiny", action="store_true", help="leave out the tiny networks")
+    args = parser.parse_args(argv)
+    rows = [] if args.no_tiny else list(smoke_rows())
+    if not args.smoke:
+        rows += list(full_rows(args.only))
+    widths = [
+        max(len(str(row[i])) for row in rows + [("architecture", "spelling", "format")]) for i in range(3)
+    ]
+    header = ("architecture", "spelling", "format", "result")
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths + [0])))
+    for row in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths + [0])))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
