@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 import onnx
+from sklearn.utils._param_validation import validate_params
 
 from . import quantized
 from .flatten import FLATTEN_OPS, ShapeEvaluator, check_flatten
@@ -93,6 +94,17 @@ class FCLayer:
     bias: np.ndarray | None
     scale: np.ndarray | None = None
 
+    def __post_init__(self):
+        weight = self.weight
+        if not isinstance(weight, np.ndarray) or weight.ndim != 2 or 0 in weight.shape:
+            raise ValueError(f"FCLayer {self.name!r}: weight must be a non-empty 2-D array")
+        for field in ("bias", "scale"):
+            value = getattr(self, field)
+            if value is not None and (not isinstance(value, np.ndarray) or value.shape != weight.shape[1:]):
+                raise ValueError(
+                    f"FCLayer {self.name!r}: {field} must be None or an array of shape {weight.shape[1:]}"
+                )
+
     @property
     def n_inputs(self):
         """Width of the layer's input ``x_{k-1}``."""
@@ -133,6 +145,17 @@ class FCHead:
     dtype: np.dtype
     input_source: str = ""
     input_quantization: tuple | None = None
+
+    def __post_init__(self):
+        layers = self.layers
+        if not layers or not all(isinstance(layer, FCLayer) for layer in layers):
+            raise ValueError("FCHead.layers must be a non-empty sequence of FCLayer")
+        for below, above in zip(layers[:-1], layers[1:]):
+            if below.n_outputs != above.n_inputs or above.number != below.number + 1:
+                raise ValueError(
+                    f"FCHead: layer {above.name!r} does not follow {below.name!r} "
+                    f"({below.n_outputs} outputs, {above.n_inputs} inputs; numbers {below.number}, {above.number})"
+                )
 
     @property
     def numbers(self):
@@ -387,6 +410,7 @@ def _as_linear(index, tensor):
     return None
 
 
+@validate_params({"model": [onnx.ModelProto]}, prefer_skip_nested_validation=True)
 def find_fc_head(model):
     """Find the fully connected head of an ONNX classifier.
 
@@ -413,8 +437,6 @@ def find_fc_head(model):
         If the graph does not end in fully connected layers, with a message
         naming the node that was found instead.
     """
-    if not isinstance(model, onnx.ModelProto):
-        raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__}")
     graph = model.graph
     if len(graph.output) == 0:
         raise HeadStructureError("the ONNX graph has no output")
