@@ -21,7 +21,7 @@ from onnx import helper
 
 from .graph_index import attribute
 
-__all__ = ["BATCH", "FLATTEN_OPS", "ShapeEvaluator", "check_flatten"]
+__all__ = []  # what is here serves head.py (find_fc_head); nothing is user API
 
 #: The symbolic batch dimension of the evaluated shapes.
 BATCH = ("batch",)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from onnx import helper, numpy_helper
 
+__all__ = []  # read by the graph modules; nothing here is user API
+
 
 def attribute(node, name, default):
     """The value of attribute ``name`` of an ONNX node, or ``default`` if it has none."""

@@ -30,7 +30,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+import onnx
 from onnx import helper
+from sklearn.utils._param_validation import validate_params
 
 from .graph_index import GraphIndex, attribute
 
@@ -245,6 +247,7 @@ _QLINEAR_FLOAT = {
 _QUANTIZED_ATTRIBUTES = frozenset({"channels_last", "opset"})
 
 
+@validate_params({"model": [onnx.ModelProto]}, prefer_skip_nested_validation=True)
 def dequantize_model(model):
     """A float model of the same architecture as an int8 model.
 
@@ -276,10 +279,6 @@ def dequantize_model(model):
     ValueError
         If a quantized operator has no float counterpart here, naming it.
     """
-    import onnx
-
-    if not isinstance(model, onnx.ModelProto):
-        raise TypeError(f"model must be an onnx.ModelProto, got {type(model).__name__}")
     graph = model.graph
     index = GraphIndex(graph)
     rename, nodes, inits = {}, [], {}
