@@ -687,24 +687,77 @@ def _slice(b, node, gy):
 
 
 def _gather(b, node, gy):
+    # the gradient goes back to the gathered places, summed where an index repeats
     x, indices = node.input
+    rank = b.rank(x, node)
+    axis = _attr(node, "axis", 0) % rank
     index = b.constant(indices)
-    if index is None:
-        raise NoRuleError(f"Gather node '{node.name}' has computed indices; not supported")
-    shape = b.shape(x, node)
-    axis = _attr(node, "axis", 0) % len(shape)
-    dim = shape[axis]
-    if dim is None or index.ndim > 1 or len(set((np.ravel(index) % dim).tolist())) != index.size:
+    distinct = index is not None and len(set(np.ravel(index).tolist())) == index.size
+    if b.opset < 16 and not distinct:
         raise NoRuleError(
-            f"Gather node '{node.name}': only distinct constant indices along a known axis are supported"
+            f"Gather node '{node.name}' has computed or repeated indices: its reverse pass needs "
+            f"ScatterElements with reduction, ONNX opset >= 16 (the model has {b.opset})"
         )
-    g = gy[0]
-    if index.ndim == 0:
-        g = b.op("Unsqueeze", [g, b.ints([axis])]) if b.opset >= 13 else b.op("Unsqueeze", [g], axes=[axis])
-    flat = (np.ravel(index) % dim).astype(np.int64)
-    positions = b.const(flat.reshape([1] * axis + [-1] + [1] * (len(shape) - axis - 1)), np.int64)
+    shape = b.op("Shape", [x])
+    parts = [b.op("Slice", [shape, b.ints([0]), b.ints([axis])])] if axis else []
+    parts.append(b.ints([-1]))
+    if axis + 1 < rank:
+        parts.append(b.op("Slice", [shape, b.ints([axis + 1]), b.ints([rank])]))
+    g = b.op("Reshape", [gy[0], b.op("Concat", parts, axis=0) if len(parts) > 1 else parts[0]])
+    flat = b.op("Reshape", [indices, b.ints([-1])])
+    dim = b.op("Slice", [shape, b.ints([axis]), b.ints([axis + 1])])
+    flat = b.op("Where", [b.op("Less", [flat, b.ints([0])]), b.op("Add", [flat, dim]), flat])
+    positions = b.op("Reshape", [flat, b.ints([1] * axis + [-1] + [1] * (rank - axis - 1))])
     positions = b.op("Expand", [positions, b.op("Shape", [g])])
-    return {0: b.op("ScatterElements", [b.zeros_like(x), positions, g], axis=axis)}
+    attrs = {"reduction": "add"} if b.opset >= 16 else {}
+    return {0: b.op("ScatterElements", [b.zeros_like(x), positions, g], axis=axis, **attrs)}
+
+
+def _gelu(b, node, gy):
+    x = node.input[0]
+    approximate = _attr(node, "approximate", b"none")
+    approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
+    if approximate == "tanh":
+        # y = x (1 + tanh(u)) / 2, u = sqrt(2 / pi) (x + 0.044715 x^3)
+        c = np.sqrt(2 / np.pi)
+        square = b.op("Mul", [x, x])
+        u = b.op(
+            "Mul",
+            [
+                b.op("Mul", [x, b.op("Add", [b.const(1), b.op("Mul", [square, b.const(0.044715)])])]),
+                b.const(c),
+            ],
+        )
+        t = b.op("Tanh", [u])
+        du = b.op(
+            "Mul", [b.op("Add", [b.const(1), b.op("Mul", [square, b.const(3 * 0.044715)])]), b.const(c)]
+        )
+        sech2 = b.op("Sub", [b.const(1), b.op("Mul", [t, t])])
+        slope = b.op(
+            "Mul",
+            [
+                b.op("Add", [b.op("Add", [b.const(1), t]), b.op("Mul", [b.op("Mul", [x, sech2]), du])]),
+                b.const(0.5),
+            ],
+        )
+    else:
+        # y = x Phi(x): y' = Phi(x) + x phi(x)
+        cdf = b.op(
+            "Mul",
+            [
+                b.op("Add", [b.op("Erf", [b.op("Mul", [x, b.const(1 / np.sqrt(2))])]), b.const(1)]),
+                b.const(0.5),
+            ],
+        )
+        pdf = b.op(
+            "Mul",
+            [
+                b.op("Exp", [b.op("Mul", [b.op("Mul", [x, x]), b.const(-0.5)])]),
+                b.const(1 / np.sqrt(2 * np.pi)),
+            ],
+        )
+        slope = b.op("Add", [cdf, b.op("Mul", [x, pdf])])
+    return {0: b.op("Mul", [gy[0], slope])}
 
 
 #: Operator type -> vector-Jacobian product rule.
@@ -721,6 +774,7 @@ RULES = {
     "HardSigmoid": _hard_sigmoid,
     "HardSwish": _hard_swish,
     "Erf": _erf,
+    "Gelu": _gelu,
     "Exp": _exp,
     "Neg": _neg,
     "Sqrt": _sqrt,

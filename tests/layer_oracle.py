@@ -60,3 +60,17 @@ def calibrate(module, images):
     with torch.no_grad():
         module(torch.as_tensor(images))
     return module.eval()
+
+
+def layer_named_by(model, weight):
+    """Name of the ONNX layer whose constant weight is ``weight`` (a torch parameter), transposed or not."""
+    from skfishing.vjp import layer_candidates
+
+    weight = np.asarray(weight, np.float32)
+    for spec in layer_candidates(model):
+        for candidate in (spec.weight, spec.weight.T):
+            if candidate.shape == weight.shape and np.array_equal(candidate, weight):
+                return spec.name
+    raise LookupError(
+        f"no layer of the ONNX model has a weight of shape {weight.shape} equal to the one given"
+    )
