@@ -61,13 +61,18 @@ FORWARD = f"{PREFIX}layer_forward"
 BACKWARD = f"{PREFIX}layer_backward"
 #: Operators that have a weight gradient here.
 LAYER_OPS = ("Conv", "Gemm", "MatMul")
+#: Operators whose outputs carry no gradient (integers, booleans, or piecewise constant).
+STOP_OPS = frozenset(
+    "Shape Size Equal Greater Less GreaterOrEqual LessOrEqual Not And Or Xor ArgMax ArgMin NonZero "
+    "ConstantOfShape EyeLike RandomNormalLike RandomUniformLike IsNaN IsInf Sign Floor Ceil Round".split()
+)
 
 
 class NoRuleError(ValueError):
     """A node between the layer and the logits has no vector-Jacobian product here."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerSpec:
     """A layer with a constant weight, as found in the graph.
 
@@ -642,14 +647,20 @@ def _layer_norm(b, node, gy):
 
 def _concat(b, node, gy):
     axis = _attr(node, "axis", None) % b.rank(node.output[0], node)
-    result, start = {}, 0
+    result, start = {}, 0  # start: an int while the sizes are static, else a tensor
     for i, name in enumerate(node.input):
-        size = b.shape(name, node)[axis]
+        size = (b.shapes.get(name) or [None] * (axis + 1))[axis]
         if size is None:
-            raise NoRuleError(f"Concat node '{node.name}': input '{name}' has an unknown size along the axis")
+            size = b.op("Slice", [b.op("Shape", [name]), b.ints([axis]), b.ints([axis + 1])])
+        if isinstance(start, int) and isinstance(size, int):
+            end = start + size
+        else:
+            as_tensor = [b.ints([v]) if isinstance(v, int) else v for v in (start, size)]
+            end = b.op("Add", as_tensor)
         if b.needs(name):
-            result[i] = b.op("Slice", [gy[0], b.ints([start]), b.ints([start + size]), b.ints([axis])])
-        start += size
+            bounds = [b.ints([v]) if isinstance(v, int) else v for v in (start, end)]
+            result[i] = b.op("Slice", [gy[0], *bounds, b.ints([axis])])
+        start = end
     return result
 
 
@@ -907,6 +918,8 @@ class _Path(_Builder):
         downstream, stack = {spec.output_name}, [spec.output_name]
         while stack:
             for node in consumers.get(stack.pop(), []):
+                if node.op_type in STOP_OPS:
+                    continue
                 for out in node.output:
                     if out not in downstream:
                         downstream.add(out)
