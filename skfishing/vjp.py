@@ -908,34 +908,39 @@ def find_layer(model, layer, input_shape=None):
     )
 
 
+def _on_path(b, spec, logits):
+    """Tensors that depend on the layer's output and that the logits depend on."""
+    consumers = {}
+    for node in b.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    downstream, stack = {spec.output_name}, [spec.output_name]
+    while stack:
+        for node in consumers.get(stack.pop(), []):
+            if node.op_type in STOP_OPS:
+                continue
+            for out in node.output:
+                if out not in downstream:
+                    downstream.add(out)
+                    stack.append(out)
+    if logits not in downstream:
+        raise ValueError(f"the logits '{logits}' do not depend on layer '{spec.name}'")
+    upstream, stack = {logits}, [logits]
+    while stack:
+        node = b.producer.get(stack.pop())
+        if node is None:
+            continue
+        for name in node.input:
+            if name and name not in upstream:
+                upstream.add(name)
+                stack.append(name)
+    return downstream & upstream
+
+
 class _Path(_Builder):
     def __init__(self, model, spec, logits, input_shape):
         super().__init__(model, input_shape)
-        consumers = {}
-        for node in self.graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
-        downstream, stack = {spec.output_name}, [spec.output_name]
-        while stack:
-            for node in consumers.get(stack.pop(), []):
-                if node.op_type in STOP_OPS:
-                    continue
-                for out in node.output:
-                    if out not in downstream:
-                        downstream.add(out)
-                        stack.append(out)
-        if logits not in downstream:
-            raise ValueError(f"the logits '{logits}' do not depend on layer '{spec.name}'")
-        upstream, stack = {logits}, [logits]
-        while stack:
-            node = self.producer.get(stack.pop())
-            if node is None:
-                continue
-            for name in node.input:
-                if name and name not in upstream:
-                    upstream.add(name)
-                    stack.append(name)
-        self.on_path = downstream & upstream
+        self.on_path = _on_path(self, spec, logits)
 
     def needs(self, name):
         return name in self.on_path
