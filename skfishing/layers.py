@@ -25,10 +25,10 @@ from sklearn.utils._param_validation import validate_params
 
 from .vjp import RULES, STOP_OPS, _Builder, _logits, _on_path, _spec
 
-__all__ = ["layer_dtype", "layer_features", "list_layers"]
+__all__ = ["list_layers"]
 
 
-def layer_dtype(positions, forward_dim, backward_dim, source=None):
+def _layer_dtype(positions, forward_dim, backward_dim, source=None):
     """Structured dtype of the gradient features of a layer applied at ``positions`` positions.
 
     Parameters
@@ -67,7 +67,7 @@ def _squared_norms(forward, backward):
     return result
 
 
-def layer_features(forward, backward, source=None, first_row=0):
+def _layer_features(forward, backward, source=None, first_row=0):
     """Normalised gradient features from the factors a layer model outputs.
 
     Parameters
@@ -84,7 +84,7 @@ def layer_features(forward, backward, source=None, first_row=0):
     Returns
     -------
     features : ndarray of shape (n_samples,)
-        Structured, as :func:`layer_dtype` describes.
+        Structured, as :func:`_layer_dtype` describes.
 
     Raises
     ------
@@ -97,7 +97,7 @@ def layer_features(forward, backward, source=None, first_row=0):
     else:
         one = False
     n, positions, d_in = forward.shape
-    result = np.empty(n, dtype=layer_dtype(1 if one else positions, d_in, backward.shape[2], source))
+    result = np.empty(n, dtype=_layer_dtype(1 if one else positions, d_in, backward.shape[2], source))
     finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))
     if not finite.all():
         i = int(np.flatnonzero(~finite)[0])

@@ -345,7 +345,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     def _transform_layer(self, network, preprocessing, X, spec, labels):
         """Gradient features of a layer outside the FC head, without the feature cache."""
-        from .layers import layer_features
+        from .layers import _layer_features
 
         source = {"model_sha256": network.sha256, "layer": spec.name, "temperature": float(self.temperature)}
         if self.labels is not None:
@@ -356,7 +356,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             forward, backward = network.run_layer(
                 batch, spec.name, temperature=self.temperature, labels=labels
             )
-            parts.append(layer_features(forward, backward, source, first_row=start))
+            parts.append(_layer_features(forward, backward, source, first_row=start))
             start += len(batch)
         return np.concatenate(parts)
 

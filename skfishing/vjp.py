@@ -50,8 +50,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
+from sklearn.utils._param_validation import validate_params
 
-from .graph import LABELS, TEMPERATURE, _finish, _needed
+from .graph import _TEMPERATURE, LABELS, TEMPERATURE, _finish, _needed
 from .head import _PASS_THROUGH, PREFIX, _attr, _skip, find_fc_head
 
 __all__ = ["LayerSpec", "RULES", "NoRuleError", "build_layer_model", "find_layer", "layer_candidates"]
@@ -889,6 +890,20 @@ def layer_candidates(model, input_shape=None):
 def find_layer(model, layer, input_shape=None):
     """The :class:`LayerSpec` named ``layer`` (node name or weight name).
 
+    Parameters
+    ----------
+    model : onnx.ModelProto
+        The classifier.
+    layer : str
+        Node name or weight name of a Conv, Gemm or MatMul node with a
+        constant weight.
+    input_shape : sequence of int, default=None
+        Per-sample input shape to assume where the graph leaves it free.
+
+    Returns
+    -------
+    spec : LayerSpec
+
     Raises
     ------
     ValueError
@@ -1020,6 +1035,16 @@ def _conv_delta(b, spec, node, delta):
     return b.op("Reshape", [delta, b.ints([0, -1, d_out])])
 
 
+@validate_params(
+    {
+        "model": [onnx.ModelProto],
+        "layer": [str, LayerSpec],
+        "temperature": _TEMPERATURE,
+        "labels": ["array-like", None],
+        "input_shape": ["array-like", None],
+    },
+    prefer_skip_nested_validation=True,
+)
 def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape=None):
     """A model from the network input to the per-position factors of a layer's gradient.
 
