@@ -1069,6 +1069,16 @@ COVERED_ELSEWHERE = [
         "labels vector of the wrong shape",
         "tests/test_transformer.py::test_labels_parameter_is_used",
     ),
+    (
+        "layer",
+        "layer= names no Conv, Gemm or MatMul node or weight: ValueError listing the model's layers",
+        "tests/test_layers.py::test_unknown_layer_names_the_layers",
+    ),
+    (
+        "layer",
+        "an op between the layer and the logits has no reverse-pass rule: NoRuleError naming the node and op type",
+        "tests/test_vjp.py::test_op_without_rule_is_named",
+    ),
 ]
 
 
