@@ -339,9 +339,14 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             return None
         if layer in {fc.name for fc in network.head.layers}:
             return None
-        return find_layer(
-            network._model, layer, network.input_shape if None not in network.input_shape else None
-        )
+        shape = network.input_shape if None not in network.input_shape else None
+        try:
+            return find_layer(network._model, layer, shape)
+        except ValueError as exc:
+            raise ValueError(
+                f"model has no FC layer named {layer!r}; its layers are:\n{network.head.describe()}\n"
+                f"and no other layer of that name: {exc}"
+            ) from None
 
     def _transform_layer(self, network, preprocessing, X, spec, labels):
         """Gradient features of a layer outside the FC head, without the feature cache."""
