@@ -91,11 +91,9 @@ def _layer_features(forward, backward, source=None, first_row=0):
     ValueError
         If a sample's factors are not finite, naming the sample.
     """
+    one = forward.ndim == 2 or forward.shape[1] == 1  # T = 1: 1-D fields, each of unit norm
     if forward.ndim == 2:
         forward, backward = forward[:, None], backward[:, None]
-        one = True
-    else:
-        one = False
     n, positions, d_in = forward.shape
     result = np.empty(n, dtype=_layer_dtype(1 if one else positions, d_in, backward.shape[2], source))
     finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))

@@ -56,3 +56,22 @@ def test_layers_command(tiny_cnn_file, capsys):
     assert main(["layers", str(tiny_cnn_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2].split() == ["Conv", "64", "72", "16", str(64 * 88), str(16 * 72), "conv2_w", "(conv2_w)"]
+
+
+def test_factor_normalisation():
+    from skfishing.layers import _layer_features
+
+    rng = np.random.default_rng(0)
+    forward, backward = rng.normal(size=(3, 5, 4)), rng.normal(size=(3, 5, 2))
+    Z = _layer_features(forward, backward)
+    G = explicit_gradients(Z["forward"], Z["backward"]).reshape(3, -1)
+    np.testing.assert_allclose(np.linalg.norm(G, axis=1), 1, rtol=1e-6)
+    raw = explicit_gradients(forward, backward).reshape(3, -1)
+    np.testing.assert_allclose(G, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-6)
+    # one position: 1-D fields, each of unit norm, as for the FC head
+    one = _layer_features(forward[:, :1], backward[:, :1])
+    assert one["forward"].shape == (3, 4) and one["backward"].shape == (3, 2)
+    np.testing.assert_allclose(np.linalg.norm(one["backward"], axis=1), 1, rtol=1e-6)
+    backward[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match="sample 11 gives non-finite gradient factors"):
+        _layer_features(forward, backward, first_row=10)
