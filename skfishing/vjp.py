@@ -413,6 +413,10 @@ def _exp(b, node, gy):
     return {0: b.op("Mul", [gy[0], node.output[0]])}
 
 
+def _abs(b, node, gy):
+    return {0: b.op("Mul", [gy[0], b.op("Sign", [node.input[0]])])}
+
+
 def _neg(b, node, gy):
     return {0: b.op("Neg", [gy[0]])}
 
@@ -789,6 +793,7 @@ RULES = {
     "Gelu": _gelu,
     "Exp": _exp,
     "Neg": _neg,
+    "Abs": _abs,
     "Sqrt": _sqrt,
     "Reciprocal": _reciprocal,
     "Pow": _pow,
