@@ -587,6 +587,23 @@ def _models(args):
     return 0
 
 
+def _layers(args):
+    from .layers import list_layers
+
+    rows = list_layers(resolve_model(args.model, cache_dir=args.cache_dir).source)
+    print(f"{'op':<6}  {'T':>7}  {'d_in':>6}  {'d_out':>6}  {'factors':>10}  {'G':>10}  name (weight)")
+    for row in rows:
+        note = "" if row["supported"] is True else f"  [no rule for {', '.join(row['supported'])}]"
+        T = "?" if row["T"] is None else row["T"]
+        factors = "?" if row["factor_floats"] is None else row["factor_floats"]
+        print(
+            f"{row['op_type']:<6}  {T:>7}  {row['d_in']:>6}  {row['d_out']:>6}  {factors:>10}  "
+            f"{row['gradient_floats']:>10}  {row['name']} ({row['weight']}){note}"
+        )
+    print("factors: T (d_in + d_out) floats per image; G: d_in d_out floats per image")
+    return 0
+
+
 def _demo(args):
     run_demo(
         args.data,
@@ -741,6 +758,18 @@ def build_parser():
     )
     models.add_argument("--cache-dir", metavar="DIR", help="folder of downloaded models")
     models.set_defaults(handler=_models)
+
+    layers = commands.add_parser(
+        "layers",
+        help="list the layers whose gradient can be computed",
+        description="List the Conv, Gemm and MatMul nodes with constant weights of a "
+        "model, any of which --layer (DeepFisherTransformer(layer=...)) accepts by "
+        "node or weight name: positions T (groups folded in), d_in, d_out, and the "
+        "floats per image of the factors and of G.",
+    )
+    layers.add_argument("model", metavar="MODEL", help="registered model name or ONNX file")
+    layers.add_argument("--cache-dir", metavar="DIR", help="folder of downloaded models")
+    layers.set_defaults(handler=_layers)
 
     demo = commands.add_parser(
         "demo",

@@ -343,7 +343,7 @@ def _input_elem(head):
     return helper.np_dtype_to_tensor_dtype(head.dtype)
 
 
-def _needed(nodes, targets, stop):
+def needed_nodes(nodes, targets, stop):
     """The nodes that ``targets`` depend on, not looking past the ``stop`` tensors.
 
     Returns the nodes in their original (topological) order and the names of
@@ -368,7 +368,7 @@ def _needed(nodes, targets, stop):
     return [n for n in nodes if id(n) in keep], read
 
 
-def _finish(graph, opset, source=None):
+def finish_model(graph, opset, source=None):
     """Wrap a graph in a model with the source's opsets (or ``opset``)."""
     if source is None:
         opsets = [helper.make_opsetid("", opset)]
@@ -381,7 +381,7 @@ def _finish(graph, opset, source=None):
     return model
 
 
-def _dynamic_batch(value_info):
+def dynamic_batch(value_info):
     """Copy of a graph input with its first dimension made symbolic."""
     value_info = onnx.ValueInfoProto.FromString(value_info.SerializeToString())
     dims = value_info.type.tensor_type.shape.dim
@@ -396,11 +396,11 @@ def _trunk(model, head):
     index = GraphIndex(model.graph)
     if head.input_name in index.graph_inputs:
         inputs = [i for i in model.graph.input if i.name == head.input_name]
-        return [], [], [_dynamic_batch(i) for i in inputs]
-    nodes, read = _needed(list(model.graph.node), [head.input_name], set())
+        return [], [], [dynamic_batch(i) for i in inputs]
+    nodes, read = needed_nodes(list(model.graph.node), [head.input_name], set())
     inits = [i for i in model.graph.initializer if i.name in read]
     inputs = [i for i in model.graph.input if i.name in read and i.name not in index.constants]
-    return nodes, inits, [_dynamic_batch(i) for i in inputs]
+    return nodes, inits, [dynamic_batch(i) for i in inputs]
 
 
 @_validated("model", "head")
@@ -502,7 +502,7 @@ def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labe
         stop = {t.name for t in state}
     else:
         stop = {head.input_name}
-    nodes, read = _needed(parts.nodes, names, stop)
+    nodes, read = needed_nodes(parts.nodes, names, stop)
     inits = [i for i in parts.inits if i.name in read]
     tensors = [i for i in inits if i.name in (TEMPERATURE, LABELS)]
     extra_inputs = [helper.make_tensor_value_info(i.name, parts.elem, list(i.dims)) for i in tensors]
@@ -512,7 +512,7 @@ def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labe
         graph = helper.make_graph(
             nodes, "skfishing_from_state", inputs + extra_inputs, output_infos, initializer=inits
         )
-        return _finish(graph, head.opset)
+        return finish_model(graph, head.opset)
     trunk_nodes, trunk_inits, inputs = _trunk(model, head)
     if len(inputs) != 1:
         network_input(model, head)  # raises, naming the inputs
@@ -529,7 +529,7 @@ def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labe
         output_infos,
         initializer=trunk_inits + inits,
     )
-    return _finish(graph, head.opset, source=model)
+    return finish_model(graph, head.opset, source=model)
 
 
 @_validated("model", "head")
@@ -554,7 +554,7 @@ def build_trunk_model(model, head):
         return None
     output = helper.make_tensor_value_info(head.input_name, _input_elem(head), None)
     graph = helper.make_graph(nodes, "skfishing_trunk", inputs, [output], initializer=inits)
-    return _finish(graph, head.opset, source=model)
+    return finish_model(graph, head.opset, source=model)
 
 
 @_validated("model", "head")

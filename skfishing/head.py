@@ -34,7 +34,7 @@ LAST_LAYER = 8
 #: Prefix of every tensor the head adds, so it never clashes with the network.
 PREFIX = "fish_"
 #: Operators that pass the FC input through unchanged at inference time.
-_PASS_THROUGH = frozenset({"Dropout", "Identity"})
+PASS_THROUGH = frozenset({"Dropout", "Identity"})
 #: Operators that flatten the trunk output into FC input.
 _FLATTEN = FLATTEN_OPS
 _MIN_OPSET = 9
@@ -247,7 +247,7 @@ def _constant(index, name):
     return quantized.constant(index, name)
 
 
-def _skip(index, tensor, ops, *, output=False):
+def skip_ops(index, tensor, ops, *, output=False):
     """Walk down from ``tensor`` through nodes whose op_type is in ``ops``.
 
     Also through QuantizeLinear and DequantizeLinear of activations
@@ -283,7 +283,7 @@ def _head_input(index, fc_input, fc_quantization):
         node = index.producer.get(tensor)
         if node is None:
             break
-        if node.op_type in _PASS_THROUGH | _FLATTEN:
+        if node.op_type in PASS_THROUGH | _FLATTEN:
             tensor = node.input[0]
             continue
         step = quantized.activation_step(index, tensor)
@@ -349,7 +349,7 @@ def _folded_batchnorm(index, node):
     params = [_constant(index, name) for name in node.input[1:5]]
     if len(params) != 4 or any(p is None for p in params) or attribute(node, "training_mode", 0):
         return None
-    fc = _as_plain_fc(index, _skip(index, node.input[0], _PASS_THROUGH, output=True))
+    fc = _as_plain_fc(index, skip_ops(index, node.input[0], PASS_THROUGH, output=True))
     if fc is None:
         return None
     fc_input, name, weight, bias, input_quantization = fc
@@ -396,7 +396,7 @@ def _as_linear(index, tensor):
     if node.op_type == "Add":
         for i in (0, 1):
             bias = _constant(index, node.input[1 - i])
-            matmul = index.producer.get(_skip(index, node.input[i], frozenset(), output=True))
+            matmul = index.producer.get(skip_ops(index, node.input[i], frozenset(), output=True))
             if bias is not None and matmul is not None and matmul.op_type == "MatMul":
                 weight = _constant(index, matmul.input[1])
                 if weight is not None and weight.ndim == 2:
@@ -448,10 +448,10 @@ def find_fc_head(model):
         )
     index = GraphIndex(graph)
     shapes = ShapeEvaluator(model, index)
-    tensor = _skip(index, graph.output[0].name, _PASS_THROUGH, output=True)
+    tensor = skip_ops(index, graph.output[0].name, PASS_THROUGH, output=True)
     node = index.producer.get(tensor)
     if node is not None and node.op_type in ("Softmax", "LogSoftmax", "QLinearSoftmax"):
-        tensor = _skip(index, node.input[0], _PASS_THROUGH, output=True)
+        tensor = skip_ops(index, node.input[0], PASS_THROUGH, output=True)
 
     found = []
     while True:
@@ -460,13 +460,13 @@ def find_fc_head(model):
             break
         fc_input, name, weight, bias, scale, input_quantization = fc
         found.append((name, weight, bias, scale))
-        below = _skip(index, fc_input, _PASS_THROUGH | _FLATTEN)
+        below = skip_ops(index, fc_input, PASS_THROUGH | _FLATTEN)
         check_flatten(shapes, fc_input, below, HeadStructureError)
         source = index.describe(below)
         relu_input = _relu_input(index, below)
         if relu_input is not None:
             # ReLU is idempotent: more ReLUs and zero-floor roundings may follow
-            lower = _skip(index, relu_input, _PASS_THROUGH | _FLATTEN | {"Relu"}, output=True)
+            lower = skip_ops(index, relu_input, PASS_THROUGH | _FLATTEN | {"Relu"}, output=True)
             if _as_fc(index, lower) is not None:
                 check_flatten(shapes, relu_input, lower, HeadStructureError)
                 tensor = lower

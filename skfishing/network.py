@@ -320,6 +320,36 @@ class FisherNetwork:
                 + f". onnxruntime said: {exc}"
             ) from exc
 
+    def run_layer(self, batch, layer, *, temperature=2.0, labels=None):
+        """The per-position gradient factors of any layer (:mod:`skfishing.vjp`) for a batch.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (n_samples, ...)
+            Network inputs, each of shape ``input_shape``.
+        layer : str
+            A Conv, Gemm or MatMul node with a constant weight, by node name
+            or weight name.
+        temperature, labels
+            As in :meth:`run`.
+
+        Returns
+        -------
+        forward, backward : ndarray
+            Of shapes ``(n_samples, T, d_in)`` and ``(n_samples, T, d_out)``
+            (2-D for a Gemm on one row per image).
+        """
+        from .vjp import build_layer_model
+
+        key = ("layer", layer, tuple(batch.shape[1:]))
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                model = build_layer_model(self._model, layer, input_shape=batch.shape[1:])
+                session = self._sessions[key] = _session(model, self.providers)
+        feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
+        return self._run(session, feeds, batch)
+
     def run_state(self, batch):
         """The states of a batch of network inputs.
 

@@ -67,7 +67,13 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         FC layer below it 7, and so on (a head of :math:`n` FC layers has
         layers :math:`9 - n` to 8; its input, e.g. AlexNet's pool5, is
         activation :math:`8 - n`). FC layer names from the graph are accepted
-        too.
+        too. With ``features="gradient"``, any other Conv, Gemm or MatMul
+        node with a constant weight, named by its node name or its weight's
+        name (:func:`skfishing.layers.list_layers` lists them): its
+        gradient goes back through the trunk (:mod:`skfishing.vjp`), and the
+        features hold its per-position factors (see
+        :mod:`skfishing.layers`). Such layers do not use ``memory``: each
+        transform, in a grid search too, runs the network again.
 
     temperature : float, default=2.0
         Softmax temperature :math:`\tau` of the loss (the paper uses 2).
@@ -255,12 +261,17 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _fit(self, X):
         self._validate_params()
         network, preprocessing = self._network()
-        outputs = self._outputs(network)
+        spec = self._trunk_layer(network)
         self._check_labels(network)
-        self.layer_ = outputs[-1].layer
         self.model_sha256_ = network.sha256
+        if spec is not None:  # a layer of the trunk (skfishing.vjp)
+            self.layer_ = spec.name
+            self.feature_widths_ = (spec.d_in, spec.d_out)
+        else:
+            outputs = self._outputs(network)
+            self.layer_ = outputs[-1].layer
+            self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
         self.feature_source_ = make_source(network.sha256, self.layer_, self.temperature, self.labels)
-        self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
         if self.memory is not None:
             self._cache()  # a memory= folder that cannot be written fails here
         X = self._check_tabular(X, network, preprocessing, reset=True)
@@ -309,9 +320,12 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
                 f"(sha256 {self.model_sha256_[:12]}... at fit, {network.sha256[:12]}... now); "
                 "restore the original model file or fit again"
             )
-        outputs = self._outputs(network)
+        spec = self._trunk_layer(network)
+        outputs = self._outputs(network) if spec is None else None
         labels = self._check_labels(network)
         X = self._check_input(X, network, preprocessing)
+        if spec is not None:
+            return self._transform_layer(network, preprocessing, X, spec, labels)
         writer = _Writer(self, network, outputs)
         cache, disk = self._cache()
         if cache is None:
@@ -337,6 +351,39 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
                 raise ValueError(f"model has no FC layer named {layer!r}; its layers are:\n{head.describe()}")
             layer = names[layer]
         return head.features(self.features, layer)
+
+    def _trunk_layer(self, network):
+        """The :class:`~skfishing.vjp.LayerSpec` of a ``layer`` named outside the FC head, else None."""
+        from .vjp import find_layer
+
+        layer = self.layer
+        if not isinstance(layer, str) or self.features != "gradient":
+            return None
+        if layer in {fc.name for fc in network.head.layers}:
+            return None
+        shape = network.input_shape if None not in network.input_shape else None
+        try:
+            return find_layer(network._model, layer, shape)
+        except ValueError as exc:
+            raise ValueError(
+                f"model has no FC layer named {layer!r}; its layers are:\n{network.head.describe()}\n"
+                f"and no other layer of that name: {exc}"
+            ) from None
+
+    def _transform_layer(self, network, preprocessing, X, spec, labels):
+        """Gradient features of a layer outside the FC head, without the feature cache."""
+        from .layers import layer_features
+
+        source = make_source(network.sha256, spec.name, self.temperature, self.labels)
+        _, batches = self._batches(X, network, preprocessing)
+        parts, start = [], 0
+        for batch in batches:
+            forward, backward = network.run_layer(
+                batch, spec.name, temperature=self.temperature, labels=labels
+            )
+            parts.append(layer_features(forward, backward, source, first_row=start))
+            start += len(batch)
+        return np.concatenate(parts)
 
     def _check_labels(self, network):
         return None if self.labels is None else check_labels(self.labels, network.head.n_classes)

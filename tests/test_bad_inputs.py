@@ -1240,6 +1240,16 @@ COVERED_ELSEWHERE = [
         "the error for a missing layer names the node where reading the head stopped",
         "tests/test_head_batchnorm.py::test_batchnorm_that_cannot_be_folded_is_named_in_the_layer_list",
     ),
+    (
+        "layer",
+        "layer= names no Conv, Gemm or MatMul node or weight: ValueError listing the model's layers",
+        "tests/test_layers.py::test_unknown_layer_names_the_layers",
+    ),
+    (
+        "layer",
+        "an op between the layer and the logits has no reverse-pass rule: NoRuleError naming the node and op type",
+        "tests/test_vjp.py::test_op_without_rule_is_named",
+    ),
 ]
 
 

@@ -306,7 +306,9 @@ def test_unreadable_heads_say_why():
     for change, message in cases:
         with pytest.raises(HeadStructureError, match=message):
             find_fc_head(_mlp_with(change))
-    with pytest.raises(TypeError, match="'model' parameter of find_fc_head must be an instance of .*ModelProto"):
+    with pytest.raises(
+        TypeError, match="'model' parameter of find_fc_head must be an instance of .*ModelProto"
+    ):
         find_fc_head("model.onnx")
     no_opset = mlp_model()[0]
     no_opset.opset_import[0].domain = "com.example"

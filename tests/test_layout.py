@@ -199,11 +199,13 @@ def test_tests_touch_no_private_name():
 
 
 def test_the_test_check_finds_private_names(tmp_path):
+    (tmp_path / "helpers.py").write_text("class _Server:\n    pass\n", encoding="utf-8")
     (tmp_path / "test_x.py").write_text(
         textwrap.dedent(
             """
             from skfishing.images import _load, load_image
             from helpers import _Server
+            from torch.nn.modules.batchnorm import _BatchNorm  # torch's business
 
             def test(monkeypatch, net):
                 monkeypatch.setattr(net, "_sessions", {})

@@ -59,6 +59,7 @@ def _calls():
     from skfishing.kernel import trace_kernel
     from skfishing.model_spec import ModelSpec
     from skfishing.registry import register_model
+    from skfishing.vjp import build_layer_model, layer_candidates
 
     y = np.array([0, 1, 0, 1])
 
@@ -87,6 +88,9 @@ def _calls():
         "skfishing.sketch.TensorSketch": [_estimator(TensorSketch, lambda e: e.fit(Z))],
         "skfishing.kernel.trace_kernel": [lambda **p: trace_kernel(Z, **p)],
         "skfishing.graph.add_backward": [lambda **p: add_backward(MODEL, **p)],
+        "skfishing.vjp.build_layer_model": [
+            lambda **p: build_layer_model(MODEL, layer_candidates(MODEL)[0].name, **p)
+        ],
         "skfishing.graph.build_model": [lambda **p: build_model(MODEL, _head(), [Tensor("delta", 7)], **p)],
         "skfishing.graph.build_head_model": [lambda **p: build_head_model(_head(), **p)],
         "skfishing.graph.build_backward_model": [

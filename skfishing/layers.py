@@ -1,0 +1,161 @@
+r"""The layers whose gradient skfishing computes, and their features.
+
+Any ``Conv``, ``Gemm`` or ``MatMul`` node with a constant weight is a layer
+(:mod:`skfishing.vjp` has the maths). :func:`list_layers` lists them with the
+size of each representation of the per-image gradient :math:`G = \sum_t
+\delta_t x_t^\top`: the factors take :math:`T (d_{in} + d_{out})` floats
+per image, :math:`G` itself :math:`d_{in} d_{out}`.
+
+Gradient features of a layer applied at :math:`T > 1` positions are a
+structured array with float32 fields ``"forward"`` of shape ``(T, d_in)``
+and ``"backward"`` of shape ``(T, d_out)``, scaled so that
+:math:`\|G\|_F = 1`: both factors are multiplied by :math:`\|G\|_F^{-1/2}`,
+with :math:`\|G\|_F^2 = \sum_{t,s} \langle x_t, x_s \rangle \langle
+\delta_t, \delta_s \rangle` computed in float64. For :math:`T = 1` (FC
+layers) the fields are 1-D and each has unit norm, as for the FC head.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+from sklearn.utils._param_validation import validate_params
+
+from .features import gradient_dtype
+from .vjp import RULES, STOP_OPS, LayerGraphBuilder, layer_spec, logits_of, nodes_on_path
+
+__all__ = ["list_layers"]
+
+
+def _squared_norms(forward, backward):
+    """:math:`\\|G\\|_F^2` per row, in float64, by the cheaper of the two ways."""
+    n, positions, d_in = forward.shape
+    d_out = backward.shape[2]
+    result = np.empty(n)
+    for i in range(n):
+        x, d = forward[i].astype(np.float64), backward[i].astype(np.float64)
+        if positions * positions * (d_in + d_out) < positions * d_in * d_out:
+            result[i] = np.sum((x @ x.T) * (d @ d.T))
+        else:
+            g = d.T @ x
+            result[i] = np.sum(g * g)
+    return result
+
+
+def layer_features(forward, backward, source=None, first_row=0):
+    """Normalised gradient features from the factors a layer model outputs.
+
+    Parameters
+    ----------
+    forward : ndarray of shape (n_samples, T, d_in) or (n_samples, d_in)
+        The inputs :math:`x_t`.
+    backward : ndarray of shape (n_samples, T, d_out) or (n_samples, d_out)
+        The output gradients :math:`\\delta_t`.
+    source : dict, default=None
+        Provenance for the dtype's metadata.
+    first_row : int, default=0
+        Index of the first row, to name a bad sample in errors.
+
+    Returns
+    -------
+    features : ndarray of shape (n_samples,)
+        Structured, as :func:`skfishing.features.gradient_dtype` describes.
+
+    Raises
+    ------
+    ValueError
+        If a sample's factors are not finite, naming the sample.
+    """
+    one = forward.ndim == 2 or forward.shape[1] == 1  # T = 1: 1-D fields, each of unit norm
+    if forward.ndim == 2:
+        forward, backward = forward[:, None], backward[:, None]
+    n, positions, d_in = forward.shape
+    result = np.empty(
+        n, dtype=gradient_dtype(d_in, backward.shape[2], source, positions=1 if one else positions)
+    )
+    finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"sample {first_row + i} gives non-finite gradient factors (NaN or infinity): the network "
+            "overflowed. Check the input values, the temperature or the labels."
+        )
+    if one:
+        for name, values in (("forward", forward[:, 0]), ("backward", backward[:, 0])):
+            block = values.astype(np.float64)
+            norms = np.linalg.norm(block, axis=1, keepdims=True)
+            result[name] = np.divide(block, norms, out=np.zeros_like(block), where=norms > 0)
+        return result
+    scale = np.sqrt(np.sqrt(_squared_norms(forward, backward)))
+    scale = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0.0)[:, None, None]
+    result["forward"] = forward * scale
+    result["backward"] = backward * scale
+    return result
+
+
+@validate_params(
+    {"model": [str, os.PathLike, onnx.ModelProto], "input_shape": ["array-like", None]},
+    prefer_skip_nested_validation=True,
+)
+def list_layers(model, input_shape=None):
+    """The layers of a classifier whose gradient skfishing can compute.
+
+    Parameters
+    ----------
+    model : str, path-like or onnx.ModelProto
+        The classifier (an ONNX file or a loaded model).
+    input_shape : array-like of int, default=None
+        Per-sample input shape, for graphs whose input size is free.
+
+    Returns
+    -------
+    layers : list of dict
+        One per Conv, Gemm or MatMul node with a constant weight, in graph
+        order, with keys ``op_type``, ``name`` (node name), ``weight``
+        (weight name), ``T`` (positions, groups folded in; None when the
+        shapes are not static), ``d_in``, ``d_out``, ``factor_floats``
+        (:math:`T (d_{in} + d_{out})` per image), ``gradient_floats``
+        (the number of weights, :math:`G`'s size per image) and
+        ``supported`` (True when every op between the layer and the
+        logits has a reverse-pass rule, else the op types that have none).
+
+    """
+    if not isinstance(model, onnx.ModelProto):
+        from .network import load_onnx
+
+        model = load_onnx(model)
+    shape = None if input_shape is None else [int(v) for v in np.ravel(input_shape)]
+    logits = logits_of(model)
+    builder = LayerGraphBuilder(model, shape)
+    rows = []
+    for spec in filter(None, (layer_spec(builder, node) for node in builder.graph.node)):
+        try:
+            on_path = nodes_on_path(builder, spec, logits)
+            missing = sorted(
+                {
+                    n.op_type
+                    for n in builder.graph.node
+                    if any(o in on_path for o in n.output)
+                    and n.output[0] != spec.output_name
+                    and (n.op_type not in RULES or n.domain not in ("", "ai.onnx"))
+                    and n.op_type not in STOP_OPS
+                }
+            )
+        except ValueError:
+            missing = ["(the logits do not depend on it)"]
+        rows.append(
+            {
+                "op_type": spec.op_type,
+                "name": spec.name,
+                "weight": spec.weight_name,
+                "T": spec.T,
+                "d_in": spec.d_in,
+                "d_out": spec.d_out,
+                "factor_floats": None if spec.T is None else spec.T * (spec.d_in + spec.d_out),
+                "gradient_floats": spec.g_size,
+                "supported": True if not missing else missing,
+            }
+        )
+    return rows
