@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import helper
+from sklearn.utils._param_validation import validate_params
 
 from . import state
 from .graph import LABELS, TEMPERATURE, build_model, network_input
@@ -99,6 +100,9 @@ def default_providers():
     return [p for p in (_CUDA, "CPUExecutionProvider") if p in available]
 
 
+@validate_params(
+    {"providers": [list, tuple, None], "allow_tf32": ["boolean"]}, prefer_skip_nested_validation=True
+)
 def session_providers(providers=None, *, allow_tf32=False):
     """Execution providers as onnxruntime takes them, exact unless told otherwise.
 
@@ -188,6 +192,10 @@ class FisherNetwork:
         As given.
     """
 
+    @validate_params(
+        {"model": [onnx.ModelProto], "sha256": [str], "providers": [tuple, list]},
+        prefer_skip_nested_validation=True,
+    )
     def __init__(self, model, sha256, providers):
         self.head = find_fc_head(model)
         self.dtype = self.head.dtype
@@ -424,6 +432,7 @@ def external_locations(model):
     return sorted(locations)
 
 
+@validate_params({"path": [str, bytes, os.PathLike]}, prefer_skip_nested_validation=True)
 def model_sha256(path):
     """Content identity of an ONNX file: SHA-256 of the file and of its external data.
 
@@ -470,6 +479,7 @@ def parse_model_file(path, load_external_data=False):
         raise ValueError(f"'{os.fsdecode(path)}' is not a readable ONNX model: {exc}") from exc
 
 
+@validate_params({"path": [str, bytes, os.PathLike]}, prefer_skip_nested_validation=True)
 def load_onnx(path):
     """Load an ONNX model file, with its external data, and clear errors.
 
@@ -486,6 +496,14 @@ def load_onnx(path):
     return parse_model_file(path, load_external_data=True)
 
 
+@validate_params(
+    {
+        "model": [str, bytes, os.PathLike, onnx.ModelProto],
+        "providers": [list, tuple, None],
+        "allow_tf32": ["boolean"],
+    },
+    prefer_skip_nested_validation=True,
+)
 def get_network(model, providers=None, *, allow_tf32=False):
     """The :class:`FisherNetwork` of a model file or ModelProto, built once per process.
 
