@@ -23,8 +23,6 @@ a model file by hand) with exit status 1 (2 for command-line usage errors,
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import os
 import stat
 import sys
@@ -36,6 +34,7 @@ from . import __version__
 from .demo import run_demo
 from .features import _check_output_file, _feature_arrays, _write_npz
 from .images import ImagePreprocessing
+from .model_spec import PREPROCESSING_FIELDS, preprocessing_fields
 from .registry import get_cache_dir, list_models, model_path, register_model, resolve_model
 from .transformer import DeepFisherTransformer
 
@@ -45,7 +44,7 @@ _DEFAULT_MODEL = "tinyalexnet"
 
 #: Fields of :class:`~skfishing.ImagePreprocessing` read from the options and
 #: from a preprocessing JSON file.
-_PREPROCESSING_FIELDS = ("size", "resize", "channel_order", "scale", "mean", "std")
+_PREPROCESSING_FIELDS = PREPROCESSING_FIELDS
 
 
 def _shown(path):
@@ -172,37 +171,14 @@ def _check_not_an_input(output, images):
             )
 
 
-def _read_preprocessing(path):
-    """The :class:`~skfishing.ImagePreprocessing` fields of a JSON file."""
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OSError(f"cannot read preprocessing file {_quoted(path)}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"preprocessing file {_quoted(path)} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(
-            f"preprocessing file {_quoted(path)} must hold a JSON object with keys "
-            f"{', '.join(_PREPROCESSING_FIELDS)}"
-        )
-    if "size" not in meta and "input_size" in meta:  # the layout of skfishing/data/*.json
-        meta["size"] = meta["input_size"]
-    for key in meta:
-        close = difflib.get_close_matches(key, _PREPROCESSING_FIELDS, n=1, cutoff=0.75)
-        if key not in _PREPROCESSING_FIELDS and close:
-            raise ValueError(
-                f"preprocessing file {_quoted(path)}: unknown key {key!r}; did you mean {close[0]!r}?"
-            )
-    return {key: meta[key] for key in _PREPROCESSING_FIELDS if key in meta}
-
-
 def _model(args):
     """The --model argument, with an ONNX file's preprocessing registered.
 
     An ONNX file that is not registered needs the image preprocessing of its
-    network: it is read from ``--preprocessing FILE.json``, else from a JSON
-    file next to the model with the same stem (``net.onnx`` -> ``net.json``),
-    and the options ``--size`` ... ``--std`` override single fields. The file
+    network: it is read from ``--preprocessing FILE.json``, else from the
+    sources the Python API reads (:func:`skfishing.model_spec.preprocessing_fields`:
+    ``net.json`` beside ``net.onnx``, else the model's ONNX metadata), and
+    the options ``--size`` ... ``--std`` override single fields. The file
     is then registered, for this process, under the name given to --model.
     """
     options = {
@@ -226,9 +202,7 @@ def _model(args):
             )
         return model  # a registered name, or a missing file the transformer reports
     sidecar = Path(args.preprocessing) if args.preprocessing is not None else path.with_suffix(".json")
-    values = {}
-    if args.preprocessing is not None or sidecar.is_file():
-        values = _read_preprocessing(sidecar)
+    values, source = preprocessing_fields(path, args.preprocessing)
     values.update(options)
     if "size" not in values:
         raise ValueError(
@@ -243,7 +217,7 @@ def _model(args):
         from_file = values.keys() - options.keys()
         where = ""
         if from_file:
-            where = f" (read from {_quoted(sidecar)}{' and the options' if options else ''})"
+            where = f" (read from {source}{' and the options' if options else ''})"
         raise ValueError(f"preprocessing of {_quoted(model)}{where}: {exc}") from None
     register_model(
         model,
@@ -347,7 +321,8 @@ def _add_common(parser, model_help):
         "channel_order, scale, mean and std (the fields of "
         "skfishing.ImagePreprocessing): --preprocessing FILE.json, or a file next to "
         "the model with the same stem (net.onnx -> net.json), which is read when "
-        "present. The options below override single fields. Images are resized so "
+        "present, else the JSON object under the key skfishing.preprocessing of the "
+        "model's ONNX metadata_props. The options below override single fields. Images are resized so "
         "that their shorter side is RESIZE, the central SIZE x SIZE square is "
         "cropped, and each 0-255 pixel value p becomes (p * SCALE - MEAN) / STD.",
     )
