@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from numbers import Integral
 
 import onnx
+from sklearn.utils._param_validation import validate_params
 
 from . import state
 from .images import ImagePreprocessing
@@ -33,7 +34,6 @@ __all__ = [
     "ModelSpec",
     "ResolvedModel",
     "file_preprocessing",
-    "model_preprocessing",
     "preprocessing_fields",
 ]
 
@@ -189,6 +189,10 @@ def _file_metadata_text(path):
     return state.memo(key, read)
 
 
+@validate_params(
+    {"model": [str, os.PathLike, onnx.ModelProto], "sidecar": [str, os.PathLike, None]},
+    prefer_skip_nested_validation=True,
+)
 def preprocessing_fields(model, sidecar=None):
     """The image preprocessing fields of an unregistered model, and their source.
 
@@ -202,9 +206,9 @@ def preprocessing_fields(model, sidecar=None):
 
     Parameters
     ----------
-    model : path-like or onnx.ModelProto
+    model : str, path-like or onnx.ModelProto
         The ONNX file, or an in-memory model (only its metadata is read).
-    sidecar : path-like, default=None
+    sidecar : str or path-like, default=None
         A JSON file to read instead of ``net.json`` and the metadata.
 
     Returns
@@ -245,7 +249,7 @@ def preprocessing_fields(model, sidecar=None):
     return _fields(text, source), source
 
 
-def model_preprocessing(fields, source):
+def _preprocessing(fields, source):
     """The :class:`~skfishing.ImagePreprocessing` of fields read from ``source``.
 
     Parameters
@@ -276,6 +280,7 @@ def model_preprocessing(fields, source):
         raise ValueError(f"image preprocessing read from {source}: {exc}") from None
 
 
+@validate_params({"model": [str, os.PathLike, onnx.ModelProto]}, prefer_skip_nested_validation=True)
 def file_preprocessing(model):
     """The image preprocessing of an unregistered ONNX file or model.
 
@@ -285,11 +290,17 @@ def file_preprocessing(model):
 
     Parameters
     ----------
-    model : path-like or onnx.ModelProto
+    model : str, path-like or onnx.ModelProto
+        The ONNX file, or an in-memory model.
 
     Returns
     -------
     preprocessing : ImagePreprocessing or None
         None when neither source exists.
+
+    Raises
+    ------
+    ValueError
+        If a source is not a valid preprocessing (the message names it).
     """
-    return model_preprocessing(*preprocessing_fields(model))
+    return _preprocessing(*preprocessing_fields(model))
