@@ -28,15 +28,10 @@ import stat
 import sys
 from pathlib import Path
 
-from PIL import Image
-
 from . import __version__
-from .demo import run_demo
-from .features import _check_output_file, _feature_arrays, _write_npz
-from .images import ImagePreprocessing
-from .model_spec import PREPROCESSING_FIELDS, preprocessing_fields
-from .registry import get_cache_dir, list_models, model_path, register_model, resolve_model
-from .transformer import DeepFisherTransformer
+
+# Each command imports what it uses, in its function: --help and --version
+# load neither scikit-learn, SciPy, ONNX nor onnxruntime (tests/test_startup.py).
 
 __all__ = ["main", "build_parser", "collect_images"]
 
@@ -44,7 +39,7 @@ _DEFAULT_MODEL = "tinyalexnet"
 
 #: Fields of :class:`~skfishing.ImagePreprocessing` read from the options and
 #: from a preprocessing JSON file.
-_PREPROCESSING_FIELDS = PREPROCESSING_FIELDS
+_PREPROCESSING_FIELDS = ("size", "resize", "channel_order", "scale", "mean", "std")
 
 
 def _shown(path):
@@ -114,6 +109,8 @@ def collect_images(arguments):
         If a folder has no image file, or an argument or an image-named
         entry of a folder is not a regular file (a FIFO, a device, a socket).
     """
+    from PIL import Image
+
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     paths = []
     for argument in arguments:
@@ -181,6 +178,10 @@ def _model(args):
     the options ``--size`` ... ``--std`` override single fields. The file
     is then registered, for this process, under the name given to --model.
     """
+    from .images import ImagePreprocessing
+    from .model_spec import preprocessing_fields
+    from .registry import list_models, register_model, resolve_model
+
     options = {
         field: getattr(args, field) for field in _PREPROCESSING_FIELDS if getattr(args, field) is not None
     }
@@ -230,6 +231,9 @@ def _model(args):
 
 
 def _extract(args):
+    from .features import _check_output_file, _feature_arrays, _write_npz
+    from .transformer import DeepFisherTransformer
+
     images = collect_images(args.images)
     output = Path(args.output)
     _check_not_an_input(output, images)
@@ -261,6 +265,8 @@ def _size(n_bytes):
 
 
 def _models(args):
+    from .registry import get_cache_dir, list_models, model_path
+
     print(f"cache folder: {get_cache_dir(args.cache_dir)}")
     rows = []
     for spec in list_models():
@@ -286,6 +292,8 @@ def _models(args):
 
 
 def _demo(args):
+    from .demo import run_demo
+
     run_demo(
         args.data,
         model=_model(args),
