@@ -86,7 +86,9 @@ print(Z["forward"].shape, Z["backward"].shape)
 # Where the errors are
 # --------------------
 
-ConfusionMatrixDisplay.from_estimator(pipe, X_test, y_test, colorbar=False)
+ConfusionMatrixDisplay.from_estimator(
+    pipe, X_test, y_test, colorbar=False
+)
 plt.title(r"$\partial E / \partial W_7$ + trace-kernel SVM, test set")
 plt.show()
 

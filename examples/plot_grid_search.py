@@ -60,7 +60,9 @@ search = GridSearchCV(
 )
 start = time.perf_counter()
 search.fit(X_train, y_train)
-print(f"{len(search.cv_results_['params'])} candidates x 3 folds in {time.perf_counter() - start:.1f} s")
+print(
+    f"{len(search.cv_results_['params'])} candidates x 3 folds in {time.perf_counter() - start:.1f} s"
+)
 print("best:", search.best_params_)
 print(f"best mean CV accuracy: {search.best_score_:.3f}")
 test_accuracy = search.score(X_test, y_test)
@@ -80,7 +82,10 @@ for params, score in zip(results["params"], results["mean_test_score"]):
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 image = ax.imshow(scores, cmap="viridis", aspect="auto")
 ax.set_xticks(range(len(temperatures)), temperatures)
-ax.set_yticks(range(len(layers)), [rf"$\partial E / \partial W_{k}$" for k in layers])
+ax.set_yticks(
+    range(len(layers)),
+    [rf"$\partial E / \partial W_{k}$" for k in layers],
+)
 ax.set_xlabel(r"temperature $\tau$")
 ax.set_ylabel("layer")
 for i in range(len(layers)):

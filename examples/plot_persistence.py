@@ -78,9 +78,14 @@ skops_path = folder / "digits_fish.skops"
 persistence.dump(pipe, skops_path)
 print(f"{skops_path.name}: {skops_path.stat().st_size / 1e3:.0f} kB")
 from_skops = persistence.load(skops_path)
-same = np.array_equal(from_skops.decision_function(X_test), loaded.decision_function(X_test))
+same = np.array_equal(
+    from_skops.decision_function(X_test),
+    loaded.decision_function(X_test),
+)
 print("skops and joblib give the same decisions:", same)
-print("trusted skfishing types:", ", ".join(persistence.TRUSTED_TYPES[:2]))
+print(
+    "trusted skfishing types:", ", ".join(persistence.TRUSTED_TYPES[:2])
+)
 
 # %%
 # What the file holds

@@ -157,7 +157,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     >>> import numpy as np
     >>> from skfishing import DeepFisherTransformer
     >>> images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
-    >>> Z = DeepFisherTransformer("tinyalexnet", layer=7).transform(images)
+    >>> fish = DeepFisherTransformer("tinyalexnet", layer=7)
+    >>> Z = fish.transform(images)
     >>> Z.dtype.names
     ('forward', 'backward')
     """
