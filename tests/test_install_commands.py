@@ -77,10 +77,10 @@ def test_ci_runs_the_commands_the_pages_print():
     assert f"Build it with `{docs_command}`" in readme
 
 
-def test_the_test_extra_has_no_torch_and_the_oracle_extra_has_it():
+def test_the_test_extra_has_no_torch_nor_dask_and_the_oracle_extra_has_torch():
     extras = _extras()
     names = {re.split(r"[<>=!;\[ ]", requirement)[0] for requirement in extras["test"]}
-    assert not names & {"torch", "torchvision", "timm"}
+    assert not names & {"torch", "torchvision", "timm", "dask", "dask-ml", "zarr"}
     assert {re.split(r"[<>=]", r)[0] for r in extras["oracle"]} == {"torch", "torchvision", "timm"}
     assert not any("onnxruntime" in requirement for requirement in extras["docs"] + extras["test"])
 
