@@ -65,17 +65,25 @@ def load(data, smoke):
 def extract(X, y, X_val, y_val, folder):
     """x7 and dE/dW7 of every image to parts on disk; returns the seconds taken."""
     from skfishing import DeepFisherTransformer
+    from skfishing.cache import FeatureCache
     from skfishing.features import save_features
 
-    fish = DeepFisherTransformer("tinyalexnet", layer=7, batch_size=256)
-    acts = DeepFisherTransformer("tinyalexnet", layer=7, features="activation", batch_size=256)
+    # one network pass per image: the activations come from the cached forward pass
+    cache = FeatureCache()
+    fish = DeepFisherTransformer("tinyalexnet", layer=7, batch_size=256, memory=cache)
+    acts = DeepFisherTransformer("tinyalexnet", layer=7, features="activation", memory=cache)
     start = time.perf_counter()
     for split, images, labels in (("train", X, y), ("val", X_val, y_val)):
         for i, offset in enumerate(range(0, len(images), PART)):
             rows = slice(offset, offset + PART)
+            grad, act = folder / f"{split}_grad{i:03d}.npz", folder / f"{split}_act{i:03d}.npz"
+            if act.exists():  # done in an earlier run (--features)
+                continue
             np.save(folder / f"{split}_labels{i:03d}.npy", labels[rows])
-            save_features(folder / f"{split}_grad{i:03d}.npz", fish.fit_transform(images[rows]), fish)
-            save_features(folder / f"{split}_act{i:03d}.npz", acts.fit_transform(images[rows]), acts)
+            if not grad.exists():
+                save_features(grad, fish.fit_transform(images[rows]), fish)
+            save_features(act, acts.fit_transform(images[rows]), acts)
+            cache.clear()
     return time.perf_counter() - start
 
 
