@@ -74,7 +74,9 @@ def main(scheduler, workdir):
         None
         if scheduler
         else LocalCluster(
-            n_workers=2, threads_per_worker=1, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            dashboard_address=None,
         )
     )
     with Client(scheduler or cluster) as client:
@@ -98,9 +100,9 @@ def main(scheduler, workdir):
         )
 
         # 2. Sketch on the workers, and a linear model trained block by block.
-        sketch = TensorSketch(n_components=4096, random_state=0).fit(
-            Z_train[:1].compute()
-        )
+        sketch = TensorSketch(
+            n_components=4096, random_state=0
+        ).fit(Z_train[:1].compute())
         F_train, F_test = (
             dask_transform(sketch, Z_train),
             dask_transform(sketch, Z_test),
@@ -119,7 +121,8 @@ def main(scheduler, workdir):
                 F_train, y_train_blocks, classes=np.arange(10)
             )
         accuracy = model.score(
-            F_test, da.from_array(y_test, chunks=(F_test.chunks[0],))
+            F_test,
+            da.from_array(y_test, chunks=(F_test.chunks[0],)),
         )
         print(
             f"sketch + SGDClassifier, 5 passes with Incremental: {time.perf_counter() - start:.1f} s, "

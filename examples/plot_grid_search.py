@@ -74,7 +74,9 @@ print(f"test accuracy of the refitted best: {test_accuracy:.3f}")
 
 results = search.cv_results_
 scores = np.empty((len(layers), len(temperatures)))
-for params, score in zip(results["params"], results["mean_test_score"]):
+for params, score in zip(
+    results["params"], results["mean_test_score"]
+):
     i = layers.index(params["fish__layer"])
     j = temperatures.index(params["fish__temperature"])
     scores[i, j] = score

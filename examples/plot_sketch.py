@@ -41,7 +41,10 @@ X_train, X_test, y_train, y_test = train_test_split(
 fish = DeepFisherTransformer(
     "tinyalexnet", layer=7
 )  # dE/dW7, factorized
-Z_train, Z_test = fish.fit_transform(X_train), fish.transform(X_test)
+Z_train, Z_test = (
+    fish.fit_transform(X_train),
+    fish.transform(X_test),
+)
 print(
     "forward and backward widths:",
     Z_train.dtype["forward"].shape,
@@ -76,9 +79,9 @@ svc_accuracy = np.empty((len(components), 3))
 linear_accuracy = np.empty_like(svc_accuracy)
 for i, m in enumerate(components):
     for seed in range(errors.shape[1]):
-        sketch = TensorSketch(n_components=m, random_state=seed).fit(
-            Z_train
-        )
+        sketch = TensorSketch(
+            n_components=m, random_state=seed
+        ).fit(Z_train)
         F_test = sketch.transform(Z_test)
         errors[i, seed] = np.linalg.norm(
             F_test @ F_test.T - K
@@ -113,7 +116,9 @@ for i, m in enumerate(components):
 # the exact kernel SVM as the error shrinks; ``LinearSVC``, another loss, ends
 # up above it on this data.
 
-fig, (ax_error, ax_accuracy) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+fig, (ax_error, ax_accuracy) = plt.subplots(
+    1, 2, figsize=(9.5, 3.8)
+)
 ax_error.loglog(
     components,
     errors.mean(1),
@@ -127,7 +132,9 @@ ax_error.loglog(
     components, reference, "k--", label=r"$\propto 1/\sqrt{m}$"
 )
 ax_error.set_xlabel("n_components m")
-ax_error.set_ylabel(r"relative Gram error $\|ZZ^T - K\|_F / \|K\|_F$")
+ax_error.set_ylabel(
+    r"relative Gram error $\|ZZ^T - K\|_F / \|K\|_F$"
+)
 ax_error.set_title("Kernel approximation")
 ax_error.legend()
 
