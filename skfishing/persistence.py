@@ -29,6 +29,7 @@ import onnx
 from sklearn.utils._param_validation import validate_params
 
 from .files import atomic_path
+from .images import ImagePreprocessing
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
 
@@ -41,15 +42,17 @@ def _type_name(cls):
 
 #: The types, besides those skops trusts by default (scikit-learn, NumPy,
 #: SciPy and Python built-ins), that a fitted skfishing pipeline holds:
-#: the two estimators, a model given as a :class:`pathlib.Path`, and a
+#: the two estimators, a model given as a :class:`pathlib.Path`, a
 #: model given in memory as an :class:`onnx.ModelProto` (rebuilt by parsing
-#: its bytes, which runs no code). :func:`load` creates these and refuses
-#: any other.
+#: its bytes, which runs no code), and the transformer's ``preprocessing``
+#: (a dataclass of numbers). :func:`load` creates these and refuses any
+#: other.
 TRUSTED_TYPES = tuple(
     _type_name(cls)
     for cls in (
         DeepFisherTransformer,
         TraceKernelSVC,
+        ImagePreprocessing,
         pathlib.PosixPath,
         pathlib.WindowsPath,
         onnx.ModelProto,

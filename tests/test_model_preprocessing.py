@@ -154,3 +154,15 @@ def test_the_cli_reads_the_metadata_as_python_does(tmp_path, paths):
         assert cli.main(["extract", *paths, "--model", str(path), "-o", str(out), "--no-progress"]) == 0
     saved = load_features(out).features
     _assert_same(saved, _features(path, paths, BGR))
+
+
+def test_a_pipeline_with_the_parameter_round_trips_through_skops(net, paths, tmp_path):
+    """skops trusts ImagePreprocessing: the loaded pipeline computes the same features."""
+    pytest.importorskip("skops")
+    from skfishing import persistence
+
+    fish = DeepFisherTransformer(net, preprocessing=BGR).fit(paths)
+    persistence.dump(fish, tmp_path / "fish.skops")
+    loaded = persistence.load(tmp_path / "fish.skops")
+    assert loaded.preprocessing == BGR
+    _assert_same(loaded.transform(paths), fish.transform(paths))
