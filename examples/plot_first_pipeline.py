@@ -63,7 +63,9 @@ X_train, X_test, y_train, y_test = train_test_split(
 # :math:`K(A, B) = \langle x_6^A, x_6^B \rangle \langle \delta_7^A, \delta_7^B \rangle`,
 # computed without ever forming the :math:`512 \times 512` gradient matrices.
 
-fish = DeepFisherTransformer("tinyalexnet", layer=7, temperature=2.0)
+fish = DeepFisherTransformer(
+    "tinyalexnet", layer=7, temperature=2.0
+)
 pipe = Pipeline([("fish", fish), ("svc", TraceKernelSVC(C=1.0))])
 pipe.fit(X_train, y_train)
 print(f"test accuracy: {pipe.score(X_test, y_test):.3f}")
@@ -86,8 +88,12 @@ print(Z["forward"].shape, Z["backward"].shape)
 # Where the errors are
 # --------------------
 
-ConfusionMatrixDisplay.from_estimator(pipe, X_test, y_test, colorbar=False)
-plt.title(r"$\partial E / \partial W_7$ + trace-kernel SVM, test set")
+ConfusionMatrixDisplay.from_estimator(
+    pipe, X_test, y_test, colorbar=False
+)
+plt.title(
+    r"$\partial E / \partial W_7$ + trace-kernel SVM, test set"
+)
 plt.show()
 
 # sphinx_gallery_thumbnail_number = 2

@@ -64,7 +64,12 @@ per_class_ap = {}
 for name, params in settings.items():
     pipe = Pipeline(
         [
-            ("fish", DeepFisherTransformer("tinyalexnet", memory=cache, **params)),
+            (
+                "fish",
+                DeepFisherTransformer(
+                    "tinyalexnet", memory=cache, **params
+                ),
+            ),
             ("svc", TraceKernelSVC(C=1.0)),
         ]
     )

@@ -60,7 +60,9 @@ search = GridSearchCV(
 )
 start = time.perf_counter()
 search.fit(X_train, y_train)
-print(f"{len(search.cv_results_['params'])} candidates x 3 folds in {time.perf_counter() - start:.1f} s")
+print(
+    f"{len(search.cv_results_['params'])} candidates x 3 folds in {time.perf_counter() - start:.1f} s"
+)
 print("best:", search.best_params_)
 print(f"best mean CV accuracy: {search.best_score_:.3f}")
 test_accuracy = search.score(X_test, y_test)
@@ -72,7 +74,9 @@ print(f"test accuracy of the refitted best: {test_accuracy:.3f}")
 
 results = search.cv_results_
 scores = np.empty((len(layers), len(temperatures)))
-for params, score in zip(results["params"], results["mean_test_score"]):
+for params, score in zip(
+    results["params"], results["mean_test_score"]
+):
     i = layers.index(params["fish__layer"])
     j = temperatures.index(params["fish__temperature"])
     scores[i, j] = score
@@ -80,7 +84,10 @@ for params, score in zip(results["params"], results["mean_test_score"]):
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 image = ax.imshow(scores, cmap="viridis", aspect="auto")
 ax.set_xticks(range(len(temperatures)), temperatures)
-ax.set_yticks(range(len(layers)), [rf"$\partial E / \partial W_{k}$" for k in layers])
+ax.set_yticks(
+    range(len(layers)),
+    [rf"$\partial E / \partial W_{k}$" for k in layers],
+)
 ax.set_xlabel(r"temperature $\tau$")
 ax.set_ylabel("layer")
 for i in range(len(layers)):

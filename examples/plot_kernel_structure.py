@@ -78,7 +78,9 @@ for ax, (title, K) in zip(axes, kernels.items()):
     for edge in edges:
         ax.axhline(edge, color="white", linewidth=0.4)
         ax.axvline(edge, color="white", linewidth=0.4)
-    centres = [np.flatnonzero(labels == c).mean() for c in range(10)]
+    centres = [
+        np.flatnonzero(labels == c).mean() for c in range(10)
+    ]
     ax.set_xticks(centres, range(10))
     ax.set_yticks(centres, range(10))
     ax.set_title(title, fontsize=10)

@@ -31,7 +31,11 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import Pipeline
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC, persistence
+from skfishing import (
+    DeepFisherTransformer,
+    TraceKernelSVC,
+    persistence,
+)
 from skfishing.datasets import load_digits_images
 
 digits = load_digits_images(size=32)
@@ -76,11 +80,19 @@ print(f"test accuracy after reloading: {accuracy:.3f}")
 
 skops_path = folder / "digits_fish.skops"
 persistence.dump(pipe, skops_path)
-print(f"{skops_path.name}: {skops_path.stat().st_size / 1e3:.0f} kB")
+print(
+    f"{skops_path.name}: {skops_path.stat().st_size / 1e3:.0f} kB"
+)
 from_skops = persistence.load(skops_path)
-same = np.array_equal(from_skops.decision_function(X_test), loaded.decision_function(X_test))
+same = np.array_equal(
+    from_skops.decision_function(X_test),
+    loaded.decision_function(X_test),
+)
 print("skops and joblib give the same decisions:", same)
-print("trusted skfishing types:", ", ".join(persistence.TRUSTED_TYPES[:2]))
+print(
+    "trusted skfishing types:",
+    ", ".join(persistence.TRUSTED_TYPES[:2]),
+)
 
 # %%
 # What the file holds

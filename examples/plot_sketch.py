@@ -21,7 +21,12 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC, LinearSVC
 
-from skfishing import DeepFisherTransformer, TensorSketch, TraceKernelSVC, trace_kernel
+from skfishing import (
+    DeepFisherTransformer,
+    TensorSketch,
+    TraceKernelSVC,
+    trace_kernel,
+)
 from skfishing.datasets import load_digits_images
 
 digits = load_digits_images(size=32)
@@ -33,9 +38,18 @@ X_train, X_test, y_train, y_test = train_test_split(
     stratify=digits.target,
     random_state=0,
 )
-fish = DeepFisherTransformer("tinyalexnet", layer=7)  # dE/dW7, factorized
-Z_train, Z_test = fish.fit_transform(X_train), fish.transform(X_test)
-print("forward and backward widths:", Z_train.dtype["forward"].shape, Z_train.dtype["backward"].shape)
+fish = DeepFisherTransformer(
+    "tinyalexnet", layer=7
+)  # dE/dW7, factorized
+Z_train, Z_test = (
+    fish.fit_transform(X_train),
+    fish.transform(X_test),
+)
+print(
+    "forward and backward widths:",
+    Z_train.dtype["forward"].shape,
+    Z_train.dtype["backward"].shape,
+)
 
 # %%
 # The exact kernel SVM
@@ -65,15 +79,27 @@ svc_accuracy = np.empty((len(components), 3))
 linear_accuracy = np.empty_like(svc_accuracy)
 for i, m in enumerate(components):
     for seed in range(errors.shape[1]):
-        sketch = TensorSketch(n_components=m, random_state=seed).fit(Z_train)
+        sketch = TensorSketch(
+            n_components=m, random_state=seed
+        ).fit(Z_train)
         F_test = sketch.transform(Z_test)
-        errors[i, seed] = np.linalg.norm(F_test @ F_test.T - K) / np.linalg.norm(K)
+        errors[i, seed] = np.linalg.norm(
+            F_test @ F_test.T - K
+        ) / np.linalg.norm(K)
         if seed < svc_accuracy.shape[1]:
             F_train = sketch.transform(Z_train)
             # the linear kernel of the sketch, precomputed: SVC(kernel="linear") faster
-            svc = SVC(C=1.0, kernel="precomputed").fit(F_train @ F_train.T, y_train)
-            svc_accuracy[i, seed] = svc.score(F_test @ F_train.T, y_test)
-            linear_accuracy[i, seed] = LinearSVC(C=1.0).fit(F_train, y_train).score(F_test, y_test)
+            svc = SVC(C=1.0, kernel="precomputed").fit(
+                F_train @ F_train.T, y_train
+            )
+            svc_accuracy[i, seed] = svc.score(
+                F_test @ F_train.T, y_test
+            )
+            linear_accuracy[i, seed] = (
+                LinearSVC(C=1.0)
+                .fit(F_train, y_train)
+                .score(F_test, y_test)
+            )
     print(
         f"{m:5d} components: Gram error {errors[i].mean():.3f}, accuracy "
         f"{svc_accuracy[i].mean():.3f} (SVC), {linear_accuracy[i].mean():.3f} (LinearSVC)"
@@ -90,12 +116,25 @@ for i, m in enumerate(components):
 # the exact kernel SVM as the error shrinks; ``LinearSVC``, another loss, ends
 # up above it on this data.
 
-fig, (ax_error, ax_accuracy) = plt.subplots(1, 2, figsize=(9.5, 3.8))
-ax_error.loglog(components, errors.mean(1), "o-", label="TensorSketch (mean of 10 seeds)")
-reference = errors.mean(1)[-1] * np.sqrt(components[-1] / np.array(components))
-ax_error.loglog(components, reference, "k--", label=r"$\propto 1/\sqrt{m}$")
+fig, (ax_error, ax_accuracy) = plt.subplots(
+    1, 2, figsize=(9.5, 3.8)
+)
+ax_error.loglog(
+    components,
+    errors.mean(1),
+    "o-",
+    label="TensorSketch (mean of 10 seeds)",
+)
+reference = errors.mean(1)[-1] * np.sqrt(
+    components[-1] / np.array(components)
+)
+ax_error.loglog(
+    components, reference, "k--", label=r"$\propto 1/\sqrt{m}$"
+)
 ax_error.set_xlabel("n_components m")
-ax_error.set_ylabel(r"relative Gram error $\|ZZ^T - K\|_F / \|K\|_F$")
+ax_error.set_ylabel(
+    r"relative Gram error $\|ZZ^T - K\|_F / \|K\|_F$"
+)
 ax_error.set_title("Kernel approximation")
 ax_error.legend()
 
@@ -103,8 +142,20 @@ for accuracy, label in [
     (svc_accuracy, 'SVC(kernel="linear") on the sketch'),
     (linear_accuracy, "LinearSVC on the sketch"),
 ]:
-    ax_accuracy.errorbar(components, accuracy.mean(1), yerr=accuracy.std(1), fmt="o-", capsize=3, label=label)
-ax_accuracy.axhline(exact_accuracy, color="k", linestyle="--", label="TraceKernelSVC (exact kernel)")
+    ax_accuracy.errorbar(
+        components,
+        accuracy.mean(1),
+        yerr=accuracy.std(1),
+        fmt="o-",
+        capsize=3,
+        label=label,
+    )
+ax_accuracy.axhline(
+    exact_accuracy,
+    color="k",
+    linestyle="--",
+    label="TraceKernelSVC (exact kernel)",
+)
 ax_accuracy.set_xscale("log")
 ax_accuracy.set_xlabel("n_components m")
 ax_accuracy.set_ylabel("test accuracy (C = 1)")

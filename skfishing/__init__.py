@@ -6,14 +6,6 @@ Fishing: Gradient Features from Deep Nets", BMVC 2015) and classifies them
 with a support vector machine on the trace kernel.
 """
 
-from . import datasets, metrics
-from .graph import add_backward
-from .images import ImagePreprocessing
-from .kernel import trace_kernel
-from .registry import fetch_model, list_models, register_model
-from .sketch import TensorSketch
-from .svm import TraceKernelSVC
-
 __version__ = "0.1.0.dev0"
 
 __all__ = [
@@ -31,16 +23,37 @@ __all__ = [
     "__version__",
 ]
 
+# Every public name loads on first use, so that ``import skfishing`` (and the
+# command line's --help and --version) costs nothing: scikit-learn, SciPy,
+# ONNX and onnxruntime load only when a name that needs them is used. The
+# network side (onnxruntime) is never loaded by the kernel and SVM side (see
+# docs/developers.rst).
+_LAZY = {
+    "DeepFisherTransformer": ".transformer",
+    "TraceKernelSVC": ".svm",
+    "TensorSketch": ".sketch",
+    "trace_kernel": ".kernel",
+    "add_backward": ".graph",
+    "ImagePreprocessing": ".images",
+    "register_model": ".registry",
+    "list_models": ".registry",
+    "fetch_model": ".registry",
+    "datasets": None,
+    "metrics": None,
+}
+
 
 def __getattr__(name):
-    # The network side (onnxruntime) loads on first use, so that the kernel
-    # and SVM side imports without it (see docs/developers.rst).
-    if name == "DeepFisherTransformer":
-        from .transformer import DeepFisherTransformer
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
 
-        globals()[name] = DeepFisherTransformer
-        return DeepFisherTransformer
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if _LAZY[name] is None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
 
 
 def __dir__():

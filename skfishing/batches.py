@@ -239,8 +239,9 @@ def _check_tensor(X, input_shape, dtype, preprocessing):
             hint = f" An array of file paths must be 1-D, one path per sample, got shape {X.shape}."
         elif X.dtype.kind in "USO" and preprocessing is None:
             hint = (
-                " This model has no image preprocessing, so it does not take images: register it "
-                "with one (skfishing.register_model(name, path, preprocessing=ImagePreprocessing(...)))."
+                " This model has no image preprocessing, so it does not take images: give it one "
+                "(DeepFisherTransformer(model, preprocessing=ImagePreprocessing(...)), a JSON file "
+                "net.json beside net.onnx, or skfishing.register_model(...))."
             )
         else:
             hint = (

@@ -26,24 +26,15 @@ a model file by hand) with exit status 1 (2 for command-line usage errors,
 from __future__ import annotations
 
 import argparse
-import difflib
-import json
 import os
 import stat
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
-
 from . import __version__
-from .demo import run_demo
-from .features import check_output_file, feature_arrays, write_npz
-from .images import ImagePreprocessing
-from .parts import PartsFolder, parts_folder
-from .registry import get_cache_dir, list_models, model_path, register_model, resolve_model
-from .transformer import DeepFisherTransformer
+
+# Each command imports what it uses, in its function: --help and --version
+# load neither scikit-learn, SciPy, ONNX nor onnxruntime (tests/test_startup.py).
 
 __all__ = ["main", "build_parser", "collect_images"]
 
@@ -124,6 +115,8 @@ def collect_images(arguments, recursive=False):
         If a folder has no image file, or an argument or an image-named
         entry of a folder is not a regular file (a FIFO, a device, a socket).
     """
+    from PIL import Image
+
     extensions = {ext.lower() for ext in Image.registered_extensions()}
     paths = []
     for argument in arguments:
@@ -244,39 +237,20 @@ def _check_not_an_input(output, images, others=()):
             )
 
 
-def _read_preprocessing(path):
-    """The :class:`~skfishing.ImagePreprocessing` fields of a JSON file."""
-    try:
-        meta = json.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise OSError(f"cannot read preprocessing file {_quoted(path)}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise ValueError(f"preprocessing file {_quoted(path)} is not valid JSON: {exc}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(
-            f"preprocessing file {_quoted(path)} must hold a JSON object with keys "
-            f"{', '.join(_PREPROCESSING_FIELDS)}"
-        )
-    if "size" not in meta and "input_size" in meta:  # the layout of skfishing/data/*.json
-        meta["size"] = meta["input_size"]
-    for key in meta:
-        close = difflib.get_close_matches(key, _PREPROCESSING_FIELDS, n=1, cutoff=0.75)
-        if key not in _PREPROCESSING_FIELDS and close:
-            raise ValueError(
-                f"preprocessing file {_quoted(path)}: unknown key {key!r}; did you mean {close[0]!r}?"
-            )
-    return {key: meta[key] for key in _PREPROCESSING_FIELDS if key in meta}
-
-
 def _model(args):
     """The --model argument, with an ONNX file's preprocessing registered.
 
     An ONNX file that is not registered needs the image preprocessing of its
-    network: it is read from ``--preprocessing FILE.json``, else from a JSON
-    file next to the model with the same stem (``net.onnx`` -> ``net.json``),
-    and the options ``--size`` ... ``--std`` override single fields. The file
+    network: it is read from ``--preprocessing FILE.json``, else from the
+    sources the Python API reads (:func:`skfishing.model_spec.preprocessing_fields`:
+    ``net.json`` beside ``net.onnx``, else the model's ONNX metadata), and
+    the options ``--size`` ... ``--std`` override single fields. The file
     is then registered, for this process, under the name given to --model.
     """
+    from .images import ImagePreprocessing
+    from .model_spec import preprocessing_fields
+    from .registry import list_models, register_model, resolve_model
+
     options = {
         field: getattr(args, field) for field in _PREPROCESSING_FIELDS if getattr(args, field) is not None
     }
@@ -298,9 +272,7 @@ def _model(args):
             )
         return model  # a registered name, or a missing file the transformer reports
     sidecar = Path(args.preprocessing) if args.preprocessing is not None else path.with_suffix(".json")
-    values = {}
-    if args.preprocessing is not None or sidecar.is_file():
-        values = _read_preprocessing(sidecar)
+    values, source = preprocessing_fields(path, args.preprocessing)
     values.update(options)
     if "size" not in values:
         raise ValueError(
@@ -315,7 +287,7 @@ def _model(args):
         from_file = values.keys() - options.keys()
         where = ""
         if from_file:
-            where = f" (read from {_quoted(sidecar)}{' and the options' if options else ''})"
+            where = f" (read from {source}{' and the options' if options else ''})"
         raise ValueError(f"preprocessing of {_quoted(model)}{where}: {exc}") from None
     register_model(
         model,
@@ -330,6 +302,8 @@ def _model(args):
 def _model_inputs(args):
     """The files that --model reads, as ``(what, path)``: the ONNX file, its
     preprocessing JSON file and its external data files."""
+    from .registry import model_path
+
     path = Path(args.model).expanduser()
     if not path.is_file():
         try:
@@ -409,6 +383,8 @@ def describe_providers(network):
 
 def _describe_model(args, fish, network, preprocessing):
     """A line saying which model runs, on which provider, for which features."""
+    from .registry import list_models
+
     specs = {spec.name: spec for spec in list_models()}
     spec = specs.get(args.model)
     description = f" ({spec.description})" if spec is not None and spec.description else ""
@@ -426,6 +402,8 @@ def _describe_model(args, fish, network, preprocessing):
 
 def _size_note(args, images, preprocessing, n_looked=16):
     """A note when the images are much larger than a small network's input, else None."""
+    from PIL import Image
+
     if preprocessing is None or preprocessing.size >= 224:
         return None
     sides = []
@@ -455,6 +433,13 @@ _DESC = {"gradient": "gradient features", "activation": "activations", "probabil
 
 
 def _extract(args):
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from .features import check_output_file, feature_arrays, write_npz
+    from .parts import PartsFolder, parts_folder
+    from .transformer import DeepFisherTransformer
+
     images = collect_images(args.images, recursive=args.recursive)
     output = Path(args.output)
     _check_not_an_input(output, images, _model_inputs(args))
@@ -546,6 +531,8 @@ def _extract(args):
 
 def _as_features(blocks, fish, network):
     """The transformer's output again, from the arrays of the parts."""
+    import numpy as np
+
     if "features" in blocks:
         return blocks["features"]
     from .features import gradient_dtype
@@ -563,6 +550,8 @@ def _size(n_bytes):
 
 
 def _models(args):
+    from .registry import get_cache_dir, list_models, model_path
+
     print(f"cache folder: {get_cache_dir(args.cache_dir)}")
     rows = []
     for spec in list_models():
@@ -589,6 +578,7 @@ def _models(args):
 
 def _layers(args):
     from .layers import list_layers
+    from .registry import resolve_model
 
     rows = list_layers(resolve_model(args.model, cache_dir=args.cache_dir).source)
     print(f"{'op':<6}  {'T':>7}  {'d_in':>6}  {'d_out':>6}  {'factors':>10}  {'G':>10}  name (weight)")
@@ -605,6 +595,8 @@ def _layers(args):
 
 
 def _demo(args):
+    from .demo import run_demo
+
     run_demo(
         args.data,
         model=_model(args),
@@ -640,7 +632,8 @@ def _add_common(parser, model_help):
         "channel_order, scale, mean and std (the fields of "
         "skfishing.ImagePreprocessing): --preprocessing FILE.json, or a file next to "
         "the model with the same stem (net.onnx -> net.json), which is read when "
-        "present. The options below override single fields. Images are resized so "
+        "present, else the JSON object under the key skfishing.preprocessing of the "
+        "model's ONNX metadata_props. The options below override single fields. Images are resized so "
         "that their shorter side is RESIZE, the central SIZE x SIZE square is "
         "cropped, and each 0-255 pixel value p becomes (p * SCALE - MEAN) / STD.",
     )

@@ -30,6 +30,7 @@ from sklearn.utils._param_validation import validate_params
 
 from .cache import FeatureCache
 from .files import atomic_path
+from .images import ImagePreprocessing
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
 
@@ -44,16 +45,18 @@ def _type_name(cls):
 #: SciPy and Python built-ins), that a fitted skfishing pipeline holds:
 #: the two estimators, a ``memory=`` :class:`~skfishing.cache.FeatureCache`
 #: (saved as its folder and size: it loads empty), a model given as a
-#: :class:`pathlib.Path`, and a
+#: :class:`pathlib.Path`, a
 #: model given in memory as an :class:`onnx.ModelProto` (rebuilt by parsing
-#: its bytes, which runs no code). :func:`load` creates these and refuses
-#: any other.
+#: its bytes, which runs no code), and the transformer's ``preprocessing``
+#: (a dataclass of numbers). :func:`load` creates these and refuses any
+#: other.
 TRUSTED_TYPES = tuple(
     _type_name(cls)
     for cls in (
         DeepFisherTransformer,
         TraceKernelSVC,
         FeatureCache,
+        ImagePreprocessing,
         pathlib.PosixPath,
         pathlib.WindowsPath,
         onnx.ModelProto,

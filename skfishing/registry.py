@@ -29,7 +29,7 @@ from sklearn.utils._param_validation import Interval, validate_params
 from . import state
 from .download import CACHE_DIR_ENV, check_local_file, get_cache_dir, retrieve
 from .images import ImagePreprocessing
-from .model_spec import ModelSpec, ResolvedModel
+from .model_spec import ModelSpec, ResolvedModel, file_preprocessing
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -64,7 +64,11 @@ _REGISTER = {
     "overwrite": ["boolean"],
 }
 _FETCH = {**_NAME, **_CACHE, "progress": ["boolean"]}
-_RESOLVE = {"model": [str, os.PathLike, onnx.ModelProto], **_CACHE}
+_RESOLVE = {
+    "model": [str, os.PathLike, onnx.ModelProto],
+    **_CACHE,
+    "preprocessing": [ImagePreprocessing, None],
+}
 
 
 def _validated(constraints):
@@ -211,8 +215,17 @@ class ModelRegistry:
         return retrieve(spec, target, self.hashes, progress=progress)
 
     @_validated(_RESOLVE)
-    def resolve(self, model, *, cache_dir=None):
+    def resolve(self, model, *, cache_dir=None, preprocessing=None):
         """An ONNX source and its preprocessing; see :func:`resolve_model`."""
+        resolved = self._resolve(model, cache_dir)
+        if preprocessing is None:
+            preprocessing = resolved.preprocessing
+            if preprocessing is None and resolved.name is None:
+                preprocessing = file_preprocessing(resolved.source)
+        return ResolvedModel(resolved.source, preprocessing, resolved.name)
+
+    def _resolve(self, model, cache_dir):
+        """The source, registered preprocessing and name of ``model``."""
         if isinstance(model, onnx.ModelProto):
             return ResolvedModel(model, None, None)
         models = self._models()
@@ -478,17 +491,31 @@ def fetch_model(name, *, cache_dir=None, progress=False):
 
 
 @_validated(_RESOLVE)
-def resolve_model(model, *, cache_dir=None):
+def resolve_model(model, *, cache_dir=None, preprocessing=None):
     """Turn a model argument into an ONNX source and its preprocessing.
+
+    The image preprocessing is the first of, in this order:
+
+    1. ``preprocessing``, when given;
+    2. the preprocessing registered with the model (a registered name, or
+       the file of a registered model);
+    3. for an unregistered file ``net.onnx``: the JSON file ``net.json``
+       beside it;
+    4. for an unregistered file or ModelProto: the model's metadata, the
+       JSON object under the key ``"skfishing.preprocessing"`` of its
+       ``metadata_props`` (see
+       :func:`skfishing.model_spec.preprocessing_fields`);
+    5. none: the model takes only preprocessed arrays.
 
     Parameters
     ----------
     model : str, os.PathLike or onnx.ModelProto
         A registered name (the file is fetched and verified), a path to an
-        ONNX file (its registered preprocessing is used if the file is
-        registered, else none), or an in-memory ONNX model.
+        ONNX file, or an in-memory ONNX model.
     cache_dir : str or os.PathLike, default=None
         Cache folder, see :func:`get_cache_dir`.
+    preprocessing : ImagePreprocessing, default=None
+        Image preprocessing that takes precedence over all other sources.
 
     Returns
     -------
@@ -499,10 +526,12 @@ def resolve_model(model, *, cache_dir=None):
     ------
     ValueError
         If ``model`` is a string that is neither a registered name nor a
-        file (the message lists the registered names).
+        file (the message lists the registered names), or the JSON file
+        beside it or its metadata is not a valid preprocessing (the message
+        names the file).
     FileNotFoundError
         If ``model`` is a path, or looks like one, and the file is missing.
     TypeError
         If ``model`` has another type.
     """
-    return process_registry().resolve(model, cache_dir=cache_dir)
+    return process_registry().resolve(model, cache_dir=cache_dir, preprocessing=preprocessing)

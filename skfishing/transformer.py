@@ -20,6 +20,7 @@ from .batches import BATCH_SIZE, N_JOBS, from_frame, iter_batches
 from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
 from .features import gradient_dtype, make_source
 from .graph import TEMPERATURE_RANGE, check_labels
+from .images import ImagePreprocessing
 from .registry import resolve_model
 
 __all__ = ["DeepFisherTransformer"]
@@ -118,6 +119,14 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         Where registered models are downloaded to; None means the
         ``SKFISHING_CACHE_DIR`` environment variable, else the user cache.
 
+    preprocessing : ImagePreprocessing, default=None
+        How images become network input; it takes precedence over every
+        other source. None means the model's own: the preprocessing it was
+        registered with, else for an ONNX file ``net.onnx`` the JSON file
+        ``net.json`` beside it, else the model's ONNX metadata (see
+        :func:`skfishing.registry.resolve_model`). A model without any takes
+        only preprocessed arrays.
+
     memory : str, path-like or FeatureCache, default=None
         Cache each sample's forward pass (the head input, e.g. pool5, and
         the FC pre-activations: all that does not depend on ``layer``,
@@ -167,7 +176,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     >>> import numpy as np
     >>> from skfishing import DeepFisherTransformer
     >>> images = np.zeros((2, 32, 32, 3), dtype=np.uint8)
-    >>> Z = DeepFisherTransformer("tinyalexnet", layer=7).transform(images)
+    >>> fish = DeepFisherTransformer("tinyalexnet", layer=7)
+    >>> Z = fish.transform(images)
     >>> Z.dtype.names
     ('forward', 'backward')
     """
@@ -185,6 +195,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         "progress": ["boolean"],
         "cache_dir": [str, os.PathLike, None],
         "memory": [str, os.PathLike, FeatureCache, None],
+        "preprocessing": [ImagePreprocessing, None],
     }
 
     def __init__(
@@ -202,6 +213,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         progress=False,
         cache_dir=None,
         memory=None,
+        preprocessing=None,
     ):
         self.model = model
         self.layer = layer
@@ -215,6 +227,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         self.progress = progress
         self.cache_dir = cache_dir
         self.memory = memory
+        self.preprocessing = preprocessing
 
     # -- fit ----------------------------------------------------------------
 
@@ -337,7 +350,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _network(self):
         from .network import get_network  # onnxruntime: imported on first use (it is an extra)
 
-        resolved = resolve_model(self.model, cache_dir=self.cache_dir)
+        resolved = resolve_model(self.model, cache_dir=self.cache_dir, preprocessing=self.preprocessing)
         network = get_network(resolved.source, self.providers, allow_tf32=self.allow_tf32)
         return network, resolved.preprocessing
 

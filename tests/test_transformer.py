@@ -16,6 +16,7 @@ def _outer(Z):
     return np.einsum("ni,nj->nij", Z["forward"].astype(np.float64), Z["backward"].astype(np.float64))
 
 
+@pytest.mark.oracle
 @pytest.mark.parametrize("kind", ["alexnet", "vgg"])
 @pytest.mark.parametrize("double", [False, True], ids=["float32", "float64"])
 def test_gradients_match_torch_autograd(kind, double):
@@ -35,6 +36,7 @@ def test_gradients_match_torch_autograd(kind, double):
     assert torch.is_grad_enabled()
 
 
+@pytest.mark.oracle
 def test_caffe_style_head_matches_torch_autograd():
     """Autograd on an equivalent torch head fed with the trunk output."""
     torch = pytest.importorskip("torch")
