@@ -19,10 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 VOC = ROOT.parent / "shared" / "data" / "voc2007_trainval64.npz"
 
-#: script -> (arguments of its smoke mode, a line its output must hold, needs torch, needs ../shared)
+#: script -> (arguments of its smoke mode, a line its output must hold, needs torch, needs ../shared);
+#: None where another test file runs it.
 SMOKE = {
-    "bad_inputs_table.py": (["--stdout"], "Written by benchmarks/bad_inputs_table.py", False, False),
+    "bad_inputs_table.py": None,  # test_bad_inputs_table_in_the_docs_is_up_to_date, below
+    "conformance.py": None,  # tests/test_conformance.py runs its --smoke
     "kernel_gram.py": (["--n", "60", "--d", "16", "--labels", "3", "--repeat", "1"], "ratio", False, False),
+    "kernel_positions.py": (["--n", "12"], "trace_kernel", False, False),
     "preprocessing.py": (
         ["--images", "2", "--large-images", "1", "--rounds", "1"],
         "skfishing",
@@ -35,6 +38,7 @@ SMOKE = {
         False,
         False,
     ),
+    "scale_real.py": (["--smoke"], "LinearSVC", False, False),
     "soak.py": (
         ["--images", "40", "--chunk", "20", "--batch-size", "10", "--workers", "2"],
         "bit-identical to the single-process run: True",
@@ -56,12 +60,8 @@ def test_every_benchmark_has_a_smoke_command():
     assert scripts == set(SMOKE), "give each script in benchmarks/ a smoke command in SMOKE"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("script", sorted(set(SMOKE) - {"bad_inputs_table.py"}))  # run below
-def test_benchmark_runs_in_smoke_mode(script, tmp_path):
-    args, expected, needs_torch, needs_shared = SMOKE[script]
-    if needs_torch:
-        pytest.importorskip("torch")
+def _run(script, tmp_path):
+    args, expected, _, needs_shared = SMOKE[script]
     if needs_shared and not VOC.exists():
         pytest.skip("../shared/data is absent")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
@@ -76,6 +76,20 @@ def test_benchmark_runs_in_smoke_mode(script, tmp_path):
     )
     assert result.returncode == 0, f"{script} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
     assert expected in result.stdout, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", sorted(s for s, v in SMOKE.items() if v is not None and not v[2]))
+def test_benchmark_runs_in_smoke_mode(script, tmp_path):
+    _run(script, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.oracle
+@pytest.mark.parametrize("script", sorted(s for s, v in SMOKE.items() if v is not None and v[2]))
+def test_benchmark_with_torch_runs_in_smoke_mode(script, tmp_path):
+    pytest.importorskip("torch")
+    _run(script, tmp_path)
 
 
 def test_bad_inputs_table_in_the_docs_is_up_to_date():

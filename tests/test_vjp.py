@@ -244,6 +244,7 @@ TORCHVISION = {
 
 
 @pytest.mark.slow
+@pytest.mark.oracle
 @pytest.mark.parametrize("dynamo", [False, True])
 @pytest.mark.parametrize("name", sorted(TORCHVISION))
 def test_torchvision_matches_torch(tmp_path, name, dynamo):
@@ -252,6 +253,7 @@ def test_torchvision_matches_torch(tmp_path, name, dynamo):
 
 
 @pytest.mark.slow
+@pytest.mark.oracle
 @pytest.mark.parametrize("dynamo", [False, True])
 def test_vit_matches_torch(tmp_path, dynamo):
     timm = pytest.importorskip("timm")
