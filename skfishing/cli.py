@@ -26,6 +26,7 @@ a model file by hand) with exit status 1 (2 for command-line usage errors,
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import stat
 import sys
@@ -82,6 +83,30 @@ def _stat(path, what):
         raise OSError(f"cannot read {what} {_quoted(path)}: {exc.strerror or exc}") from None
 
 
+def _validated_on_first_call(constraints):
+    """``validate_params`` of scikit-learn, imported when the function is first called.
+
+    Declared here, checked like any public function's parameters, but
+    scikit-learn is not loaded for ``--help`` or ``--version``.
+    """
+
+    def decorate(func):
+        checked = []
+
+        @functools.wraps(func)
+        def wrapper(*args, **kwargs):
+            if not checked:
+                from sklearn.utils._param_validation import validate_params
+
+                checked.append(validate_params(constraints, prefer_skip_nested_validation=True)(func))
+            return checked[0](*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+@_validated_on_first_call({"arguments": [list, tuple], "recursive": ["boolean"]})
 def collect_images(arguments, recursive=False):
     """Expand the IMAGES arguments of ``skfishing extract`` into file paths.
 

@@ -146,6 +146,18 @@ class ResolvedModel:
     preprocessing: ImagePreprocessing | None
     name: str | None
 
+    def __post_init__(self):
+        if not isinstance(self.source, (pathlib.Path, onnx.ModelProto)):
+            raise TypeError(
+                f"ResolvedModel.source must be a pathlib.Path or an onnx.ModelProto, got {self.source!r}"
+            )
+        if not isinstance(self.preprocessing, (ImagePreprocessing, type(None))):
+            raise TypeError(
+                f"ResolvedModel.preprocessing must be an ImagePreprocessing or None, got {self.preprocessing!r}"
+            )
+        if not isinstance(self.name, (str, type(None))):
+            raise TypeError(f"ResolvedModel.name must be a str or None, got {self.name!r}")
+
 
 # -- image preprocessing of an unregistered model --------------------------------
 

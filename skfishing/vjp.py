@@ -110,6 +110,14 @@ class LayerSpec:
     d_out: int
     g_size: int
 
+    def __post_init__(self):
+        if self.op_type not in ("Conv", "Gemm", "MatMul"):
+            raise ValueError(
+                f"LayerSpec {self.name!r}: op_type must be Conv, Gemm or MatMul, got {self.op_type!r}"
+            )
+        if min(self.d_in, self.d_out, self.g_size) < 1 or (self.T is not None and self.T < 1):
+            raise ValueError(f"LayerSpec {self.name!r}: positions and widths must be positive")
+
 
 # --------------------------------------------------------------------------
 # graph writing
@@ -873,6 +881,9 @@ def layer_spec(b, node):
     return LayerSpec("MatMul", name, node.input[1], x, y, weight, T, d_in, d_out, weight.size)
 
 
+@validate_params(
+    {"model": [onnx.ModelProto], "input_shape": ["array-like", None]}, prefer_skip_nested_validation=True
+)
 def layer_candidates(model, input_shape=None):
     """Every layer with a constant weight, in graph order.
 
@@ -892,6 +903,10 @@ def layer_candidates(model, input_shape=None):
     return [s for s in specs if s is not None]
 
 
+@validate_params(
+    {"model": [onnx.ModelProto], "layer": [str], "input_shape": ["array-like", None]},
+    prefer_skip_nested_validation=True,
+)
 def find_layer(model, layer, input_shape=None):
     """The :class:`LayerSpec` named ``layer`` (node name or weight name).
 

@@ -255,10 +255,19 @@ def _declares_validation(obj):
     return not parameters or hasattr(obj, "__wrapped__")  # functools.wraps of validate_params
 
 
+#: Public callables whose parameters another library declares and checks.
+DECLARED_ELSEWHERE = {
+    # argparse declares and checks every argument (and validate_params would
+    # load scikit-learn for --help, which must start at once)
+    "skfishing.cli.main",
+}
+
+
 def test_every_public_callable_declares_its_validation():
     found = dict(_public_callables())
     assert "skfishing.trace_kernel" in found and len(found) > 40
-    assert [name for name, obj in found.items() if not _declares_validation(obj)] == []
+    undeclared = [name for name, obj in found.items() if not _declares_validation(obj)]
+    assert sorted(undeclared) == sorted(DECLARED_ELSEWHERE)
 
 
 def test_the_validation_check_finds_an_unvalidated_function():
