@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps
 
-from skfishing.images import ImagePreprocessing, _preprocess, preprocess_image
+from skfishing.images import ImagePreprocessing, preprocess_image, preprocess_into
 
 IMAGENET = ImagePreprocessing(224, resize=256, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -186,13 +186,13 @@ def thread_scaling(inputs, threads, rounds, repeat=4, works=None, chunk=1):
     """Wall-clock throughput with ``threads`` threads over 1 thread (best of rounds).
 
     Images go to a ``ThreadPoolExecutor`` as :mod:`skfishing.batches` sends
-    them, ``chunk`` images per task: ``_preprocess`` (``preprocess_image``
+    them, ``chunk`` images per task: ``preprocess_into`` (``preprocess_image``
     less its parameter checks, done once per call of ``iter_batches``)
     writing into rows of a batch. ``works`` maps names to other functions
     ``(image, preprocessing, out)`` measured the same way in the same
     rounds; returns a dict of ratios.
     """
-    works = {"skfishing": _preprocess, **(works or {})}
+    works = {"skfishing": preprocess_into, **(works or {})}
     batch = np.empty((len(inputs),) + IMAGENET.input_shape, dtype=np.float32)
 
     def task(work, images, rows):
@@ -287,7 +287,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as folder:
         # 1. uint8 arrays of 256 x 320 (shorter side already 256)
         arrays = [rng.integers(0, 256, (256, 320, 3), dtype=np.uint8) for _ in range(args.images)]
-        unchecked = {"skfishing, no parameter checks": _preprocess}
+        unchecked = {"skfishing, no parameter checks": preprocess_into}
         times = report("uint8 arrays 256x320x3:", arrays, {**methods, **unchecked})
         ours = times["skfishing"]
         results["uint8_256x320_us"] = ours
