@@ -81,7 +81,12 @@ def test_the_test_extra_has_no_torch_nor_dask_and_the_oracle_extra_has_torch():
     extras = _extras()
     names = {re.split(r"[<>=!;\[ ]", requirement)[0] for requirement in extras["test"]}
     assert not names & {"torch", "torchvision", "timm", "dask", "dask-ml", "zarr"}
-    assert {re.split(r"[<>=]", r)[0] for r in extras["oracle"]} == {"torch", "torchvision", "timm"}
+    assert {re.split(r"[<>=]", r)[0] for r in extras["oracle"]} == {
+        "torch",
+        "torchvision",
+        "timm",
+        "onnxscript",
+    }
     assert not any("onnxruntime" in requirement for requirement in extras["docs"] + extras["test"])
 
 
