@@ -602,10 +602,22 @@ def _models(args):
 
 
 def _layers(args):
+    from .head import HeadStructureError
     from .layers import list_layers
     from .registry import resolve_model
 
-    rows = list_layers(resolve_model(args.model, cache_dir=args.cache_dir).source)
+    resolved = resolve_model(args.model, cache_dir=args.cache_dir)
+    try:
+        rows = list_layers(resolved.source)
+    except HeadStructureError as exc:
+        print(
+            f"skfishing: {exc}\n"
+            "Gradient features need the classifier's logits: export the model with its last "
+            "Gemm/MatMul (or its Softmax) as the graph output, and flatten with torch.flatten(x, 1) "
+            "or x.view(x.size(0), -1) before it (see the user guide's page 'Graph surgery').",
+            file=sys.stderr,
+        )
+        return 1
     print(f"{'op':<6}  {'T':>7}  {'d_in':>6}  {'d_out':>6}  {'factors':>10}  {'G':>10}  name (weight)")
     for row in rows:
         note = "" if row["supported"] is True else f"  [no rule for {', '.join(row['supported'])}]"
@@ -616,6 +628,13 @@ def _layers(args):
             f"{row['gradient_floats']:>10}  {row['name']} ({row['weight']}){note}"
         )
     print("factors: T (d_in + d_out) floats per image; G: d_in d_out floats per image")
+    if resolved.preprocessing is None:
+        print(
+            "preprocessing: none found: the model takes preprocessed arrays only, until it is given "
+            "(a JSON file beside the model, the model's metadata, or extract's --size options)"
+        )
+    else:
+        print(f"preprocessing: {resolved.preprocessing!r}")
     return 0
 
 

@@ -324,6 +324,15 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             If the input or a sample is bad (the message names the sample),
             a sample's features are not finite, or the model changed since
             :meth:`fit`.
+
+        Notes
+        -----
+        An image that cannot be read stops the call, naming it: a
+        transformer returns one row per sample (what a ``Pipeline`` and the
+        labels rely on), so it never drops one. To go on past unreadable
+        files in a long extraction, use ``skfishing extract --skip-bad``,
+        which lists them in its output and resumes where it stopped (see
+        the user guide's page on features on disk).
         """
         self._validate_params()
         network, preprocessing = self._network()

@@ -75,3 +75,38 @@ def test_factor_normalisation():
     backward[1, 2, 0] = np.nan
     with pytest.raises(ValueError, match="sample 11 gives non-finite gradient factors"):
         layer_features(forward, backward, first_row=10)
+
+
+def test_layers_command_prints_the_preprocessing_found(tiny_cnn_file, capsys, tmp_path):
+    import json
+    import shutil
+
+    from skfishing.cli import main
+
+    assert main(["layers", str(tiny_cnn_file)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("preprocessing: none found")
+    model = tmp_path / "net.onnx"
+    shutil.copy(tiny_cnn_file, model)
+    (tmp_path / "net.json").write_text(json.dumps({"size": 12, "resize": 14}), encoding="utf-8")
+    assert main(["layers", str(model)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("preprocessing: ImagePreprocessing(size=12, resize=14"), last
+
+
+def test_layers_command_names_the_node_that_stops_the_head(tmp_path, capsys):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from skfishing.cli import main
+
+    graph = helper.make_graph(
+        [helper.make_node("Sigmoid", ["x"], ["y"], name="not_a_classifier")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "bad.onnx")
+    assert main(["layers", str(tmp_path / "bad.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "not_a_classifier" in err and "torch.flatten(x, 1)" in err
