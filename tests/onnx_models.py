@@ -217,8 +217,6 @@ def torch_model(kind, *, seed=0, n_classes=10, double=False):
     ``double=True`` the convolutions are left out of the trunk (onnxruntime
     has no float64 Conv kernel on CPU): a max-pool feeds the same head.
     """
-    import io
-    import warnings
 
     import torch
     from torch import nn
@@ -272,21 +270,8 @@ def torch_model(kind, *, seed=0, n_classes=10, double=False):
                 module.bias.normal_(0, 0.3)
     net = net.double() if double else net.float()
     net.eval()
-    buf = io.BytesIO()
     example = torch.zeros(1, 3, 16, 16, dtype=torch.float64 if double else torch.float32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            net,
-            example,
-            buf,
-            dynamo=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}},
-            opset_version=17,
-        )
-    return net, onnx.load_from_string(buf.getvalue())
+    return net, torch_onnx(net, example)
 
 
 def torch_gradients(net, X, temperature=2.0):
