@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections import deque
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
 
@@ -130,34 +131,147 @@ def iter_batches(
         (the message names the first bad sample), or the preprocessing does
         not produce ``input_shape``.
     """
+    checked = check_input(X, input_shape, preprocessing)
+    return len(checked), checked.batches(
+        batch_size=batch_size,
+        dtype=dtype,
+        n_jobs=n_jobs,
+        progress=progress,
+        desc=desc,
+        skip=skip,
+        check_finite=check_finite,
+    )
+
+
+class CheckedInput:
+    """Network input that :func:`check_input` validated: what batches are cut from.
+
+    Attributes
+    ----------
+    samples : ndarray or list
+        The samples: a numeric array of network inputs, a uint8 array of
+        images, or a list of images (paths, PIL images, uint8 arrays).
+    images : bool
+        Whether the samples are images, to decode and preprocess.
+    input_shape : tuple
+        Shape of one sample as the network takes it.
+    preprocessing : ImagePreprocessing or None
+        The images' preprocessing.
+    """
+
+    def __init__(self, samples, images, input_shape, preprocessing):
+        self.samples = samples
+        self.images = images
+        self.input_shape = input_shape
+        self.preprocessing = preprocessing
+
+    def __len__(self):
+        return len(self.samples)
+
+    @property
+    def sample_shape(self):
+        """The shape of one sample of network input."""
+        return tuple(self.preprocessing.input_shape) if self.images else tuple(self.samples.shape[1:])
+
+    def batches(
+        self,
+        *,
+        batch_size=32,
+        dtype=np.float32,
+        n_jobs=None,
+        progress=False,
+        desc=None,
+        skip=None,
+        check_finite=True,
+    ):
+        """Batches of network input, as :func:`iter_batches` describes; nothing is checked again.
+
+        Returns
+        -------
+        batches : iterator of ndarray
+        """
+        rows = range(len(self))
+        if skip is not None:
+            skip = np.asarray(skip)
+            if skip.dtype != bool or skip.shape != (len(self),):
+                raise ValueError(
+                    f"skip must be a boolean array of shape ({len(self)},), got "
+                    f"dtype {skip.dtype} and shape {skip.shape}."
+                )
+            if skip.any():
+                rows = np.flatnonzero(~skip)
+        if not self.images:
+            if check_finite:
+                _check_finite(self.samples, rows, dtype)
+            batches = _array_batches(self.samples, rows, batch_size, dtype)
+        else:
+            batches = _image_batches(
+                self.samples, rows, self.preprocessing, batch_size, dtype, _threads(n_jobs)
+            )
+        return _with_progress(batches, len(rows), progress, desc)
+
+
+@validate_params(
+    {
+        "X": "no_validation",  # checked below, with messages that name the bad sample
+        "input_shape": [tuple, list],
+        "preprocessing": [ImagePreprocessing, None],
+    },
+    prefer_skip_nested_validation=True,
+)
+def check_input(X, input_shape, preprocessing=None):
+    """Validate network input once, for batches to be cut from it later.
+
+    Parameters
+    ----------
+    X, input_shape, preprocessing
+        As in :func:`iter_batches`.
+
+    Returns
+    -------
+    checked : CheckedInput
+        The samples, as :meth:`CheckedInput.batches` takes them.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`iter_batches`.
+    """
     input_shape = tuple(input_shape)
-    n_jobs = _threads(n_jobs)
+    if isinstance(X, Iterator):  # a generator: read once
+        X = list(X)
     images = _as_images(X, preprocessing)
     if images is None:
-        X = _check_tensor(X, input_shape, dtype, preprocessing)
-        n_samples = len(X)
+        samples = _check_tensor(X, input_shape, None, preprocessing)
     else:
         _check_shape_compatible(preprocessing.input_shape, input_shape)
-        n_samples = len(images)
-    if n_samples == 0:
+        samples = images
+    if len(samples) == 0:
         raise ValueError("Found 0 samples, while at least 1 is required.")
-    rows = range(n_samples)
-    if skip is not None:
-        skip = np.asarray(skip)
-        if skip.dtype != bool or skip.shape != (n_samples,):
+    return CheckedInput(samples, images is not None, input_shape, preprocessing)
+
+
+def check_input_sums(input_sum, batch, rows):
+    """Name the first sample whose network input is not finite.
+
+    ``input_sum`` (one value per sample, summed on the device) is finite
+    unless the sample holds NaN or infinity or its sum overflows; only
+    those samples are checked on the host.
+
+    Raises
+    ------
+    ValueError
+        Naming the sample (its index in ``rows``).
+    """
+    if input_sum is None:
+        return
+    for i in np.flatnonzero(~np.isfinite(input_sum)):
+        if not np.isfinite(batch[i]).all():
+            what = "NaN" if np.isnan(batch[i]).any() else "infinity"
             raise ValueError(
-                f"skip must be a boolean array of shape ({n_samples},), got "
-                f"dtype {skip.dtype} and shape {skip.shape}."
+                f"X contains {what} in sample {rows[i]} (after casting to {batch.dtype}); "
+                "the network input must be finite."
             )
-        if skip.any():
-            rows = np.flatnonzero(~skip)
-    if images is None:
-        if check_finite:
-            _check_finite(X, rows, dtype)
-        batches = _array_batches(X, rows, batch_size, dtype)
-    else:
-        batches = _image_batches(images, rows, preprocessing, batch_size, dtype, n_jobs)
-    return n_samples, _with_progress(batches, len(rows), progress, desc)
 
 
 def _threads(n_jobs):

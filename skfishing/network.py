@@ -203,6 +203,7 @@ class FisherNetwork:
         self.providers = tuple(providers)
         self._model = model
         self._sessions = {}
+        self._cuts = {}  # (position or layer, sample shape) -> Cut or None
         self._lock = threading.Lock()
         value_info = network_input(model, self.head)
         self.input_name = value_info.name
@@ -240,7 +241,7 @@ class FisherNetwork:
         with self._lock:
             sessions = list(self._sessions.values())
         used = {}
-        for session in sessions:
+        for session in filter(None, sessions):
             options = session.get_provider_options()
             for name in session.get_providers():
                 used.setdefault(name, dict(options.get(name, {})))
@@ -357,6 +358,139 @@ class FisherNetwork:
                 session = self._sessions[key] = _session(model, self.providers)
         feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
         return self._run(session, feeds, batch)
+
+    def _session_of(self, key, build):
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None and key not in self._sessions:
+                model = build()
+                session = self._sessions[key] = None if model is None else _session(model, self.providers)
+            return session
+
+    def cut(self, layer, sample_shape):
+        """The cut of the graph at a layer (:mod:`skfishing.cuts`), what a cache stores per image.
+
+        Parameters
+        ----------
+        layer : str or int
+            A layer's node or weight name (:func:`~skfishing.vjp.find_layer`),
+            or the position of a layer node in the graph.
+        sample_shape : tuple of int
+            The shape of one network input.
+
+        Returns
+        -------
+        cut : Cut or None
+            None when the layer's cut cannot be stored per image: its
+            gradient is then computed from the image every time.
+        """
+        from .cuts import layer_cut
+        from .vjp import LayerGraphBuilder, find_layer, logits_of
+
+        sample_shape = tuple(int(d) for d in sample_shape)
+        key = (layer, sample_shape)
+        with self._lock:
+            if key in self._cuts:
+                return self._cuts[key]
+        builder = LayerGraphBuilder(self._model, sample_shape)
+        position = layer
+        if isinstance(layer, str):
+            spec = find_layer(self._model, layer, sample_shape)
+            position = next(i for i, node in enumerate(builder.graph.node) if spec.output_name in node.output)
+        cut = layer_cut(builder, position, logits_of(self._model))
+        with self._lock:
+            self._cuts[key] = self._cuts[(position, sample_shape)] = cut
+        return cut
+
+    def run_cut(self, batch, cut):
+        """The tensors of ``cut`` for a batch of network inputs, one row per sample.
+
+        Parameters
+        ----------
+        batch : ndarray of shape (n_samples, ...)
+            Network inputs.
+        cut : Cut
+            As returned by :meth:`cut` for this batch's sample shape.
+
+        Returns
+        -------
+        rows : ndarray of shape (n_samples, cut.width)
+        input_sum : ndarray of shape (n_samples,) or None
+            As in :meth:`run`.
+        """
+        from .cuts import build_cut_model
+
+        key = ("cut", cut.position, tuple(batch.shape[1:]))
+        session = self._session_of(key, lambda: build_cut_model(self._model, cut, self.input_name))
+        results = self._run(session, {self.input_name: batch}, batch)
+        n = len(cut.names)
+        rows = np.concatenate([r.reshape(len(batch), -1) for r in results[:n]], axis=1)
+        return rows, (results[n] if len(results) > n else None)
+
+    def _from_cut(self, session, rows, cut, temperature, labels):
+        needed = {i.name for i in session.get_inputs()}
+        feeds = {k: v for k, v in cut.split(rows).items() if k in needed}
+        return session.run(None, self._feeds(session, feeds, temperature, labels))
+
+    def run_layer_from_cut(self, rows, cut, layer, sample_shape, *, temperature=2.0, labels=None):
+        """The per-position gradient factors of ``layer`` computed from the cut rows of images.
+
+        Parameters
+        ----------
+        rows : ndarray of shape (n_samples, cut.width)
+            As returned by :meth:`run_cut`.
+        cut : Cut
+            A cut at ``layer`` or before it.
+        layer : str
+            As in :meth:`run_layer`.
+        sample_shape : tuple of int
+            The shape of one network input.
+        temperature, labels
+            As in :meth:`run`.
+
+        Returns
+        -------
+        forward, backward : ndarray
+            As :meth:`run_layer` returns them.
+        """
+        from .cuts import from_cut
+        from .vjp import build_layer_model
+
+        def build():
+            model = build_layer_model(self._model, layer, input_shape=sample_shape)
+            return from_cut(model, cut, self.input_name)
+
+        session = self._session_of(("layer_from_cut", layer, cut.position, tuple(sample_shape)), build)
+        return self._from_cut(session, rows, cut, temperature, labels)
+
+    def run_state_from_cut(self, rows, cut, sample_shape):
+        """The states (:meth:`run_state`) computed from cut rows, or None when the cut is inside the head.
+
+        Parameters
+        ----------
+        rows : ndarray of shape (n_samples, cut.width)
+            As returned by :meth:`run_cut`.
+        cut : Cut
+            A cut of the trunk.
+        sample_shape : tuple of int
+            The shape of one network input.
+
+        Returns
+        -------
+        state : ndarray of shape (n_samples, n_state) or None
+        """
+        from .cuts import from_cut
+
+        def build():
+            try:
+                return from_cut(build_model(self._model, self.head, self.head.state()), cut, self.input_name)
+            except ValueError:  # the cut is past the head's input: the state is not computed from it
+                return None
+
+        session = self._session_of(("state_from_cut", cut.position, tuple(sample_shape)), build)
+        if session is None:
+            return None
+        return np.concatenate(self._from_cut(session, rows, cut, 2.0, None), axis=1)
 
     def run_state(self, batch):
         """The states of a batch of network inputs.

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from numbers import Integral
+from typing import NamedTuple
 
 import numpy as np
 import onnx
-from PIL import Image
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, validate_data
 
-from .batches import BATCH_SIZE, N_JOBS, from_frame, iter_batches
-from .cache import DiskStore, FeatureCache, SharedCacheMixin, derived_keys, shared_cache
-from .features import gradient_dtype, make_source
+from .batches import BATCH_SIZE, N_JOBS, check_input, check_input_sums
+from .cache import DiskStore, FeatureCache, SharedCacheMixin, shared_cache
+from .cache_lookup import CacheLookup
+from .feature_writer import FeatureWriter
+from .features import make_source
 from .graph import TEMPERATURE_RANGE, check_labels
 from .images import ImagePreprocessing
 from .registry import resolve_model
@@ -30,6 +31,15 @@ _F32 = np.finfo(np.float32)
 
 def _not_gradient(transformer):
     return transformer.features != "gradient"
+
+
+class _Plan(NamedTuple):
+    """What :meth:`DeepFisherTransformer._check` resolved: how the network runs."""
+
+    preprocessing: object  # ImagePreprocessing or None
+    spec: object  # the LayerSpec of a trunk layer, or None
+    outputs: tuple  # the head tensors of an FC layer, or None
+    labels: object  # the checked label vector, or None
 
 
 class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
@@ -247,8 +257,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         -------
         self : DeepFisherTransformer
         """
-        X, network, preprocessing = self._fit(X)
-        iter_batches(X, network.input_shape, preprocessing, batch_size=self.batch_size)
+        self._check(X, fitting=True)
         return self
 
     def fit_transform(self, X, y=None):
@@ -268,27 +277,39 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         Z : ndarray
             As in :meth:`transform`.
         """
-        X, _, _ = self._fit(X)
-        return self.transform(X)
+        return self._transform(*self._check(X, fitting=True))
 
-    def _fit(self, X):
+    def _check(self, X, *, fitting):
+        """Check the parameters, the model and the input once; when fitting, record the fitted attributes.
+
+        Returns the validated input (:class:`~skfishing.batches.CheckedInput`),
+        the network and the :class:`_Plan` that :meth:`_transform` runs.
+        """
         self._validate_params()
         network, preprocessing = self._network()
+        if not fitting and hasattr(self, "model_sha256_") and network.sha256 != self.model_sha256_:
+            raise ValueError(
+                f"the model {self.model!r} has changed since this transformer was fitted "
+                f"(sha256 {self.model_sha256_[:12]}... at fit, {network.sha256[:12]}... now); "
+                "restore the original model file or fit again"
+            )
         spec = self._trunk_layer(network)
-        self._check_labels(network)
-        self.model_sha256_ = network.sha256
-        if spec is not None:  # a layer of the trunk (skfishing.vjp)
-            self.layer_ = spec.name
-            self.feature_widths_ = (spec.d_in, spec.d_out)
-        else:
-            outputs = self._outputs(network)
-            self.layer_ = outputs[-1].layer
-            self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
-        self.feature_source_ = make_source(network.sha256, self.layer_, self.temperature, self.labels)
-        if self.memory is not None:
-            self._cache()  # a memory= folder that cannot be written fails here
-        X = self._check_tabular(X, network, preprocessing, reset=True)
-        return X, network, preprocessing
+        outputs = self._outputs(network) if spec is None else None
+        labels = self._check_labels(network)
+        if fitting:
+            self.model_sha256_ = network.sha256
+            if spec is not None:  # a layer of the trunk (skfishing.vjp)
+                self.layer_ = spec.name
+                self.feature_widths_ = (spec.d_in, spec.d_out)
+            else:
+                self.layer_ = outputs[-1].layer
+                self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
+            self.feature_source_ = make_source(network.sha256, self.layer_, self.temperature, self.labels)
+            if self.memory is not None:
+                self._cache()  # a memory= folder that cannot be written fails here
+        X = self._check_tabular(X, network, preprocessing, reset=fitting)
+        checked = check_input(X, network.input_shape, preprocessing)
+        return checked, network, _Plan(preprocessing, spec, outputs, labels)
 
     # -- transform ----------------------------------------------------------
 
@@ -334,26 +355,15 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         which lists them in its output and resumes where it stopped (see
         the user guide's page on features on disk).
         """
-        self._validate_params()
-        network, preprocessing = self._network()
-        if hasattr(self, "model_sha256_") and network.sha256 != self.model_sha256_:
-            raise ValueError(
-                f"the model {self.model!r} has changed since this transformer was fitted "
-                f"(sha256 {self.model_sha256_[:12]}... at fit, {network.sha256[:12]}... now); "
-                "restore the original model file or fit again"
-            )
-        spec = self._trunk_layer(network)
-        outputs = self._outputs(network) if spec is None else None
-        labels = self._check_labels(network)
-        X = self._check_input(X, network, preprocessing)
-        if spec is not None:
-            return self._transform_layer(network, preprocessing, X, spec, labels)
-        writer = _Writer(self, network, outputs)
-        cache, disk = self._cache()
-        if cache is None:
-            self._run(network, preprocessing, X, outputs, labels, writer)
-        else:
-            self._run_cached(cache, disk, network, preprocessing, X, outputs, labels, writer)
+        return self._transform(*self._check(X, fitting=False))
+
+    def _transform(self, checked, network, plan):
+        """Run the batches of the checked input, write their features, normalise them."""
+        if plan.spec is not None:
+            return self._transform_layer(checked, network, plan)
+        writer = FeatureWriter.for_transformer(self, network, plan.outputs, len(checked))
+        for rows, values, batch in self._head_batches(checked, network, plan):
+            writer.write(rows, values, batch)
         return writer.finish()
 
     def _network(self):
@@ -392,20 +402,31 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
                 f"and no other layer of that name: {exc}"
             ) from None
 
-    def _transform_layer(self, network, preprocessing, X, spec, labels):
-        """Gradient features of a layer outside the FC head, without the feature cache."""
+    def _transform_layer(self, checked, network, plan):
+        """Gradient features of a layer outside the FC head, batch by batch."""
         from .layers import layer_features
 
-        source = make_source(network.sha256, spec.name, self.temperature, self.labels)
-        _, batches = self._batches(X, network, preprocessing)
-        parts, start = [], 0
-        for batch in batches:
-            forward, backward = network.run_layer(
-                batch, spec.name, temperature=self.temperature, labels=labels
-            )
-            parts.append(layer_features(forward, backward, source, first_row=start))
-            start += len(batch)
+        source = make_source(network.sha256, plan.spec.name, self.temperature, self.labels)
+        parts = []
+        for rows, forward, backward in self._layer_batches(checked, network, plan):
+            # the one place where a batch of a trunk layer's factors becomes features
+            parts.append(layer_features(forward, backward, source, first_row=rows[0]))
         return np.concatenate(parts)
+
+    def _layer_batches(self, checked, network, plan):
+        """``(rows, forward, backward)``: a trunk layer's factors, from the cache's cuts or from the input."""
+        options = dict(temperature=self.temperature, labels=plan.labels)
+        cache, disk = self._cache()
+        cut = None if cache is None else network.cut(plan.spec.name, checked.sample_shape)
+        if cut is not None:
+            lookup = self._lookup(cache, disk, network, checked, plan)
+            yield from lookup.layer_batches(plan.spec.name, cut, **options)
+            return
+        start = 0
+        for batch in self._batches(checked, network):
+            forward, backward = network.run_layer(batch, plan.spec.name, **options)
+            yield np.arange(start, start + len(batch)), forward, backward
+            start += len(batch)
 
     def _check_labels(self, network):
         return None if self.labels is None else check_labels(self.labels, network.head.n_classes)
@@ -438,104 +459,50 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             return X
         return validate_data(self, X, reset=reset, dtype=[np.float32, np.float64])
 
-    def _check_input(self, X, network, preprocessing):
-        X = self._check_tabular(X, network, preprocessing, reset=False)
-        if preprocessing is not None:
-            X = from_frame(X)  # a one-column DataFrame of images: its values, not its column names
-        if isinstance(X, (list, tuple)) or (
-            not isinstance(X, (np.ndarray, str, bytes, os.PathLike, Image.Image)) and hasattr(X, "__iter__")
-        ):
-            X = list(X)
-        if not isinstance(X, (np.ndarray, list)):  # a path, an image, None...: say what is wrong
-            iter_batches(X, network.input_shape, preprocessing)
-        return X
-
-    def _batches(self, X, network, preprocessing, skip=None):
-        return iter_batches(
-            X,
-            network.input_shape,
-            preprocessing,
+    def _batches(self, checked, network, skip=None):
+        return checked.batches(
             batch_size=self.batch_size,
             dtype=network.input_dtype,
             n_jobs=self.n_jobs,
             progress=self.progress,
             desc="gradient features" if self.features == "gradient" else self.features,
             skip=skip,
-            check_finite=False,  # the network checks: see _check_input_sums
+            check_finite=False,  # the network checks: see check_input_sums
         )
 
-    def _run(self, network, preprocessing, X, outputs, labels, writer):
-        """One network run per batch, from the input to the features.
+    def _lookup(self, cache, disk, network, checked, plan):
+        return CacheLookup(
+            cache,
+            disk,
+            network,
+            checked,
+            plan.preprocessing,
+            lambda skip: self._batches(checked, network, skip),
+            self.batch_size,
+        )
 
-        The next batch runs on the device while the host writes the last one.
-        """
-        network.prepare(outputs)
-        n_samples, batches = self._batches(X, network, preprocessing)
-        writer.allocate(n_samples)
-        options = dict(temperature=self.temperature, labels=labels)
+    def _head_batches(self, checked, network, plan):
+        """``(rows, values, batch)``: raw head outputs, from the cache's states or straight from the input."""
+        options = dict(temperature=self.temperature, labels=plan.labels)
+        cache, disk = self._cache()
+        if cache is not None:
+            widths = [network.head.width(t) for t in plan.outputs]
+            lookup = self._lookup(cache, disk, network, checked, plan)
+            yield from lookup.head_batches(plan.outputs, widths, **options)
+            return
+        # one network run per batch; the next batch runs on the device while the host writes the last
+        network.prepare(plan.outputs)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="skfishing-run") as runner:
             pending = deque()
             start = 0
-            for batch in batches:
+            for batch in self._batches(checked, network):
                 rows = np.arange(start, start + len(batch))
-                pending.append((rows, batch, runner.submit(network.run, batch, outputs, **options)))
+                pending.append((rows, batch, runner.submit(network.run, batch, plan.outputs, **options)))
                 start += len(batch)
                 if len(pending) > 1:
-                    self._write(writer, *pending.popleft())
+                    yield _finished(*pending.popleft())
             while pending:
-                self._write(writer, *pending.popleft())
-
-    def _write(self, writer, rows, batch, future):
-        values, input_sum = future.result()
-        _check_input_sums(input_sum, batch, rows)
-        writer.write(rows, values, batch)
-
-    def _run_cached(self, cache, disk, network, preprocessing, X, outputs, labels, writer):
-        """Features from cached states and head outputs; the network runs on misses only."""
-        # The providers and their options (TF32 or not) are part of the key:
-        # entries computed on one provider are never returned for another.
-        context = (
-            f"{network.sha256}|{network.providers!r}|{preprocessing!r}|"
-            f"{np.dtype(network.input_dtype).str}|{network.input_shape}"
-        )
-        keys = cache.sample_keys(X, context)
-        labels_id = None if labels is None else labels.tobytes().hex()
-        output_keys = derived_keys(
-            keys, f"{[t.name for t in outputs]}|{float(self.temperature)!r}|{labels_id}"
-        )
-        n_samples = len(keys)
-        writer.allocate(n_samples)
-        # the finished (checked, normalised) rows are kept: a hit is a copy
-        stored = [None if k is None else cache.outputs.get(k) for k in output_keys]
-        hits = np.array([i for i, row in enumerate(stored) if row is not None], dtype=np.intp)
-        if len(hits):
-            writer.copy(hits, np.stack([stored[i] for i in hits]))
-
-        todo = [i for i, row in enumerate(stored) if row is None]
-        width = network.state_width
-        states = {}
-        for i in todo:
-            row = None if keys[i] is None else cache.states.get(keys[i])
-            if row is None and keys[i] is not None and disk is not None:
-                row = disk.get(keys[i], network.dtype, (width,))
-                if row is not None:
-                    cache.states.put(keys[i], row)
-            if row is not None:
-                states[i] = row
-        missing = [i for i in todo if i not in states]
-        skip = np.ones(n_samples, dtype=bool)
-        skip[missing] = False
-        _, batches = self._batches(X, network, preprocessing, skip=skip)
-        computed = _computed_states(network, batches, missing, keys, cache, disk)
-        options = dict(temperature=self.temperature, labels=labels)
-        for rows in _chunks(todo, self.batch_size):
-            rows = np.asarray(rows)
-            state_rows = np.stack([states[i] if i in states else next(computed) for i in rows])
-            values = network.run_from_state(state_rows, outputs, **options)
-            writer.write(rows, values, None)
-            for i, row in zip(rows, writer.written(rows)):
-                if output_keys[i] is not None:
-                    cache.outputs.put(output_keys[i], row)
+                yield _finished(*pending.popleft())
 
     # -- scikit-learn API ---------------------------------------------------
 
@@ -576,136 +543,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         return tags
 
 
-def _chunks(rows, size):
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
-
-
-def _computed_states(network, batches, rows, keys, cache, disk):
-    """States of ``rows`` in order, from the network batch by batch, stored as they come."""
-    done = 0
-    for batch in batches:
-        batch_rows = np.asarray(rows[done : done + len(batch)])
-        done += len(batch)
-        state_rows, input_sum = network.run_state(batch)
-        _check_input_sums(input_sum, batch, batch_rows)
-        for i, row in zip(batch_rows, state_rows):
-            if keys[i] is not None:
-                cache.states.put(keys[i], row)
-                if disk is not None:
-                    disk.put(keys[i], row)
-        yield from state_rows
-
-
-def _check_input_sums(input_sum, batch, rows):
-    """Name the first sample whose network input is not finite.
-
-    ``input_sum`` (one value per sample, summed on the device) is finite
-    unless the sample holds NaN or infinity or its sum overflows; only
-    those samples are checked on the host.
-    """
-    if input_sum is None:
-        return
-    for i in np.flatnonzero(~np.isfinite(input_sum)):
-        if not np.isfinite(batch[i]).all():
-            what = "NaN" if np.isnan(batch[i]).any() else "infinity"
-            raise ValueError(
-                f"X contains {what} in sample {rows[i]} (after casting to {batch.dtype}); "
-                "the network input must be finite."
-            )
-
-
-class _Writer:
-    """Checks, normalises and writes batches of features into the result."""
-
-    def __init__(self, transformer, network, outputs):
-        self.kind = transformer.features
-        self.outputs = outputs
-        self.widths = [network.head.width(t) for t in outputs]
-        self.temperature = transformer.temperature
-        self.source = None
-        if self.kind == "gradient":
-            self.source = make_source(
-                network.sha256, outputs[1].layer, transformer.temperature, transformer.labels
-            )
-        self.result = None
-
-    def allocate(self, n_samples):
-        if self.kind == "gradient":
-            self.result = np.empty(n_samples, dtype=gradient_dtype(*self.widths, self.source))
-            self._fields = [self.result["forward"], self.result["backward"]]
-        else:
-            self.result = np.empty((n_samples, self.widths[0]), dtype=np.float32)
-            self._fields = [self.result]
-        self._zero = {}  # tensor -> rows whose factor is zero
-
-    def finish(self):
-        """The result, after a warning naming the samples whose factor is zero."""
-        for tensor, rows in self._zero.items():
-            rows = np.unique(rows)
-            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-            if tensor.kind == "delta":
-                what = (
-                    f"backward factor {tensor.name} of layer {tensor.layer} (the labels equal the softmax "
-                    "output, or the ReLUs that pass the signal down are all off)"
-                )
-            elif self.kind == "gradient":
-                what = (
-                    f"forward factor {tensor.name} of layer {tensor.layer + 1} (the ReLUs of layer "
-                    f"{tensor.layer} are all off, or the head input is zero)"
-                )
-            else:
-                what = f"activation {tensor.name}"
-            warnings.warn(
-                f"{len(rows)} of {len(self.result)} samples have a zero {what}: samples {shown}. Their "
-                "rows are zeros, not unit vectors: the gradient is the zero matrix, whose trace kernel "
-                "with any sample is 0.",
-                RuntimeWarning,
-                stacklevel=4,  # finish, transform, scikit-learn's set_output wrapper, the caller
-            )
-        return self.result
-
-    def write(self, rows, values, batch):
-        for tensor, field, value in zip(self.outputs, self._fields, values):
-            if self.kind == "probabilities":
-                self._check_finite(tensor, rows, value, np.isfinite(value).all(axis=1), batch)
-                field[rows] = value
-                continue
-            block = value.astype(np.float64)
-            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-            # float32 values cannot overflow float64 squares: the norm is finite iff the row is
-            self._check_finite(tensor, rows, value, np.isfinite(norms), batch)
-            self._note_zero(tensor, rows, norms == 0)
-            np.divide(block, norms[:, None], out=block, where=norms[:, None] > 0)
-            field[rows] = block
-
-    def _note_zero(self, tensor, rows, zero):
-        if self.kind != "probabilities" and zero.any():
-            self._zero.setdefault(tensor, []).extend(np.asarray(rows)[zero].tolist())
-
-    def written(self, rows):
-        """The finished rows ``rows``, all fields side by side (float32), for a cache."""
-        return np.concatenate([field[rows] for field in self._fields], axis=1)
-
-    def copy(self, rows, joined):
-        """Write finished rows given as :meth:`written` returns them."""
-        start = 0
-        for tensor, field, width in zip(self.outputs, self._fields, self.widths):
-            field[rows] = joined[:, start : start + width]
-            self._note_zero(tensor, rows, ~joined[:, start : start + width].any(axis=1))
-            start += width
-
-    def _check_finite(self, tensor, rows, value, finite, batch):
-        if finite.all():
-            return
-        i = int(np.flatnonzero(~finite)[0])
-        hint = "the temperature or the labels, or the range of the input"
-        if batch is not None:
-            hint = (
-                f"the input values (largest magnitude in this sample: {np.abs(batch[i]).max():.3g}), "
-                f"the temperature ({self.temperature!r}) or the labels"
-            )
-        raise ValueError(
-            f"sample {rows[i]} gives non-finite features (NaN or infinity in {tensor.name}): the "
-            f"network overflowed. Check {hint}."
-        )
+def _finished(rows, batch, future):
+    values, input_sum = future.result()
+    check_input_sums(input_sum, batch, rows)
+    return rows, values, batch

@@ -138,10 +138,13 @@ class LayerGraphBuilder:
         self.graph = model.graph
         self.opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
         self.shapes = {}
+        self.elem_types = {}  # tensor name -> onnx.TensorProto element type, where inferred
         for info in (
             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
         ):
             ttype = info.type.tensor_type
+            if ttype.elem_type:
+                self.elem_types[info.name] = ttype.elem_type
             if ttype.HasField("shape"):
                 self.shapes[info.name] = [
                     d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim
