@@ -83,6 +83,7 @@ DISK_VERSIONS = {
     "format": 1,  # the entry file: .npy bytes and checksum (DiskStore)
     "preprocessing": 1,  # image decoding, resizing and normalisation (skfishing.images, batches)
     "graph": 1,  # the network graph built from the model, states included (skfishing.graph, network)
+    "cuts": 1,  # the tensors kept per image for a trunk layer, and their position (skfishing.cuts)
 }
 
 

@@ -618,16 +618,24 @@ def _layers(args):
             file=sys.stderr,
         )
         return 1
-    print(f"{'op':<6}  {'T':>7}  {'d_in':>6}  {'d_out':>6}  {'factors':>10}  {'G':>10}  name (weight)")
+    print(
+        f"{'op':<6}  {'T':>7}  {'d_in':>6}  {'d_out':>6}  {'factors':>10}  {'G':>10}  {'cache floats':>12}"
+        "  name (weight)"
+    )
     for row in rows:
         note = "" if row["supported"] is True else f"  [no rule for {', '.join(row['supported'])}]"
         T = "?" if row["T"] is None else row["T"]
         factors = "?" if row["factor_floats"] is None else row["factor_floats"]
+        cached = "-" if row["cache_floats"] is None else row["cache_floats"]
         print(
             f"{row['op_type']:<6}  {T:>7}  {row['d_in']:>6}  {row['d_out']:>6}  {factors:>10}  "
-            f"{row['gradient_floats']:>10}  {row['name']} ({row['weight']}){note}"
+            f"{row['gradient_floats']:>10}  {cached:>12}  {row['name']} ({row['weight']}){note}"
         )
     print("factors: T (d_in + d_out) floats per image; G: d_in d_out floats per image")
+    print(
+        "cache floats: what model selection keeps per image so that the layer costs no forward pass "
+        "at any temperature (the cut of the graph at the layer; the head's state for FC layers)"
+    )
     if resolved.preprocessing is None:
         print(
             "preprocessing: none found: the model takes preprocessed arrays only, until it is given "

@@ -23,7 +23,9 @@ import numpy as np
 import onnx
 from sklearn.utils._param_validation import validate_params
 
+from .cuts import layer_cut
 from .features import gradient_dtype
+from .head import find_fc_head
 from .vjp import RULES, STOP_OPS, LayerGraphBuilder, layer_spec, logits_of, nodes_on_path
 
 __all__ = ["list_layers"]
@@ -117,9 +119,15 @@ def list_layers(model, input_shape=None):
         (weight name), ``T`` (positions, groups folded in; None when the
         shapes are not static), ``d_in``, ``d_out``, ``factor_floats``
         (:math:`T (d_{in} + d_{out})` per image), ``gradient_floats``
-        (the number of weights, :math:`G`'s size per image) and
-        ``supported`` (True when every op between the layer and the
-        logits has a reverse-pass rule, else the op types that have none).
+        (the number of weights, :math:`G`'s size per image),
+        ``cache_floats`` (what a model-selection cache keeps per image so
+        that the layer, at any temperature, costs no forward pass of the
+        image: the cut of the graph at the layer, see
+        :class:`~skfishing.cache.FeatureCache`; for an FC layer of the head,
+        the head's state; None when the layer is computed from the image
+        every time) and ``supported`` (True when every op between the layer
+        and the logits has a reverse-pass rule, else the op types that have
+        none).
 
     """
     if not isinstance(model, onnx.ModelProto):
@@ -128,9 +136,19 @@ def list_layers(model, input_shape=None):
         model = load_onnx(model)
     shape = None if input_shape is None else [int(v) for v in np.ravel(input_shape)]
     logits = logits_of(model)
+    head = find_fc_head(model)
+    head_layers = {fc.name for fc in head.layers}
     builder = LayerGraphBuilder(model, shape)
     rows = []
-    for spec in filter(None, (layer_spec(builder, node) for node in builder.graph.node)):
+    for position, node in enumerate(builder.graph.node):
+        spec = layer_spec(builder, node)
+        if spec is None:
+            continue
+        if spec.name in head_layers:
+            cache_floats = sum(head.width(t) for t in head.state())
+        else:
+            cut = layer_cut(builder, position, logits)
+            cache_floats = None if cut is None else cut.width
         try:
             on_path = nodes_on_path(builder, spec, logits)
             missing = sorted(
@@ -155,6 +173,7 @@ def list_layers(model, input_shape=None):
                 "d_out": spec.d_out,
                 "factor_floats": None if spec.T is None else spec.T * (spec.d_in + spec.d_out),
                 "gradient_floats": spec.g_size,
+                "cache_floats": cache_floats,
                 "supported": True if not missing else missing,
             }
         )

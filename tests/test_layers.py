@@ -55,7 +55,10 @@ def test_list_layers(tiny_cnn_file):
 def test_layers_command(tiny_cnn_file, capsys):
     assert main(["layers", str(tiny_cnn_file)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2].split() == ["Conv", "64", "72", "16", str(64 * 88), str(16 * 72), "conv2_w", "(conv2_w)"]
+    cut = 8 * 8 * 8  # conv2's input, pooled conv1
+    assert lines[2].split() == [
+        "Conv", "64", "72", "16", str(64 * 88), str(16 * 72), str(cut), "conv2_w", "(conv2_w)"
+    ]  # fmt: skip
 
 
 def test_factor_normalisation():
