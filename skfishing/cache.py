@@ -6,7 +6,10 @@ those parameters — the head input (e.g. pool5) and the pre-activations of
 every FC layer, together the *state* of a sample
 (:meth:`~skfishing.head.FCHead.state`) — is kept per sample in a
 :class:`FeatureCache`; only the cheap head reruns, and its outputs are kept
-too (a cross-validation asks for each sample once per fold).
+too (a cross-validation asks for each sample once per fold). For a layer of
+the trunk, the cache keeps the tensors that the graph carries past the
+layer (its *cut*): that layer and every later one, and the head's state,
+are computed from them at any temperature, without the image.
 
 **Who owns a cache.** No cache is process-wide. A
 :class:`~skfishing.DeepFisherTransformer` (or
@@ -325,14 +328,16 @@ class FeatureCache:
         Folder where states are also written, shared between processes and
         runs; None keeps them in memory only.
     max_bytes : int, default=1 GiB
-        Memory for states (head outputs get a quarter more); least recently
-        used entries are evicted beyond it. A state is the head input and
-        the FC pre-activations in float32: 4 bytes times their widths.
+        Memory for states and cuts (head outputs get a quarter more); least
+        recently used entries are evicted beyond it. A state is the head
+        input and the FC pre-activations in float32: 4 bytes times their
+        widths; a cut, 4 bytes times the ``cache_floats`` of its layer
+        (:func:`skfishing.layers.list_layers`).
 
     Attributes
     ----------
     states : ArrayStore
-        States in memory.
+        States, cuts and the position of each image's cut, in memory.
     outputs : ArrayStore
         Head outputs (per sample, outputs, temperature and labels) in memory.
     disk : DiskStore or None

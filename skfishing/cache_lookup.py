@@ -92,10 +92,12 @@ class CacheLookup:
     def _cut_key(self, i, position):
         return derived_keys([self.keys[i]], f"cut at node {position}|{self.sample_shape}")[0]
 
+    def _position_key(self, i):
+        return derived_keys([self.keys[i]], f"{CUT_POSITION}|{self.sample_shape}")[0]
+
     def _cut_of(self, i, before=None):
         """``(cut, row)``: the cached cut of sample ``i`` (at or before node ``before``), or (None, None)."""
-        key = derived_keys([self.keys[i]], f"{CUT_POSITION}|{self.sample_shape}")[0]
-        where = self._get(key, np.int64, (1,))
+        where = self._get(self._position_key(i), np.int64, (1,))
         if where is None or (before is not None and int(where[0]) > before):
             return None, None
         cut = self.network.cut(int(where[0]), self.sample_shape)
@@ -108,8 +110,7 @@ class CacheLookup:
         if self.keys[i] is None:
             return
         self._put(self._cut_key(i, cut.position), row)
-        key = derived_keys([self.keys[i]], f"{CUT_POSITION}|{self.sample_shape}")[0]
-        self._put(key, np.array([cut.position], dtype=np.int64))
+        self._put(self._position_key(i), np.array([cut.position], dtype=np.int64))
 
     def _computed(self, rows, run):
         """Values of ``rows`` in order, from the images batch by batch: ``run(batch)`` -> (values, input_sum)."""

@@ -83,8 +83,10 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         name (:func:`skfishing.layers.list_layers` lists them): its
         gradient goes back through the trunk (:mod:`skfishing.vjp`), and the
         features hold its per-position factors (see
-        :mod:`skfishing.layers`). Such layers do not use ``memory``: each
-        transform, in a grid search too, runs the network again.
+        :mod:`skfishing.layers`). In model selection the cache keeps, per
+        image, the tensors the graph carries past such a layer (its *cut*),
+        and every layer after it is computed from them at any temperature,
+        without the image (see the user guide's page on the cache).
 
     temperature : float, default=2.0
         Softmax temperature :math:`\tau` of the loss (the paper uses 2).
@@ -140,7 +142,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     memory : str, path-like or FeatureCache, default=None
         Cache each sample's forward pass (the head input, e.g. pool5, and
         the FC pre-activations: all that does not depend on ``layer``,
-        ``temperature`` or ``labels``). A folder keeps it on disk too, where
+        ``temperature`` or ``labels``; for a layer of the trunk, the
+        tensors of the graph's cut at it). A folder keeps it on disk too, where
         parallel workers (``GridSearchCV(n_jobs=...)``) and later runs share
         it; a :class:`~skfishing.cache.FeatureCache` is used as it is. None
         caches only in clones (model selection), in memory. The cache never
@@ -355,7 +358,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         which lists them in its output and resumes where it stopped (see
         the user guide's page on features on disk).
         """
-        return self._transform(*self._check(X, fitting=False))
+        checked, network, plan = self._check(X, fitting=False)
+        return self._transform(checked, network, plan)
 
     def _transform(self, checked, network, plan):
         """Run the batches of the checked input, write their features, normalise them."""
@@ -453,7 +457,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         """Validate 2-D input of networks that take feature vectors.
 
         Such input gets scikit-learn's own checks (and ``n_features_in_``);
-        images and image tensors are checked by :func:`~skfishing.batches.iter_batches`.
+        images and image tensors are checked by :func:`~skfishing.batches.check_input`.
         """
         if preprocessing is not None or len(network.input_shape) != 1:
             return X
