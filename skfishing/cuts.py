@@ -56,12 +56,20 @@ class Cut:
         Their per-image shapes.
     elem_type : int
         Their ONNX element type (that of the network's float computations).
+    shape_of : tuple of (str, tuple of int, int, int or None)
+        ``Shape`` nodes before the cut whose input has a static per-image
+        shape: their output's name, that shape, and the node's ``start`` and
+        ``end``. Their value depends on the batch size only, so the graphs
+        that start at the cut compute it from the batch size of the cut's
+        first tensor instead (a batch-wide shape computation, such as the
+        reshapes of an attention block, needs no cut tensor of its own).
     """
 
     position: int
     names: tuple
     shapes: tuple
     elem_type: int
+    shape_of: tuple = ()
 
     def __post_init__(self):
         if self.position < 0 or len(self.names) != len(self.shapes) or not self.names:
@@ -112,9 +120,16 @@ def layer_cut(builder, position, logits):
     """
     nodes = list(builder.graph.node)
     index = {out: i for i, node in enumerate(nodes) for out in node.output}
+    shape_of = {}
+    for node in nodes[:position]:
+        shape = builder.shapes.get(node.input[0]) if node.op_type == "Shape" else None
+        if shape and shape[0] is None and all(d is not None for d in shape[1:]):
+            end = next((a.i for a in node.attribute if a.name == "end"), None)
+            start = next((a.i for a in node.attribute if a.name == "start"), 0)
+            shape_of[node.output[0]] = (tuple(shape[1:]), start, end)
     dynamic = set(_data_inputs(builder.graph))
     for node in nodes:
-        if any(name in dynamic for name in node.input):
+        if node.output[0] not in shape_of and any(name in dynamic for name in node.input):
             dynamic.update(node.output)
     kept, _ = needed_nodes(nodes, [logits], set())
     names = []
@@ -140,7 +155,34 @@ def layer_cut(builder, position, logits):
         shapes.append(tuple(shape[1:]))
     if not names or elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
         return None
-    return Cut(position, tuple(names), tuple(shapes), elem)
+    used = {name for node in kept for name in node.input}
+    shape_of = tuple((name, *value) for name, value in shape_of.items() if name in used)
+    return Cut(position, tuple(names), tuple(shapes), elem, shape_of)
+
+
+def _shape_nodes(cut, name, dims, start, end):
+    """Nodes computing ``Shape`` of a tensor of per-image shape ``dims`` from the batch size of the cut."""
+    prefix = f"{PREFIX}cut_shape_{name}"
+    full = np.array([0, *dims], dtype=np.int64)
+    inits = [
+        onnx.numpy_helper.from_array(full[1:], f"{prefix}_dims"),
+        onnx.numpy_helper.from_array(np.array([0], dtype=np.int64), f"{prefix}_zero"),
+        onnx.numpy_helper.from_array(np.array([1], dtype=np.int64), f"{prefix}_one"),
+    ]
+    nodes = [
+        helper.make_node("Shape", [cut.names[0]], [f"{prefix}_cut"]),
+        helper.make_node("Slice", [f"{prefix}_cut", f"{prefix}_zero", f"{prefix}_one"], [f"{prefix}_n"]),
+        helper.make_node("Concat", [f"{prefix}_n", f"{prefix}_dims"], [f"{prefix}_all"], axis=0),
+    ]
+    rank = len(full)
+    start = start + rank if start < 0 else start
+    end = rank if end is None else (end + rank if end < 0 else end)
+    inits += [
+        onnx.numpy_helper.from_array(np.array([start], dtype=np.int64), f"{prefix}_start"),
+        onnx.numpy_helper.from_array(np.array([max(end, start)], dtype=np.int64), f"{prefix}_end"),
+    ]
+    nodes.append(helper.make_node("Slice", [f"{prefix}_all", f"{prefix}_start", f"{prefix}_end"], [name]))
+    return nodes, inits
 
 
 @validate_params(
@@ -215,10 +257,19 @@ def from_cut(model, cut, input_name):
     graph = model.graph
     outputs = [o.name for o in graph.output]
     stop = set(cut.names)
-    nodes, read = needed_nodes(list(graph.node), outputs, stop)
+    rewritten = {name: _shape_nodes(cut, name, dims, start, end) for name, dims, start, end in cut.shape_of}
+    all_nodes, all_inits = [], list(graph.initializer)
+    for node in graph.node:
+        if node.op_type == "Shape" and node.output[0] in rewritten:
+            made, inits = rewritten[node.output[0]]
+            all_nodes += made
+            all_inits += inits
+        else:
+            all_nodes.append(node)
+    nodes, read = needed_nodes(all_nodes, outputs, stop)
     if input_name not in stop and (input_name in read or input_name in outputs):
         raise ValueError(f"the outputs {outputs} are not computed from the cut at node {cut.position}")
-    inits = [i for i in graph.initializer if i.name in read]
+    inits = [i for i in all_inits if i.name in read]
     cut_inputs = [
         helper.make_tensor_value_info(name, cut.elem_type, ["N", *shape])
         for name, shape in zip(cut.names, cut.shapes)

@@ -204,3 +204,68 @@ def test_fitted_pipeline_with_a_trunk_layer_persists(residual_file, images, tmp_
     np.testing.assert_array_equal(loaded.decision_function(test), fitted.decision_function(test))
     fresh = clone(pipeline).set_params(**search.best_params_).fit(images, y)
     np.testing.assert_allclose(loaded.decision_function(test), fresh.decision_function(test), atol=1e-6)
+
+
+# -- real architectures: residual blocks, downsampling, attention -------------------------
+
+ARCHITECTURES = {
+    "resnet18": ["layer1.0.conv1.weight", "layer3.0.downsample.0.weight", "layer4.1.conv2.weight"],
+    # not the patch embedding: its cut is the image itself, and the whole network runs from it
+    "vit_tiny_patch16_224": [
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.11.mlp.fc2.weight",
+    ],
+}
+
+
+def _exported(name, images, path, dynamo):
+    import torch
+    from layer_oracle import calibrate, layer_named_by
+    from torch.fx.experimental.optimization import fuse
+
+    torch.manual_seed(0)
+    if name == "resnet18":
+        torchvision = pytest.importorskip("torchvision")
+        module = fuse(calibrate(torchvision.models.resnet18(weights=None).eval(), images))
+    else:
+        timm = pytest.importorskip("timm")
+        module = timm.create_model(name, pretrained=False, img_size=images.shape[-1]).eval()
+    kwargs = {"input_names": [INPUT], "output_names": ["logits"]}
+    if dynamo:
+        kwargs["dynamic_shapes"] = ({0: torch.export.Dim("N")},)
+    else:
+        kwargs["dynamic_axes"] = {INPUT: {0: "N"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (torch.as_tensor(images),), str(path), dynamo=dynamo, **kwargs)
+    model = onnx.load(str(path))
+    named = dict(module.named_parameters())
+    return [layer_named_by(model, named[p].detach().numpy()) for p in ARCHITECTURES[name]]
+
+
+@pytest.mark.slow
+@pytest.mark.oracle
+@pytest.mark.parametrize("dynamo", [False, True])
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_real_architectures_run_each_image_forward_once(tmp_path, forward_runs, name, dynamo):
+    images = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    path = tmp_path / "model.onnx"
+    layers = _exported(name, images, path, dynamo)
+    rows = {r["name"]: r for r in list_layers(path)}
+    assert all(rows[layer]["cache_floats"] for layer in layers), [rows[layer] for layer in layers]
+    references = {
+        (layer, t): DeepFisherTransformer(path, layer=layer, temperature=t).transform(images)
+        for layer in layers + [8]
+        for t in (1.0, 4.0)
+    }
+    forward_runs.clear()
+    cache = FeatureCache()
+    for (layer, t), reference in references.items():  # upstream first, then the classifier
+        Z = DeepFisherTransformer(path, layer=layer, temperature=t, memory=cache).transform(images)
+        for field in ("forward", "backward"):
+            # float32 rounding: the CPU provider's blocked-layout convolutions round differently
+            # on either side of the cut (bit-equal with ORT_ENABLE_EXTENDED)
+            scale = np.abs(reference[field]).max()
+            assert np.abs(Z[field] - reference[field]).max() <= 1e-5 * scale, (layer, t, field)
+    assert set(forward_runs.values()) == {1} and len(forward_runs) == len(images)
