@@ -18,9 +18,11 @@ image once (:class:`~skfishing.cache_lookup.CacheLookup`). A cut takes
 :attr:`Cut.width` floats per image, the sum of its tensors' per-image
 sizes.
 
-A layer has no cut (:func:`layer_cut` returns None, and it is computed from
-the image every time) when one of those tensors is not a per-image float
-tensor of static shape: a batch-wide shape computation, for example.
+Shapes computed from the batch size before the cut (``Shape`` of a tensor
+of static per-image shape) are computed again from the cut's batch size
+(:attr:`Cut.shape_of`). A layer has no cut (:func:`layer_cut` returns None,
+and it is computed from the image every time) when one of its tensors is
+not a per-image float tensor of static shape.
 """
 
 from __future__ import annotations
