@@ -29,8 +29,12 @@ from .vjp import RULES, STOP_OPS, LayerGraphBuilder, layer_spec, logits_of, node
 __all__ = ["list_layers"]
 
 
-def _squared_norms(forward, backward):
-    """:math:`\\|G\\|_F^2` per row, in float64, by the cheaper of the two ways."""
+def squared_norms(forward, backward):
+    """:math:`\\|G\\|_F^2` per row of factors ``(n, T, d_in)``, ``(n, T, d_out)``, in float64.
+
+    By the cheaper of the two ways: from the Gram matrices of the factors,
+    or from :math:`G` itself.
+    """
     n, positions, d_in = forward.shape
     d_out = backward.shape[2]
     result = np.empty(n)
@@ -42,6 +46,17 @@ def _squared_norms(forward, backward):
             g = d.T @ x
             result[i] = np.sum(g * g)
     return result
+
+
+def check_finite_factors(forward, backward, first_row=0):
+    """Refuse factors ``(n, T, d)`` holding NaN or infinity, naming the first such sample."""
+    finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"sample {first_row + i} gives non-finite gradient factors (NaN or infinity): the network "
+            "overflowed. Check the input values, the temperature or the labels."
+        )
 
 
 def layer_features(forward, backward, source=None, first_row=0):
@@ -75,20 +90,14 @@ def layer_features(forward, backward, source=None, first_row=0):
     result = np.empty(
         n, dtype=gradient_dtype(d_in, backward.shape[2], source, positions=1 if one else positions)
     )
-    finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise ValueError(
-            f"sample {first_row + i} gives non-finite gradient factors (NaN or infinity): the network "
-            "overflowed. Check the input values, the temperature or the labels."
-        )
+    check_finite_factors(forward, backward, first_row)
     if one:
         for name, values in (("forward", forward[:, 0]), ("backward", backward[:, 0])):
             block = values.astype(np.float64)
             norms = np.linalg.norm(block, axis=1, keepdims=True)
             result[name] = np.divide(block, norms, out=np.zeros_like(block), where=norms > 0)
         return result
-    scale = np.sqrt(np.sqrt(_squared_norms(forward, backward)))
+    scale = np.sqrt(np.sqrt(squared_norms(forward, backward)))
     scale = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0.0)[:, None, None]
     result["forward"] = forward * scale
     result["backward"] = backward * scale
