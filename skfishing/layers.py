@@ -29,22 +29,21 @@ from .vjp import RULES, STOP_OPS, LayerGraphBuilder, layer_spec, logits_of, node
 __all__ = ["list_layers"]
 
 
-def squared_norms(forward, backward):
-    """:math:`\\|G\\|_F^2` per row of factors ``(n, T, d_in)``, ``(n, T, d_out)``, in float64.
+def squared_norms(forward, backward, dtype=np.float64):
+    """:math:`\\|G\\|_F^2` per row of factors ``(n, T, d_in)``, ``(n, T, d_out)``, summed in float64.
 
     By the cheaper of the two ways: from the Gram matrices of the factors,
-    or from :math:`G` itself.
+    or from :math:`G` itself; their products run in ``dtype``.
     """
     n, positions, d_in = forward.shape
     d_out = backward.shape[2]
     result = np.empty(n)
     for i in range(n):
-        x, d = forward[i].astype(np.float64), backward[i].astype(np.float64)
+        x, d = forward[i].astype(dtype, copy=False), backward[i].astype(dtype, copy=False)
         if positions * positions * (d_in + d_out) < positions * d_in * d_out:
-            result[i] = np.sum((x @ x.T) * (d @ d.T))
+            result[i] = np.sum((x @ x.T).astype(np.float64) * (d @ d.T))
         else:
-            g = d.T @ x
-            result[i] = np.sum(g * g)
+            result[i] = np.sum(np.square(d.T @ x, dtype=np.float64))
     return result
 
 

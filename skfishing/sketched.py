@@ -14,7 +14,8 @@ temporaries take a few MiB: the CountSketch of each factor is one sparse
 matrix product, each gets its real FFT, the spectra are multiplied and
 summed over the positions of an image; one inverse FFT per image ends it.
 The result is the sketch of the unit-norm :math:`G` (:math:`\|G\|_F` is
-computed in float64 from the factors), equal to what
+computed from the factors' products in their precision, summed in
+float64), equal to what
 ``TensorSketch.transform`` gives on the features of
 :func:`~skfishing.layers.layer_features`, with the same buckets and signs.
 """
@@ -163,7 +164,7 @@ def sketch_factors(sketch, forward, backward, first_row=0):
         first = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
         spectrum[images[first]] += np.add.reduceat(product, first, axis=0)
     out = scipy.fft.irfft(spectrum, n=m, axis=1, workers=workers)
-    norms = np.sqrt(squared_norms(forward, backward))
+    norms = np.sqrt(squared_norms(forward, backward, dtype))  # as precise as the sketch itself
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     out *= scale[:, None].astype(out.dtype)
     bad = ~np.isfinite(out).all(axis=1)
