@@ -31,19 +31,33 @@ from .vjp import RULES, STOP_OPS, LayerGraphBuilder, layer_spec, logits_of, node
 __all__ = ["list_layers"]
 
 
-def _squared_norms(forward, backward):
-    """:math:`\\|G\\|_F^2` per row, in float64, by the cheaper of the two ways."""
+def squared_norms(forward, backward, dtype=np.float64):
+    """:math:`\\|G\\|_F^2` per row of factors ``(n, T, d_in)``, ``(n, T, d_out)``, summed in float64.
+
+    By the cheaper of the two ways: from the Gram matrices of the factors,
+    or from :math:`G` itself; their products run in ``dtype``.
+    """
     n, positions, d_in = forward.shape
     d_out = backward.shape[2]
     result = np.empty(n)
     for i in range(n):
-        x, d = forward[i].astype(np.float64), backward[i].astype(np.float64)
+        x, d = forward[i].astype(dtype, copy=False), backward[i].astype(dtype, copy=False)
         if positions * positions * (d_in + d_out) < positions * d_in * d_out:
-            result[i] = np.sum((x @ x.T) * (d @ d.T))
+            result[i] = np.sum((x @ x.T).astype(np.float64) * (d @ d.T))
         else:
-            g = d.T @ x
-            result[i] = np.sum(g * g)
+            result[i] = np.sum(np.square(d.T @ x, dtype=np.float64))
     return result
+
+
+def check_finite_factors(forward, backward, first_row=0):
+    """Refuse factors ``(n, T, d)`` holding NaN or infinity, naming the first such sample."""
+    finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))
+    if not finite.all():
+        i = int(np.flatnonzero(~finite)[0])
+        raise ValueError(
+            f"sample {first_row + i} gives non-finite gradient factors (NaN or infinity): the network "
+            "overflowed. Check the input values, the temperature or the labels."
+        )
 
 
 def layer_features(forward, backward, source=None, first_row=0):
@@ -77,20 +91,14 @@ def layer_features(forward, backward, source=None, first_row=0):
     result = np.empty(
         n, dtype=gradient_dtype(d_in, backward.shape[2], source, positions=1 if one else positions)
     )
-    finite = np.isfinite(forward).all(axis=(1, 2)) & np.isfinite(backward).all(axis=(1, 2))
-    if not finite.all():
-        i = int(np.flatnonzero(~finite)[0])
-        raise ValueError(
-            f"sample {first_row + i} gives non-finite gradient factors (NaN or infinity): the network "
-            "overflowed. Check the input values, the temperature or the labels."
-        )
+    check_finite_factors(forward, backward, first_row)
     if one:
         for name, values in (("forward", forward[:, 0]), ("backward", backward[:, 0])):
             block = values.astype(np.float64)
             norms = np.linalg.norm(block, axis=1, keepdims=True)
             result[name] = np.divide(block, norms, out=np.zeros_like(block), where=norms > 0)
         return result
-    scale = np.sqrt(np.sqrt(_squared_norms(forward, backward)))
+    scale = np.sqrt(np.sqrt(squared_norms(forward, backward)))
     scale = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0.0)[:, None, None]
     result["forward"] = forward * scale
     result["backward"] = backward * scale

@@ -31,6 +31,7 @@ from sklearn.utils._param_validation import validate_params
 from .cache import FeatureCache
 from .files import atomic_path
 from .images import ImagePreprocessing
+from .sketch import TensorSketch
 from .svm import TraceKernelSVC
 from .transformer import DeepFisherTransformer
 
@@ -43,7 +44,8 @@ def _type_name(cls):
 
 #: The types, besides those skops trusts by default (scikit-learn, NumPy,
 #: SciPy and Python built-ins), that a fitted skfishing pipeline holds:
-#: the two estimators, a ``memory=`` :class:`~skfishing.cache.FeatureCache`
+#: the estimators (:class:`~skfishing.TensorSketch` too, alone or as a
+#: transformer's ``sketch``), a ``memory=`` :class:`~skfishing.cache.FeatureCache`
 #: (saved as its folder and size: it loads empty), a model given as a
 #: :class:`pathlib.Path`, a
 #: model given in memory as an :class:`onnx.ModelProto` (rebuilt by parsing
@@ -55,6 +57,7 @@ TRUSTED_TYPES = tuple(
     for cls in (
         DeepFisherTransformer,
         TraceKernelSVC,
+        TensorSketch,
         FeatureCache,
         ImagePreprocessing,
         pathlib.PosixPath,

@@ -23,6 +23,8 @@ from .features import make_source
 from .graph import TEMPERATURE_RANGE, check_labels
 from .images import ImagePreprocessing
 from .registry import resolve_model
+from .sketch import TensorSketch
+from .sketched import fit_sketch, fitted_sketch, layer_rows, sketch_rows
 
 __all__ = ["DeepFisherTransformer"]
 
@@ -30,7 +32,7 @@ _F32 = np.finfo(np.float32)
 
 
 def _not_gradient(transformer):
-    return transformer.features != "gradient"
+    return transformer.features != "gradient" or transformer.sketch is not None
 
 
 class _Plan(NamedTuple):
@@ -55,7 +57,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     Nothing is learned: :meth:`transform` works without :meth:`fit`, which
     only checks the parameters and records the model's content, so that a
-    fitted pipeline refuses to run on a model file changed since.
+    fitted pipeline refuses to run on a model file changed since (and draws
+    the random buckets of a ``sketch``, which needs it).
 
     Each batch goes through the network in one onnxruntime run, from the
     input straight to the two factors; only they come back to the host. In
@@ -149,6 +152,20 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         caches only in clones (model selection), in memory. The cache never
         changes a result.
 
+    sketch : TensorSketch, default=None
+        Return the :class:`~skfishing.TensorSketch` of the features instead
+        of the features: a float32 array of ``n_components`` columns per
+        sample, for a linear model (``SGDClassifier.partial_fit`` on a
+        stream, Dask, Zarr). :meth:`fit` draws its buckets and signs, on a
+        copy stored as ``sketch_`` (so :meth:`transform` needs :meth:`fit`
+        first). For a layer applied at :math:`T` positions (a convolution,
+        a linear layer on tokens), each batch's per-position factors are
+        sketched right after the network run and dropped: memory per image
+        is ``n_components`` floats whatever :math:`T`
+        (:mod:`skfishing.sketched`). The result equals
+        ``sketch_.transform`` of the features without it. None returns the
+        features.
+
     Attributes
     ----------
     layer_ : int
@@ -173,6 +190,9 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     n_features_in_ : int
         Number of input features, when fitted on 2-D (tabular) input.
+
+    sketch_ : TensorSketch or None
+        The fitted copy of ``sketch`` (None without one).
 
     See Also
     --------
@@ -209,6 +229,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         "cache_dir": [str, os.PathLike, None],
         "memory": [str, os.PathLike, FeatureCache, None],
         "preprocessing": [ImagePreprocessing, None],
+        "sketch": [TensorSketch, None],
     }
 
     def __init__(
@@ -227,6 +248,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         cache_dir=None,
         memory=None,
         preprocessing=None,
+        sketch=None,
     ):
         self.model = model
         self.layer = layer
@@ -241,6 +263,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         self.cache_dir = cache_dir
         self.memory = memory
         self.preprocessing = preprocessing
+        self.sketch = sketch
 
     # -- fit ----------------------------------------------------------------
 
@@ -308,6 +331,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
                 self.layer_ = outputs[-1].layer
                 self.feature_widths_ = tuple(network.head.width(t) for t in outputs)
             self.feature_source_ = make_source(network.sha256, self.layer_, self.temperature, self.labels)
+            self.sketch_ = fit_sketch(self.sketch, self.feature_widths_)
             if self.memory is not None:
                 self._cache()  # a memory= folder that cannot be written fails here
         X = self._check_tabular(X, network, preprocessing, reset=fitting)
@@ -334,7 +358,9 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
             :math:`\\partial E / \\partial W_{layer}` of sample ``i`` up to a
             global sign. Otherwise a float32 array of shape
             ``(n_samples, n_features)`` with rows of unit L2 norm
-            (probabilities are returned as they are).
+            (probabilities are returned as they are). With ``sketch``, a
+            float32 array of shape ``(n_samples, n_components)``: the sketch
+            of those features.
 
             A factor that is zero (every ReLU of a layer off, or labels
             equal to the softmax output) has no direction: its row is
@@ -358,6 +384,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         which lists them in its output and resumes where it stopped (see
         the user guide's page on features on disk).
         """
+        fitted_sketch(self)  # a sketch needs fit: say so before any work
         checked, network, plan = self._check(X, fitting=False)
         return self._transform(checked, network, plan)
 
@@ -368,7 +395,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         writer = FeatureWriter.for_transformer(self, network, plan.outputs, len(checked))
         for rows, values, batch in self._head_batches(checked, network, plan):
             writer.write(rows, values, batch)
-        return writer.finish()
+        return sketch_rows(writer.finish(), fitted_sketch(self))
 
     def _network(self):
         from .network import get_network  # onnxruntime: imported on first use (it is an extra)
@@ -408,13 +435,11 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     def _transform_layer(self, checked, network, plan):
         """Gradient features of a layer outside the FC head, batch by batch."""
-        from .layers import layer_features
-
         source = make_source(network.sha256, plan.spec.name, self.temperature, self.labels)
         parts = []
         for rows, forward, backward in self._layer_batches(checked, network, plan):
             # the one place where a batch of a trunk layer's factors becomes features
-            parts.append(layer_features(forward, backward, source, first_row=rows[0]))
+            parts.append(layer_rows(forward, backward, source, rows[0], fitted_sketch(self)))
         return np.concatenate(parts)
 
     def _layer_batches(self, checked, network, plan):
@@ -515,10 +540,11 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         """Names of the output columns, after the layer: ``x7_0``, ``x7_1``, ...
 
         Activations are named ``x{k}_{i}`` (``y{k}_{i}`` for the logits),
-        probabilities ``prob{k}_{i}``. Gradient features have no columns: a
+        probabilities ``prob{k}_{i}``, sketched features as the sketch names
+        them (``tensorsketch0``, ...). Gradient features have no columns: a
         structured array has two fields, ``"forward"`` and ``"backward"``,
-        so this method does not exist for them and ``set_output`` leaves
-        them as they are.
+        so without ``sketch`` this method does not exist for them and
+        ``set_output`` leaves them as they are.
 
         Parameters
         ----------
@@ -532,6 +558,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         """
         if hasattr(self, "n_features_in_"):
             _check_feature_names_in(self, input_features, generate_names=False)
+        if self.sketch is not None:
+            return fitted_sketch(self).get_feature_names_out()
         network, _ = self._network()
         (tensor,) = self._outputs(network)
         prefix = f"{tensor.kind}{tensor.layer}"
@@ -539,7 +567,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
-        tags.requires_fit = False
+        tags.requires_fit = self.sketch is not None
         tags.non_deterministic = False
         tags.input_tags.two_d_array = True
         tags.input_tags.allow_nan = False

@@ -19,13 +19,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
 VOC = ROOT.parent / "shared" / "data" / "voc2007_trainval64.npz"
 
-#: script -> (arguments of its smoke mode, a line its output must hold, needs torch, needs ../shared);
-#: None where another test file runs it.
+#: script -> (arguments of its smoke mode, a line its output must hold, needs torch (True, or the
+#: modules it needs besides), needs ../shared); None where another test file runs it.
 SMOKE = {
     "bad_inputs_table.py": None,  # test_bad_inputs_table_in_the_docs_is_up_to_date, below
     "conformance.py": None,  # tests/test_conformance.py runs its --smoke
     "kernel_gram.py": (["--n", "60", "--d", "16", "--labels", "3", "--repeat", "1"], "ratio", False, False),
     "kernel_positions.py": (["--n", "12"], "trace_kernel", False, False),
+    "layer_speed.py": (
+        ["--smoke"],
+        "[check] skfishing exact against torch.func",
+        ("opacus", "backpack"),
+        False,
+    ),
     "preprocessing.py": (
         ["--images", "2", "--large-images", "1", "--rounds", "1"],
         "skfishing",
@@ -88,7 +94,8 @@ def test_benchmark_runs_in_smoke_mode(script, tmp_path):
 @pytest.mark.oracle
 @pytest.mark.parametrize("script", sorted(s for s, v in SMOKE.items() if v is not None and v[2]))
 def test_benchmark_with_torch_runs_in_smoke_mode(script, tmp_path):
-    pytest.importorskip("torch")
+    for module in ("torch",) + (SMOKE[script][2] if isinstance(SMOKE[script][2], tuple) else ()):
+        pytest.importorskip(module)
     _run(script, tmp_path)
 
 

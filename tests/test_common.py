@@ -8,6 +8,7 @@ import pytest
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from onnx_models import any_width_model
+from skfishing.sketch import TensorSketch
 from skfishing.transformer import DeepFisherTransformer
 
 MODEL = any_width_model()
@@ -17,6 +18,7 @@ ESTIMATORS = [
     DeepFisherTransformer(MODEL, layer=5, features="activation"),
     DeepFisherTransformer(MODEL, features="probabilities"),
     DeepFisherTransformer(MODEL, layer=7),
+    DeepFisherTransformer(MODEL, layer=7, sketch=TensorSketch(32, random_state=0)),  # a dense output
 ]
 
 #: Checks that compare transform outputs with numpy.testing.assert_allclose,
@@ -41,12 +43,14 @@ def _name(check):
 
 def _checks():
     for estimator in ESTIMATORS:
-        replaced = REPLACED_FOR_STRUCTURED_OUTPUT if estimator.features == "gradient" else set()
+        structured = estimator.features == "gradient" and estimator.sketch is None
+        replaced = REPLACED_FOR_STRUCTURED_OUTPUT if structured else set()
+        kind = estimator.features + ("-sketched" if estimator.sketch is not None else "")
         for estimator_, check in estimator_checks_generator(estimator):
             if _name(check) not in replaced:
                 keywords = ",".join(f"{k}={v}" for k, v in getattr(check, "keywords", {}).items())
                 check_id = _name(check) + (f"({keywords})" if keywords else "")
-                yield pytest.param(estimator_, check, id=f"{estimator.features}-{estimator.layer}-{check_id}")
+                yield pytest.param(estimator_, check, id=f"{kind}-{estimator.layer}-{check_id}")
 
 
 def test_every_replaced_check_exists():

@@ -86,6 +86,8 @@ def test_the_test_extra_has_no_torch_nor_dask_and_the_oracle_extra_has_torch():
         "torchvision",
         "timm",
         "onnxscript",
+        "opacus",
+        "backpack-for-pytorch",
     }
     assert not any("onnxruntime" in requirement for requirement in extras["docs"] + extras["test"])
 

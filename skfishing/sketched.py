@@ -1,0 +1,186 @@
+r"""Features sketched during extraction: ``DeepFisherTransformer(sketch=...)``.
+
+A layer applied at :math:`T` positions has, per image, the weight gradient
+:math:`G = \sum_t \delta_t x_t^\top`; its factors take :math:`T (d_{in} +
+d_{out})` floats (:mod:`skfishing.layers`), 2.4 million for ResNet-18's last
+3x3 convolution. A :class:`~skfishing.TensorSketch` is linear, so the
+sketch of :math:`G` is the sum over positions of the sketches of
+:math:`x_t \otimes \delta_t`. Each batch's factors are sketched right after
+the network run and dropped: what is kept is ``n_components`` float32 per
+image, whatever :math:`T`.
+
+For all (image, position) rows of a batch at once, in blocks of rows whose
+temporaries take a few MiB: the CountSketch of each factor is one sparse
+matrix product, each gets its real FFT, the spectra are multiplied and
+summed over the positions of an image; one inverse FFT per image ends it.
+The result is the sketch of the unit-norm :math:`G` (:math:`\|G\|_F` is
+computed from the factors' products in their precision, summed in
+float64), equal to what
+``TensorSketch.transform`` gives on the features of
+:func:`~skfishing.layers.layer_features`, with the same buckets and signs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import scipy.fft
+import scipy.sparse as sp
+from sklearn import get_config
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from .features import gradient_dtype
+from .layers import check_finite_factors, layer_features, squared_norms
+
+#: Bytes of temporaries per block of (image, position) rows.
+_BLOCK_BYTES = 8 * 2**20
+
+
+def fit_sketch(sketch, widths):
+    """A fitted copy of ``sketch`` for features of ``widths``, or None without one.
+
+    Parameters
+    ----------
+    sketch : TensorSketch or None
+        The transformer's ``sketch`` parameter (left unfitted).
+    widths : tuple of int
+        ``(d_in, d_out)`` of gradient features, ``(n_features,)`` of others.
+
+    Returns
+    -------
+    sketch_ : TensorSketch or None
+    """
+    if sketch is None:
+        return None
+    if len(widths) == 2:  # only the widths matter: the buckets and signs of each factor's coordinates
+        layout = np.zeros(1, dtype=gradient_dtype(*widths))
+    else:
+        layout = np.zeros((1, widths[0]), dtype=np.float32)
+    return clone(sketch).fit(layout)
+
+
+def fitted_sketch(transformer):
+    """The transformer's fitted sketch, None without ``sketch``; an error if :meth:`fit` has not drawn it."""
+    if transformer.sketch is None:
+        return None
+    sketch = getattr(transformer, "sketch_", None)
+    if sketch is None:
+        raise NotFittedError(
+            f"This {type(transformer).__name__} has sketch={transformer.sketch!r} but is not fitted with it: "
+            "call fit first, which draws the sketch's random buckets and signs once (a transform without "
+            "fit would draw new ones at every call, and its features would not be comparable)."
+        )
+    return sketch
+
+
+def sketch_rows(Z, sketch):
+    """``Z`` as it is without a sketch, else its sketch (features of an FC layer: T = 1)."""
+    return Z if sketch is None else sketch.transform(Z)
+
+
+def layer_rows(forward, backward, source, first_row, sketch):
+    """A batch's features from a layer model's factors: normalised factors, or their sketch.
+
+    Parameters
+    ----------
+    forward, backward : ndarray of shape (n_samples, T, d_in), (n_samples, T, d_out)
+        The factors of the batch (2-D for one position), as
+        :meth:`~skfishing.network.FisherNetwork.run_layer` returns them.
+    source : dict
+        Provenance of the factors (see :func:`~skfishing.layers.layer_features`).
+    first_row : int
+        Index of the batch's first sample, to name a bad one in errors.
+    sketch : TensorSketch or None
+        A fitted sketch, or None for the factors themselves.
+
+    Returns
+    -------
+    rows : ndarray
+        :func:`~skfishing.layers.layer_features`'s structured array, or with
+        ``sketch`` a float32 array of shape ``(n_samples, n_components)``.
+    """
+    if sketch is None:
+        return layer_features(forward, backward, source, first_row=first_row)
+    return sketch_factors(sketch, forward, backward, first_row=first_row)
+
+
+def sketch_factors(sketch, forward, backward, first_row=0):
+    r"""The sketch of each sample's unit-norm :math:`G = \sum_t \delta_t x_t^\top`, from its factors.
+
+    Parameters
+    ----------
+    sketch : TensorSketch
+        Fitted on features of widths ``(d_in, d_out)``.
+    forward, backward : ndarray of shape (n_samples, T, d_in), (n_samples, T, d_out)
+        The factors (2-D for one position).
+    first_row : int, default=0
+        Index of the first sample, to name a bad one in errors.
+
+    Returns
+    -------
+    sketches : ndarray of shape (n_samples, n_components), dtype float32
+        Zeros for a sample whose :math:`G` is zero.
+
+    Raises
+    ------
+    ValueError
+        If the factors' widths are not the sketch's, or a sample's factors
+        are not finite (naming it).
+    """
+    if forward.ndim == 2:
+        forward, backward = forward[:, None], backward[:, None]
+    check_finite_factors(forward, backward, first_row)
+    fitted = tuple(len(h) for h in sketch.hashes_)
+    if (forward.shape[2], backward.shape[2]) != fitted:
+        raise ValueError(
+            f"the layer's factors have widths ({forward.shape[2]}, {backward.shape[2]}), but the sketch "
+            f"was fitted for widths {fitted}: fit the transformer again after changing its layer."
+        )
+    n, positions = forward.shape[:2]
+    m = sketch.n_components
+    dtype = np.result_type(forward.dtype, backward.dtype, np.float32)
+    counts = [
+        sp.csr_matrix((sign.astype(dtype), (np.arange(len(h)), h)), shape=(len(h), m))
+        for h, sign in zip(sketch.hashes_, sketch.signs_)
+    ]
+    flat = [np.ascontiguousarray(f, dtype=dtype).reshape(n * positions, -1) for f in (forward, backward)]
+    half = m // 2 + 1
+    spectrum = np.zeros((n, half), dtype=np.result_type(dtype, np.complex64))
+    # per row: two counts (m reals each), their spectra and the product (half complex each)
+    row_bytes = (2 * m + 6 * half) * dtype.itemsize
+    budget = min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20)
+    block = max(1, int(budget // row_bytes))
+    image = np.arange(n * positions) // positions
+    workers = _cpus()
+    for start in range(0, n * positions, block):
+        stop = min(start + block, n * positions)
+        product = None
+        for rows, count in zip(flat, counts):
+            part = scipy.fft.rfft(rows[start:stop] @ count, axis=1, workers=workers)
+            product = part if product is None else np.multiply(product, part, out=product)
+        images = image[start:stop]
+        first = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
+        spectrum[images[first]] += np.add.reduceat(product, first, axis=0)
+    out = scipy.fft.irfft(spectrum, n=m, axis=1, workers=workers)
+    norms = np.sqrt(squared_norms(forward, backward, dtype))  # as precise as the sketch itself
+    scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    out *= scale[:, None].astype(out.dtype)
+    bad = ~np.isfinite(out).all(axis=1)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"sample {first_row + i} gives gradient factors too large to sketch in {dtype} (their products "
+            "overflow): the network's values are out of range. Check the input values, the temperature "
+            "or the labels."
+        )
+    return out.astype(np.float32, copy=False)
+
+
+def _cpus():
+    """The CPUs this process may run on: the FFTs' threads."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
