@@ -1,5 +1,6 @@
 """Trace kernel between factorized gradient features (rank 1, or one rank-1 term per position)."""
 
+import math
 from numbers import Integral
 
 import numpy as np
@@ -215,7 +216,10 @@ def _gradient_kernel(X, Y, symmetric, limit, budget):
     (d_in, d_out), n, m = widths(X), len(X), len(Y)
     size = max(1, min(limit, budget // (2 * 8 * m)))
     entries = max(1, budget // (4 * 8 * (n if symmetric else n + m)))
-    cols_in = min(d_in, entries)
+    # Near-square slabs: each slab converts the factors' columns it spans, so
+    # (d_in / cols_in) (d_out / rows_out) (cols_in + rows_out) columns in all.
+    rows_out = max(1, min(d_out, math.isqrt(entries)))
+    cols_in = max(1, min(d_in, entries // rows_out))
     rows_out = max(1, min(d_out, entries // cols_in))
     K = np.zeros((n, m))
     for a in range(0, d_out, rows_out):
