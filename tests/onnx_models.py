@@ -693,7 +693,7 @@ def with_output(model, tensor):
     return copy
 
 
-def quantized_models(model, calibration, directory, *, input_name="input", preprocess=False):
+def quantized_models(model, calibration, directory, *, input_name="input", preprocess=False, **options):
     """``model`` quantized by ``onnxruntime.quantization`` in three formats.
 
     Returns a dict ``{"QDQ": ..., "QOperator": ..., "dynamic": ...}`` of
@@ -702,7 +702,8 @@ def quantized_models(model, calibration, directory, *, input_name="input", prepr
     ``quantize_dynamic``. ``preprocess=True`` runs the quantizer's
     ``quant_pre_process`` first (shape inference and graph optimisation; the
     quantizer fails without it on torchvision exports of networks with
-    BatchNorm).
+    BatchNorm). ``options`` go to ``quantize_static`` (``per_channel``,
+    ``op_types_to_quantize``, ``calibrate_method``, ``extra_options``...).
     """
     import logging
     import os
@@ -729,7 +730,7 @@ def quantized_models(model, calibration, directory, *, input_name="input", prepr
     try:
         for name in ("QDQ", "QOperator"):
             path = os.path.join(directory, f"{name}.onnx")
-            quantize_static(source, path, Reader(), quant_format=getattr(QuantFormat, name))
+            quantize_static(source, path, Reader(), quant_format=getattr(QuantFormat, name), **options)
             result[name] = onnx.load(path)
         path = os.path.join(directory, "dynamic.onnx")
         quantize_dynamic(source, path)
