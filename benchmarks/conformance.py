@@ -101,7 +101,7 @@ def photo_crops(n, size=224, seed=0):
 
 
 def realistic(net, images, batch_size=8):
-    """Give a randomly initialised network the statistics of a trained one; return it in eval mode.
+    """Give a randomly initialised network the statistics of a trained one, and leave it in eval mode.
 
     * BatchNorm running statistics are recomputed on ``images`` (the
       BatchNorm modules alone in train mode, ``momentum=None``: the
@@ -112,10 +112,14 @@ def realistic(net, images, batch_size=8):
     * a Linear layer whose weights are all zero (torchvision's ViT initialises
       its classifier so) gets ``nn.Linear``'s default random weights.
 
-    Returns the spread of the logits: the standard deviation across
-    ``images`` of each logit, averaged over the logits, divided by the
-    standard deviation of all logits; near 0 when the network gives every
-    image the same logits.
+    Returns two diagnostics: the spread of the logits (the standard
+    deviation across ``images`` of each logit, averaged over the logits,
+    divided by the standard deviation of all logits; near 0 when the network
+    gives every image the same logits), and the noise gain: the relative
+    change of the classifier's input when Gaussian noise of 1 % of the
+    images' standard deviation is added to them. A random network can be
+    chaotic (a large gain), which no trained classifier is: then any
+    perturbation, int8 rounding included, moves its features far.
     """
     import torch
     from torch import nn
@@ -128,14 +132,29 @@ def realistic(net, images, batch_size=8):
             module.reset_running_stats()
             module.momentum = None
             module.train()
+    inputs = []
+    hook = [m for m in net.modules() if isinstance(m, nn.Linear)][-1].register_forward_hook(
+        lambda module, args, output: inputs.append(args[0].detach())
+    )
+
+    def run(batch):
+        return torch.cat(
+            [net(torch.as_tensor(batch[s : s + batch_size])) for s in range(0, len(batch), batch_size)]
+        )
+
     with torch.no_grad():
-        for start in range(0, len(images), batch_size):
-            net(torch.as_tensor(images[start : start + batch_size]))
+        run(images)
         net.eval()
-        logits = torch.cat(
-            [net(torch.as_tensor(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
-        ).numpy()
-    return float(logits.std(axis=0).mean() / logits.std())
+        inputs.clear()
+        logits = run(images).numpy()
+        noise = np.random.default_rng(0).normal(size=images.shape).astype(np.float32)
+        clean = torch.cat(inputs)
+        inputs.clear()
+        run(images + np.float32(0.01 * images.std()) * noise)
+        noisy = torch.cat(inputs)
+    hook.remove()
+    gain = float((noisy - clean).norm() / clean.norm())
+    return float(logits.std(axis=0).mean() / logits.std()), gain
 
 
 def features_gradients(model, X):
@@ -305,7 +324,7 @@ def full_rows(only=None, n_images=8, n_calibration=16, n_statistics=32):
             continue
         torch.manual_seed(0)
         net = make()
-        spread = realistic(net, statistics)
+        spread, gain = realistic(net, statistics)
         for dynamo in (False, True):
             spelling = "torch.onnx dynamo=True" if dynamo else "torch.onnx dynamo=False, opset 17"
             try:
@@ -319,7 +338,7 @@ def full_rows(only=None, n_images=8, n_calibration=16, n_statistics=32):
                 except (HeadStructureError, ValueError) as exc:
                     yield name, spelling, "float32", refused(exc)
             else:
-                note = f", logit spread {spread:.2f}"
+                note = f", logit spread {spread:.2f}, noise gain {gain:.3f}"
                 yield from rows_for(
                     name, spelling, net, model, images, calibration, note=note, **user_quantization()
                 )
