@@ -203,6 +203,13 @@ def kernel(net, X, k):
 
 def int8_cell(float_model, int8_model, X):
     """Trace-kernel correlation with the float model, at the float model's lowest FC layer."""
+    import onnxruntime
+
+    try:  # the quantizer can write files that onnxruntime itself refuses
+        onnxruntime.InferenceSession(int8_model.SerializeToString(), providers=CPU)
+    except Exception as exc:  # noqa: BLE001 - that is the cell
+        message = str(exc).split("] : ")[-1]
+        return f"the quantized file does not load in onnxruntime: {type(exc).__name__}: {message[:200]}"
     float_net, int8_net = get_network(float_model, CPU), get_network(int8_model, CPU)
     k = float_net.head.numbers[0]
     if int8_net.head.numbers != float_net.head.numbers:
