@@ -266,8 +266,10 @@ def check_flatten(evaluator, top, bottom, error):
         chain.append(node)
         tensor = node.input[0]
     evaluator.batch_tensors.add(bottom)
+    rank = evaluator.rank(bottom)
     for node in reversed(chain):
         name = node.name or node.output[0]
+        rank = _rank_after(evaluator, node, rank)
         if node.op_type == "Flatten":
             axis = attribute(node, "axis", 1)
             if axis < 0 and evaluator.rank(node.input[0]) is not None:
@@ -294,3 +296,25 @@ def check_flatten(evaluator, top, bottom, error):
                 "[x.size(0), -1]); cannot tell that it flattens each sample"
             )
         evaluator.batch_tensors.add(node.output[0])
+    if rank is not None and rank != 2:
+        raise error(
+            f"the FC layer's input '{top}' has rank {rank}, not 2: a Gemm or MatMul on it acts on "
+            "each row of a sample separately (a per-position Linear, such as a transformer's on "
+            "each token), not on one row per sample; export the model with the features "
+            "pooled or flattened before its classifier"
+        )
+
+
+def _rank_after(evaluator, node, rank):
+    """The rank of the output of a node of the flatten chain, None if unknown."""
+    if node.op_type == "Flatten":
+        return 2
+    if node.op_type == "Reshape":
+        target = evaluator.value(node.input[1])
+        return len(target) if isinstance(target, list) else evaluator.rank(node.output[0])
+    if node.op_type == "Squeeze":
+        axes = attribute(node, "axes", None) if len(node.input) < 2 else evaluator.value(node.input[1])
+        if rank is not None and isinstance(axes, list):
+            return rank - len(axes)
+        return evaluator.rank(node.output[0])
+    return rank

@@ -35,6 +35,9 @@ class GraphIndex:
                 attr = node.attribute[0]
                 if attr.name == "value":
                     self.constants[node.output[0]] = attr.t
+            elif node.op_type == "Identity" and node.input[0] in self.constants:
+                # exporters share identical weights (VGG's zero biases) through Identity
+                self.constants[node.output[0]] = self.constants[node.input[0]]
         self.graph_inputs = {i.name for i in graph.input} - set(self.constants)
 
     def constant(self, name):

@@ -693,7 +693,7 @@ def with_output(model, tensor):
     return copy
 
 
-def quantized_models(model, calibration, directory, *, input_name="input", preprocess=False):
+def quantized_models(model, calibration, directory, *, input_name="input", preprocess=False, **options):
     """``model`` quantized by ``onnxruntime.quantization`` in three formats.
 
     Returns a dict ``{"QDQ": ..., "QOperator": ..., "dynamic": ...}`` of
@@ -702,7 +702,9 @@ def quantized_models(model, calibration, directory, *, input_name="input", prepr
     ``quantize_dynamic``. ``preprocess=True`` runs the quantizer's
     ``quant_pre_process`` first (shape inference and graph optimisation; the
     quantizer fails without it on torchvision exports of networks with
-    BatchNorm).
+    BatchNorm; where its symbolic shape inference fails, it runs with
+    ``skip_symbolic_shape=True``, as a user would). ``options`` go to ``quantize_static`` (``per_channel``,
+    ``op_types_to_quantize``, ``calibrate_method``, ``extra_options``...).
     """
     import logging
     import os
@@ -721,7 +723,10 @@ def quantized_models(model, calibration, directory, *, input_name="input", prepr
     if preprocess:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        quant_pre_process(source, os.path.join(directory, "preprocessed.onnx"))
+        try:
+            quant_pre_process(source, os.path.join(directory, "preprocessed.onnx"))
+        except AssertionError:  # its symbolic shape inference fails on some exports (torchvision vit_b_16)
+            quant_pre_process(source, os.path.join(directory, "preprocessed.onnx"), skip_symbolic_shape=True)
         source = os.path.join(directory, "preprocessed.onnx")
     result = {}
     level = logging.getLogger().level
@@ -729,7 +734,7 @@ def quantized_models(model, calibration, directory, *, input_name="input", prepr
     try:
         for name in ("QDQ", "QOperator"):
             path = os.path.join(directory, f"{name}.onnx")
-            quantize_static(source, path, Reader(), quant_format=getattr(QuantFormat, name))
+            quantize_static(source, path, Reader(), quant_format=getattr(QuantFormat, name), **options)
             result[name] = onnx.load(path)
         path = os.path.join(directory, "dynamic.onnx")
         quantize_dynamic(source, path)

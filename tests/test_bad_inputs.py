@@ -1250,6 +1250,18 @@ COVERED_ELSEWHERE = [
         "an op between the layer and the logits has no reverse-pass rule: NoRuleError naming the node and op type",
         "tests/test_vjp.py::test_op_without_rule_is_named",
     ),
+    (
+        "model",
+        "the last MatMul acts on each token of a (N, T, D) tensor (a per-position Linear): "
+        "HeadStructureError naming its input and its rank, instead of features of the wrong shape",
+        "tests/test_flatten_shape_graphs.py::test_a_matmul_on_each_token_is_refused",
+    ),
+    (
+        "model",
+        "an export shares identical biases through Identity nodes (torchvision VGG, legacy exporter): "
+        "read as constants, where it was refused as 'a computed bias'",
+        "tests/test_head_shared_weights.py::test_biases_shared_through_identity_give_torch_gradients",
+    ),
 ]
 
 
