@@ -24,9 +24,11 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -160,18 +162,38 @@ def _session(model, providers, *, spinning=True):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     names = [name for name, _ in providers]
     opts = [options_ for _, options_ in providers]
-    if names != ["CPUExecutionProvider"]:
-        # onnxruntime keeps the bytes, to build the session again on a fallback to the CPU
-        return ort.InferenceSession(
-            model.SerializeToString(), sess_options=options, providers=names, provider_options=opts
-        )
-    # on the CPU only, there is no fallback: a session read from a file keeps no copy of the
-    # serialized model (and its weights) beside its own
-    with tempfile.TemporaryDirectory(prefix="skfishing-") as folder:
-        path = os.path.join(folder, "model.onnx")
-        with open(path, "wb") as file:
-            file.write(model.SerializeToString())
-        return ort.InferenceSession(path, sess_options=options, providers=names, provider_options=opts)
+    if names == ["CPUExecutionProvider"]:
+        # on the CPU only, there is no fallback: a session read from a file keeps no copy of
+        # the serialized model (and its weights) beside its own; one from bytes keeps them to
+        # build the session again on a fallback to the CPU
+        with _model_file(model) as path:
+            if path is not None:
+                return ort.InferenceSession(
+                    path, sess_options=options, providers=names, provider_options=opts
+                )
+    return ort.InferenceSession(
+        model.SerializeToString(), sess_options=options, providers=names, provider_options=opts
+    )
+
+
+@contextlib.contextmanager
+def _model_file(model):
+    """A temporary file holding ``model``, removed after; None where none can be written."""
+    try:
+        folder = tempfile.mkdtemp(prefix="skfishing-")
+    except OSError:
+        yield None
+        return
+    path = os.path.join(folder, "model.onnx")
+    try:
+        try:
+            with open(path, "wb") as file:
+                file.write(model.SerializeToString())
+        except OSError:
+            path = None
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _release_free_memory():
