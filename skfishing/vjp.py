@@ -129,10 +129,11 @@ class LayerGraphBuilder:
     def __init__(self, model, input_shape=None):
         # the model is read, never changed nor copied: its weights stay where they are
         self.inputs = _graph_inputs(model.graph, input_shape)
+        inferred = _shape_model(model, self.inputs)
         try:
-            inferred = shape_inference.infer_shapes(_shape_model(model, self.inputs), data_prop=True)
+            inferred = shape_inference.infer_shapes(inferred, data_prop=True)
         except Exception:  # shape inference is a help, not a requirement
-            inferred = onnx.ModelProto()
+            pass
         self.model = model
         self.graph = model.graph
         self.opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
