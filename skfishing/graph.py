@@ -527,9 +527,10 @@ def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labe
         "skfishing_features",
         inputs + extra_inputs,
         output_infos,
-        initializer=trunk_inits + inits,
     )
-    return finish_model(graph, head.opset, source=model)
+    result = finish_model(graph, head.opset, source=model)
+    result.graph.initializer.extend(trunk_inits + inits)  # once: make_model copies its graph
+    return result
 
 
 @_validated("model", "head")
@@ -553,8 +554,10 @@ def build_trunk_model(model, head):
     if not nodes:
         return None
     output = helper.make_tensor_value_info(head.input_name, _input_elem(head), None)
-    graph = helper.make_graph(nodes, "skfishing_trunk", inputs, [output], initializer=inits)
-    return finish_model(graph, head.opset, source=model)
+    graph = helper.make_graph(nodes, "skfishing_trunk", inputs, [output])
+    result = finish_model(graph, head.opset, source=model)
+    result.graph.initializer.extend(inits)  # once: make_model copies its graph
+    return result
 
 
 @_validated("model", "head")

@@ -24,9 +24,14 @@ weights.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import os
+import shutil
 import stat
+import sys
+import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -157,9 +162,52 @@ def _session(model, providers, *, spinning=True):
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     names = [name for name, _ in providers]
     opts = [options_ for _, options_ in providers]
+    if names == ["CPUExecutionProvider"]:
+        # on the CPU only, there is no fallback: a session read from a file keeps no copy of
+        # the serialized model (and its weights) beside its own; one from bytes keeps them to
+        # build the session again on a fallback to the CPU
+        with _model_file(model) as path:
+            if path is not None:
+                return ort.InferenceSession(
+                    path, sess_options=options, providers=names, provider_options=opts
+                )
     return ort.InferenceSession(
         model.SerializeToString(), sess_options=options, providers=names, provider_options=opts
     )
+
+
+@contextlib.contextmanager
+def _model_file(model):
+    """A temporary file holding ``model``, removed after; None where none can be written."""
+    try:
+        folder = tempfile.mkdtemp(prefix="skfishing-")
+    except OSError:
+        yield None
+        return
+    path = os.path.join(folder, "model.onnx")
+    try:
+        try:
+            with open(path, "wb") as file:
+                file.write(model.SerializeToString())
+        except OSError:
+            path = None
+        yield path
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _release_free_memory():
+    """Give the heap that building a session freed back to the system (glibc only).
+
+    Building a graph and a session allocates and frees the weights several
+    times in pieces that glibc keeps in its heap; the peak memory of the
+    runs that follow is lower without them.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+            pass
 
 
 class FisherNetwork:
@@ -225,6 +273,8 @@ class FisherNetwork:
                     model = build_model(self._model, self.head, outputs, input_sum=True)
                 session = _session(model, self.providers, spinning=key[0] != "from_state")
                 self._sessions[key] = session
+                del model
+                _release_free_memory()
             return session
 
     def used_providers(self):
@@ -356,6 +406,8 @@ class FisherNetwork:
             if session is None:
                 model = build_layer_model(self._model, layer, input_shape=batch.shape[1:])
                 session = self._sessions[key] = _session(model, self.providers)
+                del model
+                _release_free_memory()
         feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
         return self._run(session, feeds, batch)
 

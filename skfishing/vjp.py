@@ -127,13 +127,13 @@ class LayerGraphBuilder:
     """The forward graph with shapes, and the nodes of its reverse pass."""
 
     def __init__(self, model, input_shape=None):
-        model = onnx.ModelProto.FromString(model.SerializeToString())
-        if input_shape is not None:
-            _fix_input_shape(model, input_shape)
+        # the model is read, never changed nor copied: its weights stay where they are
+        self.inputs = _graph_inputs(model.graph, input_shape)
+        inferred = _shape_model(model, self.inputs)
         try:
-            inferred = shape_inference.infer_shapes(model, data_prop=True)
+            inferred = shape_inference.infer_shapes(inferred, data_prop=True)
         except Exception:  # shape inference is a help, not a requirement
-            inferred = model
+            pass
         self.model = model
         self.graph = model.graph
         self.opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
@@ -235,18 +235,47 @@ class LayerGraphBuilder:
         return grad
 
 
-def _fix_input_shape(model, input_shape):
-    """Set the per-sample dimensions of the graph inputs that are not constants."""
-    constants = {i.name for i in model.graph.initializer}
-    for info in model.graph.input:
-        if info.name in constants:
-            continue
+def _graph_inputs(graph, input_shape):
+    """Copies of the graph inputs, with the per-sample dimensions of those that are not constants fixed."""
+    constants = {i.name for i in graph.initializer}
+    inputs = []
+    for info in graph.input:
+        info = onnx.ValueInfoProto.FromString(info.SerializeToString())
         dims = info.type.tensor_type.shape.dim
-        if len(dims) != len(input_shape) + 1:
-            continue
-        for dim, value in zip(dims[1:], input_shape):
-            dim.Clear()
-            dim.dim_value = int(value)
+        if input_shape is not None and info.name not in constants and len(dims) == len(input_shape) + 1:
+            for dim, value in zip(dims[1:], input_shape):
+                dim.Clear()
+                dim.dim_value = int(value)
+        inputs.append(info)
+    return inputs
+
+
+#: Initializers with at most this many elements keep their values for shape inference.
+_SHAPE_CONSTANT_SIZE = 4096
+
+
+def _shape_model(model, inputs):
+    """The graph for shape inference: large initializers become typed inputs, without their data.
+
+    Shape inference needs the values of the small constants that compute
+    shapes, never those of the weights; leaving the weights out keeps the
+    copy that inference makes small.
+    """
+    graph = model.graph
+    light = onnx.GraphProto(name=graph.name)
+    light.node.extend(graph.node)
+    light.input.extend(info for info in inputs)
+    names = {info.name for info in inputs}
+    for init in graph.initializer:
+        if np.prod(init.dims, dtype=np.int64) <= _SHAPE_CONSTANT_SIZE:
+            light.initializer.append(init)
+        elif init.name not in names:
+            light.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    light.output.extend(graph.output)
+    light.value_info.extend(graph.value_info)
+    result = helper.make_model(light, opset_imports=list(model.opset_import))
+    result.ir_version = max(model.ir_version, 4)
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -933,11 +962,17 @@ def find_layer(model, layer, input_shape=None):
         If no Conv, Gemm or MatMul node with a constant weight has that
         node or weight name, listing a few of those that exist.
     """
-    specs = layer_candidates(model, input_shape)
-    for spec in specs:
-        if layer in (spec.name, spec.weight_name):
+    b = LayerGraphBuilder(model, input_shape)
+    for node in b.graph.node:  # the named node's weight only is read: not every layer's
+        named = (
+            node.op_type in LAYER_OPS
+            and len(node.input) > 1
+            and layer in (node.name or node.input[1], node.input[1])
+        )
+        spec = layer_spec(b, node) if named else None
+        if spec is not None:
             return spec
-    names = [s.name for s in specs]
+    names = [s.name for s in (layer_spec(b, node) for node in b.graph.node) if s is not None]
     shown = ", ".join(repr(n) for n in names[:8]) + (", ..." if len(names) > 8 else "")
     raise ValueError(
         f"model has no layer named {layer!r}: a layer is a Conv, Gemm or MatMul node with a constant "
@@ -1135,7 +1170,7 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
     nodes, read = needed_nodes(all_nodes, [FORWARD, BACKWARD], set())
     inits = [i for i in all_inits if i.name in read]
     init_names = {i.name for i in b.graph.initializer}
-    inputs = [i for i in b.graph.input if i.name in read and i.name not in init_names]
+    inputs = [i for i in b.inputs if i.name in read and i.name not in init_names]
     from .graph import dynamic_batch
 
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(b.dtype))
@@ -1145,5 +1180,7 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
         for name, shape in ((TEMPERATURE, []), (LABELS, [n_classes]))
     ]
     outputs = [helper.make_tensor_value_info(name, elem, None) for name in (FORWARD, BACKWARD)]
-    graph = helper.make_graph(nodes, "skfishing_layer_gradient", inputs, outputs, initializer=inits)
-    return finish_model(graph, b.opset, source=b.model)
+    graph = helper.make_graph(nodes, "skfishing_layer_gradient", inputs, outputs)
+    model = finish_model(graph, b.opset, source=b.model)
+    model.graph.initializer.extend(inits)  # into the model: make_model copies its graph, weights and all
+    return model
