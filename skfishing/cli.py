@@ -340,7 +340,7 @@ def _model_inputs(args):
         files += [("model file", path), ("preprocessing file of the model", path.with_suffix(".json"))]
         try:
             from . import state
-            from .network import external_locations, parse_model_file
+            from .model_files import external_locations, parse_model_file
 
             digest = state.file_sha256(path)
             locations = state.memo(

@@ -139,7 +139,7 @@ def list_layers(model, input_shape=None):
 
     """
     if not isinstance(model, onnx.ModelProto):
-        from .network import load_onnx
+        from .model_files import load_onnx
 
         model = load_onnx(model)
     shape = None if input_shape is None else [int(v) for v in np.ravel(input_shape)]

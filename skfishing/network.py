@@ -29,19 +29,17 @@ import ctypes
 import hashlib
 import os
 import shutil
-import stat
 import sys
 import tempfile
 import threading
 import warnings
-from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper
 from sklearn.utils._param_validation import validate_params
 
-from . import state
+from . import model_files, state
 from .graph import LABELS, TEMPERATURE, build_model, network_input
 from .head import HeadStructureError, find_fc_head
 
@@ -58,8 +56,6 @@ __all__ = [
     "FisherNetwork",
     "default_providers",
     "get_network",
-    "load_onnx",
-    "model_sha256",
     "session_providers",
 ]
 
@@ -218,7 +214,7 @@ class FisherNetwork:
     model : onnx.ModelProto
         A classifier without backward subgraph.
     sha256 : str
-        Identity of the model's content (see :func:`model_sha256`).
+        Identity of the model's content (see :func:`~skfishing.model_files.model_sha256`).
     providers : tuple of (str, dict)
         As returned by :func:`session_providers`.
 
@@ -599,89 +595,6 @@ def _slices(widths):
     return [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
 
 
-def _check_regular_file(path):
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        raise FileNotFoundError(f"ONNX model file '{os.fsdecode(path)}' does not exist") from None
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"'{os.fsdecode(path)}' is not a regular file, so not an ONNX model file")
-
-
-def external_locations(model):
-    """Locations (relative file names) of a model's external data, sorted."""
-    locations = set()
-    for tensor in onnx.external_data_helper._get_all_tensors(model):
-        if onnx.external_data_helper.uses_external_data(tensor):
-            info = onnx.external_data_helper.ExternalDataInfo(tensor)
-            locations.add(info.location)
-    return sorted(locations)
-
-
-@validate_params({"path": [str, bytes, os.PathLike]}, prefer_skip_nested_validation=True)
-def model_sha256(path):
-    """Content identity of an ONNX file: SHA-256 of the file and of its external data.
-
-    For a model without external data it is the SHA-256 of the file, the
-    checksum the registry verifies; for one with external data, the SHA-256
-    of the file's SHA-256 followed by each data file's location and SHA-256,
-    so that a changed weights file changes it too. Hashes are computed once
-    per process for each file identity (see :func:`skfishing.state.file_sha256`).
-
-    Parameters
-    ----------
-    path : str or path-like
-        The ONNX file.
-
-    Returns
-    -------
-    sha256 : str
-        64 hexadecimal digits.
-    """
-    _check_regular_file(path)
-    digest = state.file_sha256(path)
-    locations = state.memo(("onnx-external", digest), lambda: external_locations(parse_model_file(path)))
-    if not locations:
-        return digest
-    combined = hashlib.sha256(digest.encode())
-    folder = Path(path).parent
-    for location in locations:
-        data = folder / location
-        if not data.is_file():
-            raise FileNotFoundError(
-                f"ONNX model '{os.fsdecode(path)}' keeps weights in '{location}', which is missing "
-                f"(expected {os.fsdecode(data)})"
-            )
-        combined.update(b"\0" + os.fsencode(location) + b"\0" + state.file_sha256(data).encode())
-    return combined.hexdigest()
-
-
-def parse_model_file(path, load_external_data=False):
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"'{os.fsdecode(path)}' is empty (0 bytes), not an ONNX model")
-    try:
-        return onnx.load(os.fspath(path), load_external_data=load_external_data)
-    except Exception as exc:  # protobuf raises DecodeError and others
-        raise ValueError(f"'{os.fsdecode(path)}' is not a readable ONNX model: {exc}") from exc
-
-
-@validate_params({"path": [str, bytes, os.PathLike]}, prefer_skip_nested_validation=True)
-def load_onnx(path):
-    """Load an ONNX model file, with its external data, and clear errors.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The ONNX file.
-
-    Returns
-    -------
-    model : onnx.ModelProto
-    """
-    _check_regular_file(path)
-    return parse_model_file(path, load_external_data=True)
-
-
 @validate_params(
     {
         "model": [str, bytes, os.PathLike, onnx.ModelProto],
@@ -696,7 +609,8 @@ def get_network(model, providers=None, *, allow_tf32=False):
     Parameters
     ----------
     model : str, path-like or onnx.ModelProto
-        The classifier, identified by its content (:func:`model_sha256`, or
+        The classifier, identified by its content
+        (:func:`~skfishing.model_files.model_sha256`, or
         the SHA-256 of a ModelProto's serialization).
     providers : sequence of str or (str, dict), default=None
         Execution providers; None means :func:`default_providers`.
@@ -711,10 +625,10 @@ def get_network(model, providers=None, *, allow_tf32=False):
     if isinstance(model, onnx.ModelProto):
         sha256 = hashlib.sha256(model.SerializeToString()).hexdigest()
     else:
-        sha256 = model_sha256(model)
+        sha256 = model_files.model_sha256(model)
 
     def build():
-        proto = model if isinstance(model, onnx.ModelProto) else load_onnx(model)
+        proto = model if isinstance(model, onnx.ModelProto) else model_files.load_onnx(model)
         try:
             return FisherNetwork(proto, sha256, providers)
         except HeadStructureError as exc:
@@ -723,3 +637,19 @@ def get_network(model, providers=None, *, allow_tf32=False):
             raise HeadStructureError(f"ONNX model '{os.fsdecode(model)}': {exc}") from exc
 
     return state.network((sha256, repr(providers)), build)
+
+
+#: Names that moved to :mod:`skfishing.model_files`, still found here with a warning.
+_MOVED_TO_MODEL_FILES = ("model_sha256", "load_onnx", "parse_model_file", "external_locations")
+
+
+def __getattr__(name):
+    if name in _MOVED_TO_MODEL_FILES:
+        warnings.warn(
+            f"skfishing.network.{name} moved to skfishing.model_files.{name}; "
+            "the old name will be removed in a future version",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(model_files, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
