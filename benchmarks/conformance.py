@@ -1,7 +1,7 @@
 r"""Which ONNX files skfishing reads: architecture x export spelling x format.
 
 Each row exports (or builds) a classifier, quantizes it where the format
-asks, and runs :class:`~skfishing.network` on a few random images:
+asks, and runs :class:`~skfishing._onnx.network` on a few random images:
 
 * float32 rows: accepted when the head is found; the cell gives the largest
   difference between the features' ``dE/dW_k = -x_{k-1} delta_k^T / tau``
@@ -47,8 +47,9 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 import onnx_models  # noqa: E402
-from skfishing.head import HeadStructureError, Tensor  # noqa: E402
-from skfishing.network import get_network  # noqa: E402
+from skfishing import HeadStructureError  # noqa: E402
+from skfishing._onnx.head import Tensor  # noqa: E402
+from skfishing._onnx.network import get_network  # noqa: E402
 
 CPU = ["CPUExecutionProvider"]
 FORMATS = ("float32", "QDQ", "QOperator", "dynamic")

@@ -21,9 +21,8 @@ import tracemalloc
 import numpy as np
 from sklearn.svm import SVC
 
+from skfishing import TraceKernelSVC, trace_kernel
 from skfishing.cache import clear_caches
-from skfishing.kernel import trace_kernel
-from skfishing.svm import TraceKernelSVC
 
 
 def features(n, d, rng):

@@ -22,7 +22,7 @@ import tracemalloc
 
 import numpy as np
 
-from skfishing.kernel import trace_kernel
+from skfishing import trace_kernel
 
 LAYOUTS = {
     "1x1 conv, T=49, 320->1280": (49, 320, 1280),

@@ -1,7 +1,7 @@
 """Speed of image preprocessing (images to network input), as ratios.
 
 Everything compared runs side by side in one process on the same inputs:
-``skfishing.images.preprocess_image`` against a copy of the implementation
+``skfishing._extraction.images.preprocess_image`` against a copy of the implementation
 at commit 683c071 (``reference_preprocess`` below: Pillow image, resize of
 the crop box, float32 arithmetic on the whole HWC array, transpose) and
 against Pillow's bare decode of the same files. The target is the ImageNet
@@ -12,7 +12,7 @@ Per-core figures are the CPU time of the thread doing the work, best of
 ``--rounds`` rounds (other processes on a shared machine inflate wall clock,
 not the CPU time of this thread). Thread scaling is wall clock, best of
 ``2 * --rounds`` rounds, with images given to a ``ThreadPoolExecutor`` as
-:mod:`skfishing.batches` does, each written into a row of a batch
+:mod:`skfishing._extraction.batches` does, each written into a row of a batch
 (``out=``), one image per task (as today) and eight; beside it, the same
 NumPy calls with no skfishing code around them show what threads can reach
 for that work on this machine. It needs idle cores, so the load average is
@@ -44,7 +44,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image, ImageOps
 
-from skfishing.images import ImagePreprocessing, preprocess_image, preprocess_into
+from skfishing import ImagePreprocessing
+from skfishing._extraction.images import preprocess_image, preprocess_into
 
 IMAGENET = ImagePreprocessing(224, resize=256, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -185,7 +186,7 @@ def cpu_per_image(methods, inputs, rounds):
 def thread_scaling(inputs, threads, rounds, repeat=4, works=None, chunk=1):
     """Wall-clock throughput with ``threads`` threads over 1 thread (best of rounds).
 
-    Images go to a ``ThreadPoolExecutor`` as :mod:`skfishing.batches` sends
+    Images go to a ``ThreadPoolExecutor`` as :mod:`skfishing._extraction.batches` sends
     them, ``chunk`` images per task: ``preprocess_into`` (``preprocess_image``
     less its parameter checks, done once per call of ``iter_batches``)
     writing into rows of a batch. ``works`` maps names to other functions

@@ -89,9 +89,8 @@ def random_cnn(path, size=32, widths=(64, 48, 10), channels=8, seed=0):
 
 def make_transformer(model_path, batch_size, cache_mb):
     """The transformer of one process (registers the random CNN if needed)."""
-    from skfishing import DeepFisherTransformer
+    from skfishing import DeepFisherTransformer, ImagePreprocessing
     from skfishing.cache import FeatureCache
-    from skfishing.images import ImagePreprocessing
     from skfishing.registry import register_model
 
     name = "tinyalexnet"

@@ -36,7 +36,7 @@ import warnings
 
 import numpy as np
 
-from skfishing.images import ImagePreprocessing
+from skfishing import ImagePreprocessing
 
 SECTIONS = ("exactness", "host-overhead", "preprocessing", "extraction", "grid-search")
 
@@ -325,7 +325,7 @@ def make_inputs(m, rng, folder):
     """
     from PIL import Image
 
-    from skfishing.images import preprocess_image
+    from skfishing._extraction.images import preprocess_image
 
     paths, arrays = [], []
     for i in range(m):

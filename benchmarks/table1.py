@@ -35,7 +35,7 @@ components given, the scalable replacement of the kernel SVM: ``LinearSVC``
 Convolution rows (beyond the paper): ``dE/dW:conv3`` is the gradient of the
 network's third convolution (graph order, as ``skfishing layers`` lists
 them), a sum over its output pixels of rank-1 terms (see
-:mod:`skfishing.layers`); ``x5+dE/dW:conv3`` adds pool5, as the mean of the
+:mod:`skfishing._onnx.layers`); ``x5+dE/dW:conv3`` adds pool5, as the mean of the
 two unit kernels. They run when ``--rows`` names them (its default is the
 paper's rows). Each is classified by the same SVMs on the exact trace
 kernel of its per-position factors when the features of all train and val
@@ -59,10 +59,9 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.svm import SVC, LinearSVC
 
-from skfishing import DeepFisherTransformer, TensorSketch, TraceKernelSVC, trace_kernel
+from skfishing import DeepFisherTransformer, TensorSketch, TraceKernelSVC, list_layers, trace_kernel
 from skfishing.cache import FeatureCache
 from skfishing.datasets import load_voc2007, load_voc2007_npz, load_voc2012
-from skfishing.layers import list_layers
 from skfishing.metrics import average_precision_report
 from skfishing.registry import resolve_model
 

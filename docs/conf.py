@@ -240,7 +240,7 @@ def _resolve_reexport(app, env, node, contnode):
 
     The public classes and functions are documented once, under the names
     users import (``skfishing.trace_kernel``, not
-    ``skfishing.kernel.trace_kernel``). Docstrings refer to them by their
+    ``skfishing.trace_kernel``). Docstrings refer to them by their
     defining module, or by a bare name inside that module's docstrings;
     such references are linked to the page of the same object instead of
     being left unresolved.

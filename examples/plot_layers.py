@@ -19,7 +19,7 @@ them with the pool5 activations and the paper's fc7 gradient.
 # The candidate layers
 # --------------------
 #
-# :func:`~skfishing.layers.list_layers` (or ``skfishing layers
+# :func:`~skfishing.list_layers` (or ``skfishing layers
 # tinyalexnet`` in a shell) lists every layer whose gradient can be
 # computed, with its positions :math:`T`, its widths and the floats per
 # image of each representation.
@@ -29,9 +29,12 @@ import time
 import matplotlib.pyplot as plt
 from sklearn.model_selection import train_test_split
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing import (
+    DeepFisherTransformer,
+    TraceKernelSVC,
+    list_layers,
+)
 from skfishing.datasets import load_digits_images
-from skfishing.layers import list_layers
 from skfishing.registry import resolve_model
 
 layers = list_layers(resolve_model("tinyalexnet").source)

@@ -32,10 +32,13 @@ import torchvision
 from sklearn.model_selection import train_test_split
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing import (
+    DeepFisherTransformer,
+    ImagePreprocessing,
+    TraceKernelSVC,
+    list_layers,
+)
 from skfishing.datasets import load_digits_images
-from skfishing.images import ImagePreprocessing
-from skfishing.layers import list_layers
 
 SIZE = 64  # input size; the global average pool takes any
 

@@ -4,7 +4,7 @@ A grid search over ``layer`` and ``temperature`` with cross-validation would
 run the whole network for every candidate and fold. What does not depend on
 those parameters — the head input (e.g. pool5) and the pre-activations of
 every FC layer, together the *state* of a sample
-(:meth:`~skfishing.head.FCHead.state`) — is kept per sample in a
+(:meth:`~skfishing.FCHead.state`) — is kept per sample in a
 :class:`FeatureCache`; only the cheap head reruns, and its outputs are kept
 too (a cross-validation asks for each sample once per fold). For a layer of
 the trunk, the cache keeps the tensors that the graph carries past the
@@ -60,7 +60,7 @@ from blake3 import blake3
 from sklearn.utils._param_validation import Interval, validate_params
 
 from . import state
-from .files import atomic_path, check_writable_folder
+from ._io.files import atomic_path, check_writable_folder
 
 __all__ = [
     "ArrayStore",
@@ -84,9 +84,9 @@ _CHECKSUM_LENGTH = 32
 #: one when its code changes what it computes, even within a release.
 DISK_VERSIONS = {
     "format": 1,  # the entry file: .npy bytes and checksum (DiskStore)
-    "preprocessing": 1,  # image decoding, resizing and normalisation (skfishing.images, batches)
-    "graph": 1,  # the network graph built from the model, states included (skfishing.graph, network)
-    "cuts": 1,  # the tensors kept per image for a trunk layer, and their position (skfishing.cuts)
+    "preprocessing": 1,  # image decoding, resizing and normalisation (skfishing._extraction.images, batches)
+    "graph": 1,  # the network graph built from the model, states included (skfishing._onnx.graph, network)
+    "cuts": 1,  # the tensors kept per image for a trunk layer, and their position (skfishing._onnx.cuts)
 }
 
 
@@ -332,7 +332,7 @@ class FeatureCache:
         recently used entries are evicted beyond it. A state is the head
         input and the FC pre-activations in float32: 4 bytes times their
         widths; a cut, 4 bytes times the ``cache_floats`` of its layer
-        (:func:`skfishing.layers.list_layers`).
+        (:func:`skfishing.list_layers`).
 
     Attributes
     ----------

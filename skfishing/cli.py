@@ -9,13 +9,13 @@ Commands:
     the image preprocessing of an unregistered network from options or from
     a JSON file beside it. The features are computed in parts, kept in a
     folder beside the output until the end, so that a run that stops
-    continues where it stopped when run again (:mod:`skfishing.parts`);
+    continues where it stopped when run again (:mod:`skfishing._io.parts`);
     ``--skip-bad`` leaves out unreadable images instead of stopping.
 ``skfishing models``
     The registered networks, their size and whether they are on disk.
 ``skfishing demo``
     Forward vs gradient features through a grid search, offline (see
-    :mod:`skfishing.demo`).
+    :mod:`skfishing._demo`).
 
 Errors are reported on stderr as one ``skfishing: error: ...`` line (followed
 by the message's own detail lines, when it has some, such as how to install
@@ -267,13 +267,13 @@ def _model(args):
 
     An ONNX file that is not registered needs the image preprocessing of its
     network: it is read from ``--preprocessing FILE.json``, else from the
-    sources the Python API reads (:func:`skfishing.model_spec.preprocessing_fields`:
+    sources the Python API reads (:func:`skfishing._io.model_spec.preprocessing_fields`:
     ``net.json`` beside ``net.onnx``, else the model's ONNX metadata), and
     the options ``--size`` ... ``--std`` override single fields. The file
     is then registered, for this process, under the name given to --model.
     """
-    from .images import ImagePreprocessing
-    from .model_spec import preprocessing_fields
+    from ._extraction.images import ImagePreprocessing
+    from ._io.model_spec import preprocessing_fields
     from .registry import list_models, register_model, resolve_model
 
     options = {
@@ -340,7 +340,7 @@ def _model_inputs(args):
         files += [("model file", path), ("preprocessing file of the model", path.with_suffix(".json"))]
         try:
             from . import state
-            from .model_files import external_locations, parse_model_file
+            from ._onnx.model_files import external_locations, parse_model_file
 
             digest = state.file_sha256(path)
             locations = state.memo(
@@ -461,9 +461,9 @@ def _extract(args):
     import numpy as np
     from tqdm.auto import tqdm
 
+    from ._extraction.transformer import DeepFisherTransformer
+    from ._io.parts import PartsFolder, parts_folder
     from .features import check_output_file, feature_arrays, write_npz
-    from .parts import PartsFolder, parts_folder
-    from .transformer import DeepFisherTransformer
 
     images = collect_images(args.images, recursive=args.recursive)
     output = Path(args.output)
@@ -602,8 +602,8 @@ def _models(args):
 
 
 def _layers(args):
-    from .head import HeadStructureError
-    from .layers import list_layers
+    from ._onnx.head import HeadStructureError
+    from ._onnx.layers import list_layers
     from .registry import resolve_model
 
     resolved = resolve_model(args.model, cache_dir=args.cache_dir)
@@ -647,7 +647,7 @@ def _layers(args):
 
 
 def _demo(args):
-    from .demo import run_demo
+    from ._demo import run_demo
 
     run_demo(
         args.data,

@@ -34,8 +34,8 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import HasMethods, Interval, validate_params
 from sklearn.utils.validation import check_is_fitted
 
+from ._extraction.transformer import DeepFisherTransformer
 from .features import FIELDS, check_layout
-from .transformer import DeepFisherTransformer
 
 __all__ = ["dask_transform", "to_zarr", "from_zarr", "WORKER_ATTRIBUTE", "ZARR_ATTRIBUTE"]
 

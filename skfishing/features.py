@@ -25,7 +25,7 @@ from sklearn.utils import Bunch, check_array
 from sklearn.utils._param_validation import Interval, validate_params
 from sklearn.utils.validation import assert_all_finite, check_is_fitted
 
-from .files import atomic_path, check_writable_folder
+from ._io.files import atomic_path, check_writable_folder
 
 __all__ = ["gradient_dtype", "save_features", "load_features", "FORMAT", "SOURCE_KEYS"]
 

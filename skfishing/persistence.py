@@ -28,12 +28,12 @@ import zipfile
 import onnx
 from sklearn.utils._param_validation import validate_params
 
+from ._extraction.images import ImagePreprocessing
+from ._extraction.transformer import DeepFisherTransformer
+from ._io.files import atomic_path
+from ._kernels.sketch import TensorSketch
+from ._kernels.svm import TraceKernelSVC
 from .cache import FeatureCache
-from .files import atomic_path
-from .images import ImagePreprocessing
-from .sketch import TensorSketch
-from .svm import TraceKernelSVC
-from .transformer import DeepFisherTransformer
 
 __all__ = ["TRUSTED_TYPES", "dump", "load"]
 

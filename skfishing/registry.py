@@ -10,8 +10,8 @@ the process's registry is created on first use by
 (:func:`register_model`, :func:`list_models`, :func:`fetch_model`,
 :func:`resolve_model`, ...) act on it.
 
-What a model is lives in :mod:`skfishing.model_spec`; how its file is
-downloaded and checked, in :mod:`skfishing.download`.
+What a model is lives in :mod:`skfishing._io.model_spec`; how its file is
+downloaded and checked, in :mod:`skfishing._io.download`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import onnx
 from sklearn.utils._param_validation import Interval, validate_params
 
 from . import state
-from .download import CACHE_DIR_ENV, check_local_file, get_cache_dir, retrieve
-from .images import ImagePreprocessing
-from .model_spec import ModelSpec, ResolvedModel, file_preprocessing
+from ._extraction.images import ImagePreprocessing
+from ._io.download import CACHE_DIR_ENV, check_local_file, get_cache_dir, retrieve
+from ._io.model_spec import ModelSpec, ResolvedModel, file_preprocessing
 
 __all__ = [
     "CACHE_DIR_ENV",
@@ -100,7 +100,7 @@ class ModelRegistry:
     ----------
     data_dir : pathlib.Path
         The folder read.
-    hashes : skfishing.download.FileHashes
+    hashes : skfishing._io.download.FileHashes
         Checksums of the files checked so far: the one memo of the process,
         :func:`skfishing.state.file_hashes`.
 
@@ -392,7 +392,7 @@ def register_model(
 
     Examples
     --------
-    >>> from skfishing.images import ImagePreprocessing
+    >>> from skfishing import ImagePreprocessing
     >>> from skfishing.registry import register_model
     >>> prep = ImagePreprocessing(224, resize=256)
     >>> register_model("mynet", "mynet.onnx", preprocessing=prep)  # doctest: +SKIP
@@ -504,7 +504,7 @@ def resolve_model(model, *, cache_dir=None, preprocessing=None):
     4. for an unregistered file or ModelProto: the model's metadata, the
        JSON object under the key ``"skfishing.preprocessing"`` of its
        ``metadata_props`` (see
-       :func:`skfishing.model_spec.preprocessing_fields`);
+       :func:`skfishing._io.model_spec.preprocessing_fields`);
     5. none: the model takes only preprocessed arrays.
 
     Parameters

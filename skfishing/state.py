@@ -9,7 +9,7 @@ what lives here is what several estimators of one process share:
   them, such as the :class:`~skfishing.registry.ModelRegistry` of the
   process (:func:`skfishing.registry.process_registry`): built-in, embedded
   and user-registered models;
-* :func:`network`: the last few :class:`~skfishing.network.FisherNetwork`
+* :func:`network`: the last few :class:`~skfishing._onnx.network.FisherNetwork`
   built (onnxruntime sessions), keyed by model content and providers, so
   that clones of an estimator never rebuild a session or reload weights;
 * :func:`file_hashes`, :func:`file_sha256` and :func:`memo`: the one memo of
@@ -144,7 +144,7 @@ def network(key, build):
     key : hashable
         Model content and execution providers.
     build : callable
-        Returns the :class:`~skfishing.network.FisherNetwork`.
+        Returns the :class:`~skfishing._onnx.network.FisherNetwork`.
 
     Returns
     -------

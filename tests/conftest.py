@@ -11,11 +11,10 @@ import contextlib
 import onnx
 import pytest
 
-import skfishing.network
+import skfishing._onnx.network
 from onnx_models import tiny_cnn_model
-from skfishing import state
-from skfishing.images import ImagePreprocessing
-from skfishing.network import FisherNetwork
+from skfishing import ImagePreprocessing, state
+from skfishing._onnx.network import FisherNetwork
 from skfishing.registry import list_models, register_model, unregister_model
 
 TINY_CNN = "tinycnn"
@@ -26,7 +25,7 @@ CPU = ["CPUExecutionProvider"]
 def cpu_by_default(request, monkeypatch):
     """``providers=None`` means the CPU provider, except in tests marked ``cuda``."""
     if request.node.get_closest_marker("cuda") is None:
-        monkeypatch.setattr(skfishing.network, "default_providers", lambda: list(CPU))
+        monkeypatch.setattr(skfishing._onnx.network, "default_providers", lambda: list(CPU))
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import numpy as np
 import onnxruntime as ort
 
-from skfishing.vjp import BACKWARD, FORWARD, build_layer_model
+from skfishing._onnx.vjp import BACKWARD, FORWARD, build_layer_model
 
 
 def explicit_gradients(forward, backward):
@@ -64,7 +64,7 @@ def calibrate(module, images):
 
 def layer_named_by(model, weight):
     """Name of the ONNX layer whose constant weight is ``weight`` (a torch parameter), transposed or not."""
-    from skfishing.vjp import layer_candidates
+    from skfishing._onnx.vjp import layer_candidates
 
     weight = np.asarray(weight, np.float32)
     for spec in layer_candidates(model):

@@ -86,7 +86,7 @@ def test_every_export_is_on_the_page():
 
 def test_the_page_parser_reads_entries_by_module():
     text = """
-.. currentmodule:: skfishing.kernel
+.. currentmodule:: skfishing._kernels.kernel
 
 .. autosummary::
    :toctree: generated/
@@ -96,4 +96,4 @@ def test_the_page_parser_reads_entries_by_module():
 
 Text that follows.
 """
-    assert _entries(text) == {"skfishing.kernel": ["trace_kernel", "gone_away"]}
+    assert _entries(text) == {"skfishing._kernels.kernel": ["trace_kernel", "gone_away"]}

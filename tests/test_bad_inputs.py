@@ -34,8 +34,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image, UnidentifiedImageError  # noqa: F401  (used in the table)
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC
-from skfishing.images import ImagePreprocessing
+from skfishing import DeepFisherTransformer, ImagePreprocessing, TraceKernelSVC
 from skfishing.registry import register_model
 
 MODEL_NAME = "bad-inputs-cnn"

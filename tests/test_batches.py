@@ -1,4 +1,4 @@
-"""Tests of input validation and batching (skfishing.batches)."""
+"""Tests of input validation and batching (skfishing._extraction.batches)."""
 
 import contextlib
 import io
@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from skfishing.batches import iter_batches
-from skfishing.images import ImagePreprocessing, load_image, preprocess_image
+from skfishing import ImagePreprocessing
+from skfishing._extraction.batches import iter_batches
+from skfishing._extraction.images import load_image, preprocess_image
 
 SHAPE = (3, 8, 8)
 PREP = ImagePreprocessing(8, resize=10)

@@ -14,11 +14,10 @@ from PIL import Image
 from sklearn.base import clone
 
 from onnx_models import caffe_alexnet_model
+from skfishing import DeepFisherTransformer, ImagePreprocessing
+from skfishing._onnx.network import FisherNetwork
 from skfishing.cache import ArrayStore, CorruptCacheWarning, DiskStore, FeatureCache, shared_cache
-from skfishing.images import ImagePreprocessing
-from skfishing.network import FisherNetwork
 from skfishing.registry import register_model
-from skfishing.transformer import DeepFisherTransformer
 
 MODEL = caffe_alexnet_model(seed=21)[0]
 X = np.random.default_rng(0).normal(size=(10, 3, 8, 8)).astype(np.float32)
@@ -265,7 +264,7 @@ def test_disk_cache_shared_across_processes(trunk_runs, tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np
-        from skfishing.transformer import DeepFisherTransformer
+        from skfishing import DeepFisherTransformer
         X = np.load({str(tmp_path / "X.npy")!r})
         DeepFisherTransformer({str(model_path)!r}, layer=7, memory={str(cache_dir)!r},
                               providers=["CPUExecutionProvider"]).fit_transform(X)

@@ -19,10 +19,9 @@ from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 
-from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing import DeepFisherTransformer, TraceKernelSVC, list_layers
 from skfishing.cache import CorruptCacheWarning, FeatureCache
 from skfishing.cli import main
-from skfishing.layers import list_layers
 
 INPUT = "input"
 SHAPE = (3, 8, 8)

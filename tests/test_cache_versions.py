@@ -5,9 +5,9 @@ import pytest
 
 import skfishing
 from onnx_models import caffe_alexnet_model
+from skfishing import DeepFisherTransformer
 from skfishing import cache as cache_module
 from skfishing.cache import DiskStore, FeatureCache
-from skfishing.transformer import DeepFisherTransformer
 
 MODEL = caffe_alexnet_model(seed=21)[0]
 X = np.random.default_rng(0).normal(size=(6, 3, 8, 8)).astype(np.float32)

@@ -31,9 +31,8 @@ import pytest
 from conftest import models_restored
 from PIL import Image
 
-from skfishing import DeepFisherTransformer, registry
+from skfishing import DeepFisherTransformer, ImagePreprocessing, registry
 from skfishing.cli import main
-from skfishing.images import ImagePreprocessing
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_bad_inputs import SIZE, tiny_cnn  # noqa: E402

@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from skfishing import DeepFisherTransformer
+from skfishing._onnx.network import FisherNetwork, get_network
 from skfishing.cli import collect_images, describe_providers, main, parse_providers
 from skfishing.features import load_features
-from skfishing.network import FisherNetwork, get_network
 
 
 def _images(folder, n, shape, seed=0):

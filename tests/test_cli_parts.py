@@ -212,7 +212,7 @@ def test_manifest_records_what_the_features_depend_on(tiny_cnn, pngs, tmp_path, 
 
 KILLED_RUN = """
 import os, signal, sys
-from skfishing import parts
+from skfishing._io import parts
 from skfishing.cli import main
 
 save = parts.PartsFolder._save

@@ -8,8 +8,7 @@ import pytest
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from onnx_models import any_width_model
-from skfishing.sketch import TensorSketch
-from skfishing.transformer import DeepFisherTransformer
+from skfishing import DeepFisherTransformer, TensorSketch
 
 MODEL = any_width_model()
 

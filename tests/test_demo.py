@@ -1,4 +1,4 @@
-"""``skfishing.demo.run_demo`` on a small random CNN and on the embedded network."""
+"""``skfishing._demo.run_demo`` on a small random CNN and on the embedded network."""
 
 import io
 
@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from skfishing import registry
+from skfishing._demo import PARAM_GRID, ROWS, run_demo
 from skfishing.cache import clear_caches
 from skfishing.datasets import VOC2007_CLASSES, load_digits_images
-from skfishing.demo import PARAM_GRID, ROWS, run_demo
 
 
 def _numbers(results):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from skfishing.layers import list_layers
+from skfishing import list_layers
 from skfishing.registry import list_models, resolve_model
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "user_guide" / "layers.rst"

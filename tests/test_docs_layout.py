@@ -58,7 +58,7 @@ def test_the_check_sees_a_long_line():
 
 
 def test_the_docstring_example_of_the_transformer_fits():
-    from skfishing.transformer import DeepFisherTransformer
+    from skfishing import DeepFisherTransformer
 
     lines = [line.strip() for line in DeepFisherTransformer.__doc__.splitlines() if ">>>" in line]
     assert lines and max(map(len, lines)) <= WIDTH

@@ -96,7 +96,7 @@ def test_lock_files_do_not_pile_up(server):
 def test_removed_lock_file_is_never_held_twice(tmp_path):
     """A process waiting on a lock file that its holder removes locks the
     current file instead: two holders never overlap."""
-    from skfishing.download import file_lock
+    from skfishing._io.download import file_lock
 
     path = tmp_path / "m.onnx.lock"
     inside, overlaps = [0], []

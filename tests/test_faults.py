@@ -33,10 +33,9 @@ import pytest
 
 import skfishing.cache as cache_module
 from onnx_models import caffe_alexnet_model
+from skfishing import DeepFisherTransformer, ImagePreprocessing
 from skfishing.cache import CorruptCacheWarning, DiskStore, clear_caches
-from skfishing.images import ImagePreprocessing
 from skfishing.registry import fetch_model, register_model
-from skfishing.transformer import DeepFisherTransformer
 from test_registry import Server
 
 TESTS = Path(__file__).parent
@@ -236,7 +235,7 @@ TRANSFORM = """
     import sys, time
     from pathlib import Path
     import numpy as np
-    from skfishing.transformer import DeepFisherTransformer
+    from skfishing import DeepFisherTransformer
     model, X, folder, ready, go, out = sys.argv[1:7]
     fish = DeepFisherTransformer(model, layer=7, batch_size=2, memory=folder,
                                  providers=["CPUExecutionProvider"]).fit(np.load(X)[:1])
@@ -330,7 +329,7 @@ SWAP_FIT = """
     import numpy as np
     from sklearn.pipeline import Pipeline
     from skfishing import DeepFisherTransformer, TraceKernelSVC, register_model
-    from skfishing.images import ImagePreprocessing
+    from skfishing import ImagePreprocessing
     model, folder, memory, dump, out = sys.argv[1:6]
     register_model("swap-cnn", model, preprocessing=ImagePreprocessing(size=32))
     paths = [f"{folder}/{i}.bmp" for i in range(6)]
@@ -346,7 +345,7 @@ SWAP_USE = """
     import joblib
     import numpy as np
     from skfishing import DeepFisherTransformer, register_model
-    from skfishing.images import ImagePreprocessing
+    from skfishing import ImagePreprocessing
     model, folder, memory, dump, out = sys.argv[1:6]
     register_model("swap-cnn", model, preprocessing=ImagePreprocessing(size=32))
     paths = [f"{folder}/{i}.bmp" for i in range(6)]

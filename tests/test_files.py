@@ -1,4 +1,4 @@
-"""Atomic writes (skfishing/files.py): racing writers, refusals, SIGTERM."""
+"""Atomic writes (skfishing/_io/files.py): racing writers, refusals, SIGTERM."""
 
 import multiprocessing
 import os
@@ -10,8 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from skfishing._io.files import atomic_path
 from skfishing.features import load_features, save_features
-from skfishing.files import atomic_path
 
 TRIALS = 100
 

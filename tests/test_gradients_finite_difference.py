@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from onnx_models import caffe_alexnet_model, mlp_model
-from skfishing.head import Tensor
-from skfishing.network import get_network
-from skfishing.transformer import DeepFisherTransformer
+from skfishing import DeepFisherTransformer
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 
 def _losses(x, weights, biases, temperature, labels):

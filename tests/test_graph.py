@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 from onnx import helper, numpy_helper
 
 from onnx_models import caffe_alexnet_model, mlp_model, numpy_fisher
-from skfishing.graph import add_backward, output_names
-from skfishing.head import HeadStructureError, Tensor, find_fc_head
-from skfishing.network import get_network
+from skfishing import HeadStructureError, add_backward, find_fc_head
+from skfishing._onnx.graph import output_names
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 CPU = ["CPUExecutionProvider"]  # exactness tests pin the provider; see test_cuda.py for CUDA
 
@@ -340,7 +341,7 @@ def test_weights_given_by_constant_nodes_are_read():
 
 
 def test_builder_arguments_that_make_no_sense_are_refused():
-    from skfishing.graph import build_head_model, build_model, network_input
+    from skfishing._onnx.graph import build_head_model, build_model, network_input
 
     model = mlp_model()[0]
     head = find_fc_head(model)
@@ -363,7 +364,7 @@ def test_builder_arguments_that_make_no_sense_are_refused():
 
 
 def test_trunk_and_forward_models_compute_the_network():
-    from skfishing.graph import build_forward_model, build_trunk_model
+    from skfishing._onnx.graph import build_forward_model, build_trunk_model
 
     model, _, _, weights, biases = caffe_alexnet_model(seed=4)
     head = find_fc_head(model)

@@ -5,8 +5,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnx_models import flatten_net, mlp_model, torch_onnx, torch_weight_gradients
-from skfishing.head import Tensor, find_fc_head
-from skfishing.network import get_network
+from skfishing import find_fc_head
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 torch = pytest.importorskip("torch")
 

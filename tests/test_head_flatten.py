@@ -10,8 +10,9 @@ import pytest
 from onnx import helper, numpy_helper
 
 from onnx_models import FLATTEN_SPELLINGS, flatten_net, torch_onnx, torch_weight_gradients
-from skfishing.head import HeadStructureError, Tensor, find_fc_head
-from skfishing.network import get_network
+from skfishing import HeadStructureError, find_fc_head
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 torch = pytest.importorskip("torch")
 

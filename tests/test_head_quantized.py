@@ -19,8 +19,8 @@ from onnx_models import (
     quantized_models,
     torch_onnx,
 )
-from skfishing.head import Tensor
-from skfishing.network import get_network
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 CPU = ["CPUExecutionProvider"]
 FORMATS = ("QDQ", "QOperator", "dynamic")

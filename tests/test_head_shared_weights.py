@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from onnx_models import torch_onnx, torch_weight_gradients
-from skfishing.head import Tensor
-from skfishing.network import get_network
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.oracle

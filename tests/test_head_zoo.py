@@ -19,8 +19,8 @@ from onnx_models import (
     zoo_alexnet_model,
     zoo_vgg16_model,
 )
-from skfishing.head import Tensor
-from skfishing.network import get_network
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 
 CPU = ["CPUExecutionProvider"]
 

@@ -1,4 +1,4 @@
-"""Tests of the image pipeline (skfishing.images)."""
+"""Tests of the image pipeline (skfishing._extraction.images)."""
 
 import contextlib
 import os
@@ -11,11 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from skfishing.images import (
-    ImagePreprocessing,
-    load_image,
-    preprocess_image,
-)
+from skfishing import ImagePreprocessing
+from skfishing._extraction.images import load_image, preprocess_image
 
 SHAPE = (3, 8, 8)
 PREP = ImagePreprocessing(8, resize=10)

@@ -4,7 +4,7 @@ import warnings
 
 import pytest
 
-import skfishing.network as network
+import skfishing._onnx.network as network
 from skfishing import state
 
 

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing import assert_allclose, assert_array_equal
 
-from skfishing.kernel import trace_kernel
+from skfishing import trace_kernel
 
 
 def factorized(n, d, D, seed=0, dtype="f4"):

@@ -12,9 +12,9 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 from sklearn import config_context
 
-from skfishing import kernel
+from skfishing import trace_kernel
+from skfishing._kernels import kernel
 from skfishing.features import gradient_dtype
-from skfishing.kernel import trace_kernel
 
 
 def multi_position(n, T, d, D, seed=0, dtype="f4"):

@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from skfishing import DeepFisherTransformer, TensorSketch, trace_kernel
-from skfishing.layers import list_layers
+from skfishing import DeepFisherTransformer, TensorSketch, list_layers, trace_kernel
 from skfishing.registry import list_models, resolve_model
 
 VOC = Path(__file__).resolve().parents[2] / "shared" / "data" / "voc2007_trainval64.npz"

@@ -5,9 +5,8 @@ import onnx
 import pytest
 from layer_oracle import explicit_gradients, onnx_factors
 
-from skfishing import DeepFisherTransformer
+from skfishing import DeepFisherTransformer, list_layers
 from skfishing.cli import main
-from skfishing.layers import list_layers
 
 
 @pytest.fixture
@@ -62,7 +61,7 @@ def test_layers_command(tiny_cnn_file, capsys):
 
 
 def test_factor_normalisation():
-    from skfishing.layers import layer_features
+    from skfishing._onnx.layers import layer_features
 
     rng = np.random.default_rng(0)
     forward, backward = rng.normal(size=(3, 5, 4)), rng.normal(size=(3, 5, 2))

@@ -26,7 +26,7 @@ SCRIPT = textwrap.dedent(
     for name in sys.argv[1:]:  # in turn: the first module that brings onnxruntime is named
         importlib.import_module(name)
         after[name] = network_modules()
-    if "skfishing.svm" in sys.argv[1:]:  # and use it: nothing is imported late either
+    if "skfishing._kernels.svm" in sys.argv[1:]:  # and use it: nothing is imported late either
         import numpy as np
         from skfishing import TraceKernelSVC, trace_kernel
         Z = np.zeros(6, dtype=[("forward", "f4", (3,)), ("backward", "f4", (2,))])
@@ -42,13 +42,13 @@ SCRIPT = textwrap.dedent(
 #: Modules that must load without onnxruntime (those that exist are checked).
 NETWORK_FREE = [
     "skfishing",
-    "skfishing.kernel",
-    "skfishing.svm",
-    "skfishing.sketch",
+    "skfishing._kernels.kernel",
+    "skfishing._kernels.svm",
+    "skfishing._kernels.sketch",
     "skfishing.metrics",
     "skfishing.datasets",
-    "skfishing.head",
-    "skfishing.graph",
+    "skfishing._onnx.head",
+    "skfishing._onnx.graph",
     "skfishing.registry",
     "skfishing.state",
 ]
@@ -64,7 +64,7 @@ def _onnxruntime_after_importing(*names):
 
 def test_kernel_svm_and_graph_side_never_import_onnxruntime():
     modules = [name for name in NETWORK_FREE if importlib.util.find_spec(name) is not None]
-    assert {"skfishing.kernel", "skfishing.svm", "skfishing.graph"} <= set(modules)
+    assert {"skfishing._kernels.kernel", "skfishing._kernels.svm", "skfishing._onnx.graph"} <= set(modules)
     after = _onnxruntime_after_importing(*modules)
     assert list(after) == [*modules, "using TraceKernelSVC and trace_kernel"]
     assert {step: loaded for step, loaded in after.items() if loaded} == {}
@@ -72,13 +72,13 @@ def test_kernel_svm_and_graph_side_never_import_onnxruntime():
 
 def test_the_check_sees_onnxruntime():
     """The network side does import it: the test above can fail."""
-    after = _onnxruntime_after_importing("skfishing.kernel", "skfishing.network")
-    assert after["skfishing.kernel"] == [] and "onnxruntime" in after["skfishing.network"]
+    after = _onnxruntime_after_importing("skfishing._kernels.kernel", "skfishing._onnx.network")
+    assert after["skfishing._kernels.kernel"] == [] and "onnxruntime" in after["skfishing._onnx.network"]
 
 
 def test_transformer_is_importable_from_the_package():
     import skfishing
-    from skfishing.transformer import DeepFisherTransformer
+    from skfishing import DeepFisherTransformer
 
     assert skfishing.DeepFisherTransformer is DeepFisherTransformer
     assert "DeepFisherTransformer" in dir(skfishing)
@@ -106,8 +106,10 @@ def _tree(tmp_path, files):
 
 def test_no_import_cycle_between_modules():
     graph = rules.import_graph(PACKAGE)
-    assert {"skfishing.transformer", "skfishing.kernel", "skfishing.state"} <= set(graph)
-    assert "skfishing.network" in graph["skfishing.transformer"]  # imports inside functions count
+    assert {"skfishing._extraction.transformer", "skfishing._kernels.kernel", "skfishing.state"} <= set(graph)
+    assert (
+        "skfishing._onnx.network" in graph["skfishing._extraction.transformer"]
+    )  # imports inside functions count
     assert rules.cycles(graph) == []
 
 
@@ -175,7 +177,7 @@ def test_the_state_check_finds_caches_containers_and_globals(tmp_path):
 
 #: Parameters that share a name, not a meaning: dask_transform's chunk_size is
 #: rows per Dask block, trace_kernel's rows of the Gram matrix per chunk.
-DIFFERENT_MEANINGS = {"chunk_size": ["skfishing.distributed", "skfishing.kernel"]}
+DIFFERENT_MEANINGS = {"chunk_size": ["skfishing.distributed", "skfishing._kernels.kernel"]}
 
 
 def test_each_parameter_constraint_is_declared_once():
@@ -203,7 +205,7 @@ def test_the_test_check_finds_private_names(tmp_path):
     (tmp_path / "test_x.py").write_text(
         textwrap.dedent(
             """
-            from skfishing.images import _load, load_image
+            from skfishing._extraction.images import _load, load_image
             from helpers import _Server
             from torch.nn.modules.batchnorm import _BatchNorm  # torch's business
 
@@ -216,7 +218,12 @@ def test_the_test_check_finds_private_names(tmp_path):
         encoding="utf-8",
     )
     found = [v.split(": ", 1)[1] for v in rules.private_names_in_tests(tmp_path)]
-    assert found == ["skfishing.images._load", "helpers._Server", "setattr _sessions", "net._session_for"]
+    assert found == [
+        "skfishing._extraction.images._load",
+        "helpers._Server",
+        "setattr _sessions",
+        "net._session_for",
+    ]
 
 
 def _public_callables():

@@ -12,7 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from onnx_models import mlp_model
-from skfishing import model_files, state
+from skfishing import state
+from skfishing._onnx import model_files
 
 
 def _save_external(model, path, location="weights.bin"):
@@ -80,9 +81,11 @@ def test_unreadable_model_files_are_named(tmp_path):
 
 @pytest.mark.parametrize("name", ["model_sha256", "load_onnx"])
 def test_old_names_in_network_warn_and_are_the_same(name):
-    from skfishing import network
+    from skfishing._onnx import network
 
-    with pytest.warns(FutureWarning, match=f"skfishing.network.{name} moved to skfishing.model_files"):
+    with pytest.warns(
+        FutureWarning, match=f"skfishing._onnx.network.{name} moved to skfishing._onnx.model_files"
+    ):
         moved = getattr(network, name)
     assert moved is getattr(model_files, name)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):

@@ -1,6 +1,6 @@
 """Where an ONNX file's image preprocessing comes from, in Python and the CLI.
 
-One function (:func:`skfishing.model_spec.preprocessing_fields`, through
+One function (:func:`skfishing._io.model_spec.preprocessing_fields`, through
 :func:`skfishing.registry.resolve_model`) reads it for both, in this order:
 the transformer's ``preprocessing`` parameter, the registered preprocessing,
 ``net.json`` beside ``net.onnx``, the model's ONNX metadata, none.
@@ -16,8 +16,8 @@ from PIL import Image
 
 from onnx_models import tiny_cnn_model
 from skfishing import DeepFisherTransformer, ImagePreprocessing, cli
+from skfishing._io.model_spec import METADATA_KEY, preprocessing_fields
 from skfishing.features import load_features
-from skfishing.model_spec import METADATA_KEY, preprocessing_fields
 from skfishing.registry import resolve_model
 
 RGB = ImagePreprocessing(size=32)

@@ -18,12 +18,12 @@ from onnx import helper, numpy_helper
 from PIL import Image
 
 from onnx_models import mlp_model, numpy_fisher
-from skfishing import DeepFisherTransformer, trace_kernel
+from skfishing import DeepFisherTransformer, add_backward, trace_kernel
+from skfishing._extraction.images import load_image
+from skfishing._onnx.graph import build_head_model
+from skfishing._onnx.head import Tensor
+from skfishing._onnx.network import get_network
 from skfishing.cache import FeatureCache
-from skfishing.graph import add_backward, build_head_model
-from skfishing.head import Tensor
-from skfishing.images import load_image
-from skfishing.network import get_network
 
 CPU = ["CPUExecutionProvider"]
 F32 = np.finfo(np.float32)

@@ -58,7 +58,7 @@ def test_trusted_types_cover_every_fitted_pipeline(name, digits):
     pipe.predict(X[40:60])  # sessions and caches exist now
     found = sio.get_untrusted_types(data=sio.dumps(pipe))
     assert set(found) <= set(persistence.TRUSTED_TYPES), set(found) - set(persistence.TRUSTED_TYPES)
-    assert "skfishing.transformer.DeepFisherTransformer" in found
+    assert "skfishing._extraction.transformer.DeepFisherTransformer" in found
 
 
 def test_trusted_types_are_not_broader_than_needed():
@@ -134,7 +134,7 @@ def test_untrusted_type_is_refused_and_nothing_is_created(digits, tmp_path):
         persistence.load(path)
     message = str(error.value)
     assert "shady.skops" in message and name in message and "does not trust" in message
-    assert "trusted=" in message and "skfishing.transformer" not in message
+    assert "trusted=" in message and "skfishing._extraction.transformer" not in message
     assert Shady.created == 0
     loaded = persistence.load(path, trusted=[name])
     assert Shady.created == 1

@@ -13,8 +13,8 @@ from sklearn.pipeline import Pipeline
 
 from onnx_models import caffe_alexnet_model
 from skfishing import DeepFisherTransformer, TraceKernelSVC
+from skfishing._onnx.network import get_network, session_providers
 from skfishing.datasets import load_digits_images
-from skfishing.network import get_network, session_providers
 
 CUDA = "CUDAExecutionProvider"
 CPU = ["CPUExecutionProvider"]

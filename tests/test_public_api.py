@@ -31,7 +31,7 @@ MODEL = mlp_model()[0]
 
 
 def _head():
-    from skfishing.head import find_fc_head
+    from skfishing import find_fc_head
 
     return find_fc_head(MODEL)
 
@@ -46,20 +46,24 @@ def _estimator(cls, fit):
 #: A valid call of each public callable with numeric parameters; keyword
 #: arguments replace the valid ones.
 def _calls():
-    from skfishing import DeepFisherTransformer, TensorSketch, TraceKernelSVC
-    from skfishing.batches import iter_batches
+    from skfishing import (
+        DeepFisherTransformer,
+        ImagePreprocessing,
+        TensorSketch,
+        TraceKernelSVC,
+        add_backward,
+        trace_kernel,
+    )
+    from skfishing._extraction.batches import iter_batches
+    from skfishing._onnx.graph import build_backward_model, build_head_model, build_model
+    from skfishing._onnx.head import Tensor
+    from skfishing._onnx.vjp import build_layer_model, layer_candidates
     from skfishing.cache import ArrayStore, FeatureCache
     from skfishing.datasets import load_digits_images
     from skfishing.distributed import dask_transform
-    from skfishing.download import FileHashes
     from skfishing.features import gradient_dtype
-    from skfishing.graph import add_backward, build_backward_model, build_head_model, build_model
-    from skfishing.head import Tensor
-    from skfishing.images import ImagePreprocessing
-    from skfishing.kernel import trace_kernel
-    from skfishing.model_spec import ModelSpec
-    from skfishing.registry import register_model
-    from skfishing.vjp import build_layer_model, layer_candidates
+    from skfishing.registry import ModelSpec, register_model
+    from skfishing.state import FileHashes
 
     y = np.array([0, 1, 0, 1])
 
@@ -80,30 +84,34 @@ def _calls():
         return dask_transform(StandardScaler().fit(np.eye(3)), np.eye(3), **params)
 
     return {
-        "skfishing.transformer.DeepFisherTransformer": [
+        "skfishing._extraction.transformer.DeepFisherTransformer": [
             _estimator(DeepFisherTransformer, lambda e: e.fit(X_IMAGES)),
             _estimator(DeepFisherTransformer, lambda e: e.transform(X_IMAGES)),
         ],
-        "skfishing.svm.TraceKernelSVC": [_estimator(TraceKernelSVC, lambda e: e.fit(Z, y))],
-        "skfishing.sketch.TensorSketch": [_estimator(TensorSketch, lambda e: e.fit(Z))],
-        "skfishing.kernel.trace_kernel": [lambda **p: trace_kernel(Z, **p)],
-        "skfishing.graph.add_backward": [lambda **p: add_backward(MODEL, **p)],
-        "skfishing.vjp.build_layer_model": [
+        "skfishing._kernels.svm.TraceKernelSVC": [_estimator(TraceKernelSVC, lambda e: e.fit(Z, y))],
+        "skfishing._kernels.sketch.TensorSketch": [_estimator(TensorSketch, lambda e: e.fit(Z))],
+        "skfishing._kernels.kernel.trace_kernel": [lambda **p: trace_kernel(Z, **p)],
+        "skfishing._onnx.graph.add_backward": [lambda **p: add_backward(MODEL, **p)],
+        "skfishing._onnx.vjp.build_layer_model": [
             lambda **p: build_layer_model(MODEL, layer_candidates(MODEL)[0].name, **p)
         ],
-        "skfishing.graph.build_model": [lambda **p: build_model(MODEL, _head(), [Tensor("delta", 7)], **p)],
-        "skfishing.graph.build_head_model": [lambda **p: build_head_model(_head(), **p)],
-        "skfishing.graph.build_backward_model": [
+        "skfishing._onnx.graph.build_model": [
+            lambda **p: build_model(MODEL, _head(), [Tensor("delta", 7)], **p)
+        ],
+        "skfishing._onnx.graph.build_head_model": [lambda **p: build_head_model(_head(), **p)],
+        "skfishing._onnx.graph.build_backward_model": [
             lambda **p: build_backward_model(**{"head": _head(), "layer": 7, **p})
         ],
-        "skfishing.images.ImagePreprocessing": [lambda **p: ImagePreprocessing(**{"size": 8, **p})],
+        "skfishing._extraction.images.ImagePreprocessing": [
+            lambda **p: ImagePreprocessing(**{"size": 8, **p})
+        ],
         "skfishing.registry.register_model": [
             lambda **p: register_model("public-api", url="https://127.0.0.1/x.onnx", sha256="0" * 64, **p)
         ],
-        "skfishing.model_spec.ModelSpec": [
+        "skfishing._io.model_spec.ModelSpec": [
             lambda **p: ModelSpec("x", "x.onnx", "0" * 64, url="https://127.0.0.1/x.onnx", **p)
         ],
-        "skfishing.batches.iter_batches": [iterate],
+        "skfishing._extraction.batches.iter_batches": [iterate],
         "skfishing.cache.ArrayStore": [lambda **p: ArrayStore(**p)],
         "skfishing.cache.FeatureCache": [lambda **p: FeatureCache(**p)],
         "skfishing.state.FileHashes": [lambda **p: FileHashes(**p)],
@@ -166,9 +174,9 @@ CASES = [
 def test_the_walk_finds_the_public_api():
     found = _public_callables()
     assert {
-        "skfishing.transformer.DeepFisherTransformer",
-        "skfishing.kernel.trace_kernel",
-        "skfishing.sketch.TensorSketch",
+        "skfishing._extraction.transformer.DeepFisherTransformer",
+        "skfishing._kernels.kernel.trace_kernel",
+        "skfishing._kernels.sketch.TensorSketch",
         "skfishing.registry.register_model",
     } <= set(found)
     assert len(CASES) >= 25

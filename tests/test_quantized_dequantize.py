@@ -1,4 +1,4 @@
-"""skfishing.quantized.dequantize_model: an int8 file run in float32.
+"""skfishing._onnx.quantized.dequantize_model: an int8 file run in float32.
 
 The float model it gives must compute what the original architecture
 computes with the int8 file's weights as dequantized: checked against a
@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 
 from onnx_models import dequantized_weights, flatten_net, quantized_models, torch_onnx
-from skfishing.network import get_network
-from skfishing.quantized import dequantize_model
+from skfishing import dequantize_model
+from skfishing._onnx.network import get_network
 
 torch = pytest.importorskip("torch")
 

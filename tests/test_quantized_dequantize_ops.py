@@ -1,4 +1,4 @@
-"""skfishing.quantized.dequantize_model on the QOperator operators of real networks.
+"""skfishing._onnx.quantized.dequantize_model on the QOperator operators of real networks.
 
 A small network with a residual ``Add`` (ResNet), a sigmoid gate ``Mul``
 (EfficientNet's squeeze-excitation), a ``Concat`` (DenseNet), LeakyReLU,
@@ -16,8 +16,8 @@ import pytest
 from onnx import numpy_helper
 
 from onnx_models import quantized_models, torch_onnx
-from skfishing.network import get_network
-from skfishing.quantized import dequantize_model
+from skfishing import dequantize_model
+from skfishing._onnx.network import get_network
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.oracle

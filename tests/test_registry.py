@@ -22,8 +22,7 @@ from conftest import models_restored
 from onnx import TensorProto, helper, numpy_helper
 
 import skfishing.registry as registry
-from skfishing import state
-from skfishing.images import ImagePreprocessing
+from skfishing import ImagePreprocessing, state
 from skfishing.registry import (
     ModelRegistry,
     ModelSpec,

@@ -14,8 +14,8 @@ from test_kernel_positions import multi_position
 from test_sketch import explicit_count_sketch
 
 from skfishing import TensorSketch, trace_kernel
+from skfishing._kernels.sketch import MAX_COMPONENTS
 from skfishing.features import gradient_dtype
-from skfishing.sketch import MAX_COMPONENTS
 
 
 def forward_major_gradients(Z):

@@ -14,10 +14,9 @@ from sklearn.model_selection import (
 from sklearn.svm import SVC
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import skfishing.svm
+import skfishing._kernels.svm
+from skfishing import TraceKernelSVC, trace_kernel
 from skfishing.cache import shared_cache
-from skfishing.kernel import trace_kernel
-from skfishing.svm import TraceKernelSVC
 
 
 def factorized(n, d=6, D=5, seed=0):
@@ -57,7 +56,7 @@ def count_kernel_calls(monkeypatch):
         calls.append((len(X), None if Y is None else len(Y)))
         return trace_kernel(X, Y, **kwargs)
 
-    monkeypatch.setattr(skfishing.svm, "trace_kernel", counted)
+    monkeypatch.setattr(skfishing._kernels.svm, "trace_kernel", counted)
     return calls
 
 
@@ -168,7 +167,7 @@ def test_multilabel_column_with_one_class_is_rejected():
 
 
 def test_single_class_is_rejected_before_computing_the_gram(monkeypatch):
-    monkeypatch.setattr(skfishing.svm, "trace_kernel", lambda *a, **kw: pytest.fail("Gram computed"))
+    monkeypatch.setattr(skfishing._kernels.svm, "trace_kernel", lambda *a, **kw: pytest.fail("Gram computed"))
     with pytest.raises(ValueError, match=r"y has 1 class \('cat'\)"):
         TraceKernelSVC().fit(factorized(10), ["cat"] * 10)
 
@@ -246,7 +245,7 @@ def test_pickle_round_trip(tmp_path, n_classes):
 def test_gradient_features_of_another_layer_or_temperature_are_refused():
     """DeepFisherTransformer's provenance metadata is checked at predict."""
     from onnx_models import mlp_model
-    from skfishing.transformer import DeepFisherTransformer
+    from skfishing import DeepFisherTransformer
 
     model, _, _ = mlp_model(widths=(6, 5, 5, 3))  # layers 7 and 8 share nothing, 6 and 7 same widths
     rng = np.random.default_rng(0)

@@ -8,8 +8,8 @@ from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.svm import SVC
 from test_kernel_positions import explicit_gradients, multi_position
 
+from skfishing import TraceKernelSVC
 from skfishing.features import gradient_dtype
-from skfishing.svm import TraceKernelSVC
 
 T, d, D = 5, 6, 4
 

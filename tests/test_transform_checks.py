@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import skfishing.batches
-import skfishing.transformer
+import skfishing._extraction.batches
+import skfishing._extraction.transformer
 from onnx_models import mlp_model
 from skfishing import DeepFisherTransformer
 
@@ -25,7 +25,7 @@ def test_tabular_input_is_checked_once_per_call(monkeypatch, call):
     model, _, _ = mlp_model()
     X = pd.DataFrame(np.random.default_rng(0).normal(size=(7, 6)), columns=[f"f{i}" for i in range(6)])
     counts = {}
-    _count(monkeypatch, skfishing.transformer, "validate_data", counts)
+    _count(monkeypatch, skfishing._extraction.transformer, "validate_data", counts)
     transformer = DeepFisherTransformer(model, layer=7)
     if call == "transform":
         transformer.fit(X)
@@ -45,7 +45,7 @@ def test_images_are_checked_once_per_call(tiny_cnn, monkeypatch, call):
         {"image": [rng.integers(0, 256, size=(40, 36, 3), dtype=np.uint8) for _ in range(5)]}
     )
     counts = {}
-    _count(monkeypatch, skfishing.batches, "check_image_array", counts)
+    _count(monkeypatch, skfishing._extraction.batches, "check_image_array", counts)
     result = getattr(DeepFisherTransformer(tiny_cnn, layer=7), call)(frame)
     assert counts == {"check_image_array": len(frame)}
     if call != "fit":

@@ -8,8 +8,8 @@ import pytest
 from sklearn.base import clone
 
 from onnx_models import caffe_alexnet_model, mlp_model, numpy_fisher, torch_gradients, torch_model
-from skfishing import network as network_module
-from skfishing.transformer import DeepFisherTransformer
+from skfishing import DeepFisherTransformer
+from skfishing._onnx import network as network_module
 
 
 def _outer(Z):
@@ -43,8 +43,8 @@ def test_caffe_style_head_matches_torch_autograd():
     model, _, _, weights, biases = caffe_alexnet_model()
     X = np.random.default_rng(1).normal(size=(5, 3, 8, 8)).astype(np.float32)
     pool5 = DeepFisherTransformer(model, layer=5, features="activation").fit(X)
-    from skfishing.head import Tensor
-    from skfishing.network import get_network
+    from skfishing._onnx.head import Tensor
+    from skfishing._onnx.network import get_network
 
     (flat,), _ = get_network(model, ["CPUExecutionProvider"]).run(X, (Tensor("x", 5),))
     flat = flat.astype(np.float64)

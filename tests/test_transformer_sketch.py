@@ -15,9 +15,9 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils._param_validation import InvalidParameterError
 
 from skfishing import DeepFisherTransformer, TensorSketch, trace_kernel
+from skfishing._extraction.sketched import sketch_factors
+from skfishing._onnx.layers import layer_features
 from skfishing.features import gradient_dtype
-from skfishing.layers import layer_features
-from skfishing.sketched import sketch_factors
 
 CPU = ["CPUExecutionProvider"]
 
@@ -139,7 +139,7 @@ def test_pipeline_partial_fit_persistence_and_names(tiny_cnn_file, images, tmp_p
     sio = pytest.importorskip("skops.io")
     from skfishing import persistence
 
-    assert "skfishing.sketch.TensorSketch" in sio.get_untrusted_types(data=sio.dumps(pipe))
+    assert "skfishing._kernels.sketch.TensorSketch" in sio.get_untrusted_types(data=sio.dumps(pipe))
     persistence.dump(pipe, tmp_path / "pipe.skops")
     loaded = persistence.load(tmp_path / "pipe.skops")
     assert_array_equal(loaded.decision_function(images), pipe.decision_function(images))

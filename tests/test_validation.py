@@ -14,17 +14,17 @@ import numpy as np
 import pytest
 from sklearn.utils._param_validation import InvalidParameterError
 
+import skfishing._io.download
+import skfishing._kernels.kernel
 import skfishing.datasets
-import skfishing.download
-import skfishing.kernel
 import skfishing.metrics
 import skfishing.registry
+from skfishing import trace_kernel
+from skfishing._io.download import check_local_file, retrieve
 from skfishing.datasets import load_digits_images, load_voc2007, load_voc2007_npz
-from skfishing.download import FileHashes, check_local_file, get_cache_dir, retrieve
-from skfishing.kernel import trace_kernel
 from skfishing.metrics import average_precision_report, voc07_average_precision
-from skfishing.model_spec import ModelSpec
-from skfishing.registry import ModelRegistry
+from skfishing.registry import ModelRegistry, ModelSpec, get_cache_dir
+from skfishing.state import FileHashes
 
 Z = np.zeros(4, dtype=[("forward", "f4", (3,)), ("backward", "f4", (2,))])
 Y_TRUE, Y_SCORE = [1, 0, 1, 0], [0.9, 0.8, 0.7, 0.1]
@@ -69,10 +69,16 @@ def test_invalid_parameter_is_named(function, parameter, call, tmp_path, monkeyp
 
 @pytest.mark.parametrize(
     "module",
-    [skfishing.kernel, skfishing.metrics, skfishing.datasets, skfishing.registry, skfishing.download],
+    [
+        skfishing._kernels.kernel,
+        skfishing.metrics,
+        skfishing.datasets,
+        skfishing.registry,
+        skfishing._io.download,
+    ],
     ids=lambda module: module.__name__,
 )
 def test_docstring_examples(module):
     failures, tried = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried > 0 or module is skfishing.download
+    assert tried > 0 or module is skfishing._io.download
     assert failures == 0

@@ -1,4 +1,4 @@
-"""The gradient of any layer (skfishing.vjp) against torch.func's per-image gradients.
+"""The gradient of any layer (skfishing._onnx.vjp) against torch.func's per-image gradients.
 
 Each test exports a network with random weights to ONNX, builds the model
 that outputs the per-position factors of one layer's gradient, rebuilds the
@@ -24,7 +24,7 @@ from layer_oracle import (
 )
 from onnx import TensorProto, helper, numpy_helper
 
-from skfishing.vjp import RULES, NoRuleError, build_layer_model, find_layer, layer_candidates
+from skfishing._onnx.vjp import RULES, NoRuleError, build_layer_model, find_layer, layer_candidates
 
 TOLERANCE = 1e-4
 

@@ -26,7 +26,7 @@ from sklearn.utils import check_random_state, gen_batches
 from sklearn.utils._param_validation import Interval
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .features import (
+from ..features import (
     FIELDS,
     check_features,
     check_same_source,
@@ -101,7 +101,7 @@ class TensorSketch(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstima
     ----------
     n_components : int, default=8192
         Dimension :math:`m` of the output, at most 2**20
-        (``skfishing.sketch.MAX_COMPONENTS``, 4 MiB of float32 per sample). Powers of two
+        (``skfishing._kernels.sketch.MAX_COMPONENTS``, 4 MiB of float32 per sample). Powers of two
         are fastest; odd numbers work too. The
         relative error of the approximated Gram matrix falls as
         ``1 / sqrt(n_components)``. With 8,192 a linear classifier was

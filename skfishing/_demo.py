@@ -31,11 +31,11 @@ from sklearn.utils import Bunch
 from sklearn.utils._param_validation import validate_params
 from tqdm.auto import tqdm
 
+from ._extraction.transformer import DeepFisherTransformer
+from ._kernels.svm import TraceKernelSVC
 from .cache import FeatureCache
 from .datasets import load_digits_images, load_voc2007, load_voc2007_npz
 from .metrics import voc07_average_precision, voc07_scorer
-from .svm import TraceKernelSVC
-from .transformer import DeepFisherTransformer
 
 __all__ = ["run_demo", "ROWS", "PARAM_GRID"]
 
@@ -249,7 +249,7 @@ def run_demo(
 
     Examples
     --------
-    >>> from skfishing.demo import run_demo
+    >>> from skfishing._demo import run_demo
     >>> results = run_demo(quick=True)  # doctest: +SKIP
     """
     start = time.perf_counter()

@@ -10,7 +10,7 @@ and its network when a :class:`~skfishing.cache.FeatureCache` is in use
   (:meth:`CacheLookup.head_batches`);
 * the **head outputs** asked for (raw, per outputs, temperature and labels),
   in memory only, since cross-validation asks for each image once per fold;
-* the **cut** at a layer of the trunk (:mod:`skfishing.cuts`), and the
+* the **cut** at a layer of the trunk (:mod:`skfishing._onnx.cuts`), and the
   position of that cut: every trunk layer at or after it, and the state,
   are computed from the cut, at any temperature and labels
   (:meth:`CacheLookup.layer_batches`).
@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..cache import derived_keys
 from .batches import check_input_sums
-from .cache import derived_keys
 
 __all__ = []  # used by DeepFisherTransformer; nothing here is for users
 
@@ -46,7 +46,7 @@ class CacheLookup:
         The ``memory=`` folder, if any.
     network : FisherNetwork
         The network.
-    checked : skfishing.batches.CheckedInput
+    checked : skfishing._extraction.batches.CheckedInput
         The validated input.
     preprocessing : ImagePreprocessing or None
         Part of the keys.
@@ -208,7 +208,7 @@ class CacheLookup:
         layer : str
             The layer (node or weight name).
         cut : Cut
-            Its cut (:meth:`~skfishing.network.FisherNetwork.cut`).
+            Its cut (:meth:`~skfishing._onnx.network.FisherNetwork.cut`).
         temperature : float
             The loss's temperature.
         labels : ndarray or None
@@ -219,7 +219,7 @@ class CacheLookup:
         rows : ndarray of int
             Consecutive samples, in order.
         forward, backward : ndarray
-            Their factors, as :meth:`~skfishing.network.FisherNetwork.run_layer` returns them.
+            Their factors, as :meth:`~skfishing._onnx.network.FisherNetwork.run_layer` returns them.
         """
         network = self.network
         cuts = {}

@@ -5,13 +5,13 @@ Softmax, then fully connected (FC) layers (``Gemm``, or ``MatMul`` with an
 optional ``Add``; an inference-mode ``BatchNormalization`` after one is
 folded into it) joined by ``Relu``, with ``Dropout``, ``Identity`` and
 flattening nodes skipped (``Flatten``, ``Reshape``, ``Squeeze``: each must
-provably keep one row per sample, :mod:`skfishing.flatten`), down to the
+provably keep one row per sample, :mod:`skfishing._onnx.flatten`), down to the
 tensor the first FC layer flattens: the trunk output (AlexNet's pool5). The
-head of an int8 model is read dequantized (:mod:`skfishing.quantized`). It returns an
+head of an int8 model is read dequantized (:mod:`skfishing._onnx.quantized`). It returns an
 :class:`FCHead`: the layers with their weights (as ``(n_inputs,
 n_outputs)`` matrices, whatever the graph's ``transB``), numbered as in the
 paper, where the classifier is layer 8. Graph surgery
-(:mod:`skfishing.graph`) builds on it.
+(:mod:`skfishing._onnx.graph`) builds on it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Tensor(NamedTuple):
 
     @property
     def name(self):
-        """Name of the tensor in the graphs of :mod:`skfishing.graph`."""
+        """Name of the tensor in the graphs of :mod:`skfishing._onnx.graph`."""
         return f"{PREFIX}{self.kind}{self.layer}"
 
 
@@ -135,7 +135,7 @@ class FCHead:
         stopped reading the graph).
     input_quantization : InputQuantization or None, default=None
         How the head input of an int8 model is rounded before the first FC
-        layer, as in the model (see :mod:`skfishing.quantized`); None for a
+        layer, as in the model (see :mod:`skfishing._onnx.quantized`); None for a
         float model.
     """
 
@@ -272,7 +272,7 @@ def _head_input(index, fc_input, fc_quantization):
     QuantizeLinear/DequantizeLinear of activations, so that the trunk ends
     below any flatten (a Caffe-style constant Reshape included). The rounding
     the FC layer's input underwent is kept as a
-    :class:`~skfishing.quantized.InputQuantization` (None for a float input
+    :class:`~skfishing._onnx.quantized.InputQuantization` (None for a float input
     that was never rounded): the quantization of a QOperator FC layer's
     input, else the DequantizeLinear nearest to the layer.
     """

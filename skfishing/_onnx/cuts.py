@@ -1,6 +1,6 @@
 r"""Cuts of a classifier's graph: what a cache keeps per image for the layers of its trunk.
 
-The gradient of a layer :math:`L` of the trunk (:mod:`skfishing.vjp`)
+The gradient of a layer :math:`L` of the trunk (:mod:`skfishing._onnx.vjp`)
 needs a forward pass from :math:`L` to the logits and the reverse pass back
 to :math:`L`, at the temperature and labels asked for. None of that needs
 the image itself, only the tensors that the graph carries past :math:`L`:
@@ -11,10 +11,10 @@ logits. For a plain chain that is :math:`L`'s input; inside a residual
 block, the block's input (the residual) too.
 
 Every layer at or after :math:`L` (and the FC head's state, see
-:meth:`~skfishing.head.FCHead.state`) is computed from the cut at
+:meth:`~skfishing.FCHead.state`) is computed from the cut at
 :math:`L` by a graph that starts there (:func:`from_cut`), at any
 temperature and labels: a model-selection cache stores the cut of each
-image once (:class:`~skfishing.cache_lookup.CacheLookup`). A cut takes
+image once (:class:`~skfishing._extraction.cache_lookup.CacheLookup`). A cut takes
 :attr:`Cut.width` floats per image, the sum of its tensors' per-image
 sizes.
 
@@ -38,7 +38,7 @@ from sklearn.utils._param_validation import validate_params
 from .graph import dynamic_batch, finish_model, needed_nodes
 from .head import PREFIX
 
-__all__ = []  # used by skfishing.network; nothing here is for users
+__all__ = []  # used by skfishing._onnx.network; nothing here is for users
 
 #: Output of :func:`build_cut_model`: the sum of each sample's network input.
 CUT_INPUT_SUM = f"{PREFIX}cut_input_sum"
@@ -109,7 +109,7 @@ def layer_cut(builder, position, logits):
 
     Parameters
     ----------
-    builder : skfishing.vjp.LayerGraphBuilder
+    builder : skfishing._onnx.vjp.LayerGraphBuilder
         The classifier's graph with its inferred shapes (input size fixed).
     position : int
         Index of the layer's node in ``builder.graph.node``.
@@ -233,7 +233,7 @@ def build_cut_model(model, cut, input_name):
     {"model": [onnx.ModelProto], "cut": [Cut], "input_name": [str]}, prefer_skip_nested_validation=True
 )
 def from_cut(model, cut, input_name):
-    """``model`` (a graph of :mod:`skfishing.graph` or :mod:`skfishing.vjp` on the network input) started at ``cut``.
+    """``model`` (a graph of :mod:`skfishing._onnx.graph` or :mod:`skfishing._onnx.vjp` on the network input) started at ``cut``.
 
     Parameters
     ----------

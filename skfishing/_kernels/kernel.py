@@ -7,7 +7,7 @@ import numpy as np
 from sklearn import get_config
 from sklearn.utils._param_validation import Interval, validate_params
 
-from .features import FIELDS, check_features, is_structured, positions, widths
+from ..features import FIELDS, check_features, is_structured, positions, widths
 
 #: Bytes of temporaries per block of the kernel of multi-position features
 #: (less if scikit-learn's ``working_memory`` is set lower).
@@ -92,7 +92,7 @@ def trace_kernel(X, Y=None, *, chunk_size=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from skfishing.kernel import trace_kernel
+    >>> from skfishing import trace_kernel
     >>> Z = np.zeros(2, dtype=[("forward", "f4", (3,)), ("backward", "f4", (2,))])
     >>> Z["forward"] = [[1, 0, 0], [1, 1, 0]]
     >>> Z["backward"] = [[1, 1], [0, 2]]

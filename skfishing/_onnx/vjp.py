@@ -19,8 +19,8 @@ loss is the paper's: at the logits :math:`y_L`,
     \delta_L = g - \operatorname{softmax}(y_L / \tau),
 
 with the temperature :math:`\tau` and the label vector :math:`g` graph
-inputs with defaults (:data:`~skfishing.graph.TEMPERATURE`,
-:data:`~skfishing.graph.LABELS`), as for the FC head. The kernel of two
+inputs with defaults (:data:`~skfishing._onnx.graph.TEMPERATURE`,
+:data:`~skfishing._onnx.graph.LABELS`), as for the FC head. The kernel of two
 images is :math:`\langle G_i, G_j \rangle_F = \sum_{t,s} \langle x_{it},
 x_{js} \rangle \langle \delta_{it}, \delta_{js} \rangle`.
 
@@ -1109,14 +1109,14 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
     Parameters
     ----------
     model : onnx.ModelProto
-        A classifier (its head as :func:`~skfishing.head.find_fc_head` finds it).
+        A classifier (its head as :func:`~skfishing.find_fc_head` finds it).
     layer : str or LayerSpec
         A Conv, Gemm or MatMul node with a constant weight, by node name or
         weight name.
     temperature : float, default=2.0
-        Default of the :data:`~skfishing.graph.TEMPERATURE` input.
+        Default of the :data:`~skfishing._onnx.graph.TEMPERATURE` input.
     labels : array-like of shape (n_classes,), default=None
-        Default of the :data:`~skfishing.graph.LABELS` input; None means
+        Default of the :data:`~skfishing._onnx.graph.LABELS` input; None means
         uniform :math:`1 / P`.
     input_shape : sequence of int, default=None
         Per-sample input shape, to fix the dimensions that the graph leaves
@@ -1126,8 +1126,8 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
     -------
     model : onnx.ModelProto
         Inputs: the network input, then the overridable initializers
-        :data:`~skfishing.graph.TEMPERATURE` and
-        :data:`~skfishing.graph.LABELS`. Outputs :data:`FORWARD` and
+        :data:`~skfishing._onnx.graph.TEMPERATURE` and
+        :data:`~skfishing._onnx.graph.LABELS`. Outputs :data:`FORWARD` and
         :data:`BACKWARD`, of shapes ``(N, T, d_in)`` and ``(N, T, d_out)``
         (``(N, d_in)`` and ``(N, d_out)`` for a Gemm on one row per image).
 

@@ -1,7 +1,7 @@
 r"""The layers whose gradient skfishing computes, and their features.
 
 Any ``Conv``, ``Gemm`` or ``MatMul`` node with a constant weight is a layer
-(:mod:`skfishing.vjp` has the maths). :func:`list_layers` lists them with the
+(:mod:`skfishing._onnx.vjp` has the maths). :func:`list_layers` lists them with the
 size of each representation of the per-image gradient :math:`G = \sum_t
 \delta_t x_t^\top`: the factors take :math:`T (d_{in} + d_{out})` floats
 per image, :math:`G` itself :math:`d_{in} d_{out}`.
@@ -23,8 +23,8 @@ import numpy as np
 import onnx
 from sklearn.utils._param_validation import validate_params
 
+from ..features import gradient_dtype
 from .cuts import layer_cut
-from .features import gradient_dtype
 from .head import find_fc_head
 from .vjp import RULES, STOP_OPS, LayerGraphBuilder, layer_spec, logits_of, nodes_on_path
 

@@ -2,7 +2,7 @@ r"""Features sketched during extraction: ``DeepFisherTransformer(sketch=...)``.
 
 A layer applied at :math:`T` positions has, per image, the weight gradient
 :math:`G = \sum_t \delta_t x_t^\top`; its factors take :math:`T (d_{in} +
-d_{out})` floats (:mod:`skfishing.layers`), 2.4 million for ResNet-18's last
+d_{out})` floats (:mod:`skfishing._onnx.layers`), 2.4 million for ResNet-18's last
 3x3 convolution. A :class:`~skfishing.TensorSketch` is linear, so the
 sketch of :math:`G` is the sum over positions of the sketches of
 :math:`x_t \otimes \delta_t`. Each batch's factors are sketched right after
@@ -17,7 +17,7 @@ The result is the sketch of the unit-norm :math:`G` (:math:`\|G\|_F` is
 computed from the factors' products in their precision, summed in
 float64), equal to what
 ``TensorSketch.transform`` gives on the features of
-:func:`~skfishing.layers.layer_features`, with the same buckets and signs.
+:func:`~skfishing._onnx.layers.layer_features`, with the same buckets and signs.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from sklearn import get_config
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from .features import gradient_dtype
-from .layers import check_finite_factors, layer_features, squared_norms
+from .._onnx.layers import check_finite_factors, layer_features, squared_norms
+from ..features import gradient_dtype
 
 #: Bytes of temporaries per block of (image, position) rows.
 _BLOCK_BYTES = 8 * 2**20
@@ -87,9 +87,9 @@ def layer_rows(forward, backward, source, first_row, sketch):
     ----------
     forward, backward : ndarray of shape (n_samples, T, d_in), (n_samples, T, d_out)
         The factors of the batch (2-D for one position), as
-        :meth:`~skfishing.network.FisherNetwork.run_layer` returns them.
+        :meth:`~skfishing._onnx.network.FisherNetwork.run_layer` returns them.
     source : dict
-        Provenance of the factors (see :func:`~skfishing.layers.layer_features`).
+        Provenance of the factors (see :func:`~skfishing._onnx.layers.layer_features`).
     first_row : int
         Index of the batch's first sample, to name a bad one in errors.
     sketch : TensorSketch or None
@@ -98,7 +98,7 @@ def layer_rows(forward, backward, source, first_row, sketch):
     Returns
     -------
     rows : ndarray
-        :func:`~skfishing.layers.layer_features`'s structured array, or with
+        :func:`~skfishing._onnx.layers.layer_features`'s structured array, or with
         ``sketch`` a float32 array of shape ``(n_samples, n_components)``.
     """
     if sketch is None:

@@ -3,7 +3,7 @@ r"""ONNX graph surgery: the FC head's forward and backward pass as ONNX graphs.
 The **trunk** of a classification network computes the input of its fully
 connected (FC) head (``pool5`` for AlexNet); it is the original graph pruned
 to that tensor, with a dynamic batch dimension. The FC layers found by
-:func:`~skfishing.head.find_fc_head` are rebuilt after it, and the backward
+:func:`~skfishing.find_fc_head` are rebuilt after it, and the backward
 pass of the paper's Eq. (10) is added from standard ONNX operators only
 (element-wise arithmetic, ``Exp``, reductions, ``Gemm``, ``Greater``, ``Where``):
 
@@ -22,13 +22,13 @@ multiplied by a positive constant that the normalisation of the features
 removes.
 
 Every graph here is a pure function of the ONNX model and the requested
-:class:`~skfishing.head.Tensor` outputs; :func:`build_model` makes them all:
+:class:`~skfishing._onnx.head.Tensor` outputs; :func:`build_model` makes them all:
 
 * from the network input straight to the requested features (the trunk and
   only the part of the head they need): one run per batch, nothing else
   leaves the device;
 * from the network input to the *state* of a sample
-  (:meth:`~skfishing.head.FCHead.state`: the head input and every
+  (:meth:`~skfishing.FCHead.state`: the head input and every
   pre-activation), which is what a cache keeps per image;
 * from the state to the requested features (``from_state=True``): the cheap
   part that a grid search over the layer and the temperature reruns.
@@ -412,7 +412,7 @@ def network_input(model, head):
     model : onnx.ModelProto
         The classifier.
     head : FCHead
-        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+        Its head, as returned by :func:`~skfishing.find_fc_head`.
 
     Returns
     -------
@@ -466,10 +466,10 @@ def build_model(model, head, outputs, *, from_state=False, temperature=2.0, labe
     model : onnx.ModelProto or None
         The classifier; unused (may be None) with ``from_state=True``.
     head : FCHead
-        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+        Its head, as returned by :func:`~skfishing.find_fc_head`.
     outputs : sequence of Tensor
-        What to compute (see :meth:`~skfishing.head.FCHead.features` and
-        :meth:`~skfishing.head.FCHead.state`).
+        What to compute (see :meth:`~skfishing.FCHead.features` and
+        :meth:`~skfishing.FCHead.state`).
     from_state : bool, default=False
         Start from the state tensors instead of the network input. Requested
         outputs that are themselves state tensors are not allowed: they need
@@ -542,7 +542,7 @@ def build_trunk_model(model, head):
     model : onnx.ModelProto
         The classifier.
     head : FCHead
-        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+        Its head, as returned by :func:`~skfishing.find_fc_head`.
 
     Returns
     -------
@@ -569,7 +569,7 @@ def build_forward_model(model, head):
     model : onnx.ModelProto
         The classifier.
     head : FCHead
-        Its head, as returned by :func:`~skfishing.head.find_fc_head`.
+        Its head, as returned by :func:`~skfishing.find_fc_head`.
 
     Returns
     -------
@@ -589,7 +589,7 @@ def build_backward_model(head, layer, *, temperature=2.0, labels=None):
     Parameters
     ----------
     head : FCHead
-        As returned by :func:`~skfishing.head.find_fc_head`.
+        As returned by :func:`~skfishing.find_fc_head`.
     layer : int
         Paper number of the FC layer whose :math:`\delta` is computed.
     temperature : float, default=2.0
@@ -638,7 +638,7 @@ def output_names(head):
     ``("activation", k)`` (:math:`x_k` for the head input and hidden layers,
     the logits :math:`y_L` for the classifier), ``("preactivation", k)``
     (:math:`y_k`) and ``"probabilities"`` (softmax of :math:`y_L`, no
-    temperature). The same names are :attr:`~skfishing.head.Tensor.name`.
+    temperature). The same names are :attr:`~skfishing._onnx.head.Tensor.name`.
     """
     return {key: tensor.name for key, tensor in _keyed_tensors(head)}
 
@@ -650,7 +650,7 @@ def build_head_model(head, *, temperature=2.0, labels=None):
     Parameters
     ----------
     head : FCHead
-        As returned by :func:`~skfishing.head.find_fc_head`.
+        As returned by :func:`~skfishing.find_fc_head`.
     temperature : float, default=2.0
         Default of the ``fish_temperature`` input.
     labels : array-like of shape (n_classes,), default=None

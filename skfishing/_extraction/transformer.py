@@ -15,15 +15,15 @@ from sklearn.utils._available_if import available_if
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import _check_feature_names_in, validate_data
 
+from .._kernels.sketch import TensorSketch
+from .._onnx.graph import TEMPERATURE_RANGE, check_labels
+from ..cache import DiskStore, FeatureCache, SharedCacheMixin, shared_cache
+from ..features import make_source
+from ..registry import resolve_model
 from .batches import BATCH_SIZE, N_JOBS, check_input, check_input_sums
-from .cache import DiskStore, FeatureCache, SharedCacheMixin, shared_cache
 from .cache_lookup import CacheLookup
 from .feature_writer import FeatureWriter
-from .features import make_source
-from .graph import TEMPERATURE_RANGE, check_labels
 from .images import ImagePreprocessing
-from .registry import resolve_model
-from .sketch import TensorSketch
 from .sketched import fit_sketch, fitted_sketch, layer_rows, sketch_rows
 
 __all__ = ["DeepFisherTransformer"]
@@ -74,7 +74,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         :func:`skfishing.registry.list_models`; ``"tinyalexnet"`` ships with
         the package), the path of an ONNX classifier file, or an
         ``onnx.ModelProto``. The model must not contain a backward subgraph:
-        it is added here (:func:`skfishing.graph.add_backward`).
+        it is added here (:func:`skfishing.add_backward`).
 
     layer : int or str, default=7
         FC layer, in the paper's numbering: the classifier is layer 8, the
@@ -83,10 +83,10 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         activation :math:`8 - n`). FC layer names from the graph are accepted
         too. With ``features="gradient"``, any other Conv, Gemm or MatMul
         node with a constant weight, named by its node name or its weight's
-        name (:func:`skfishing.layers.list_layers` lists them): its
-        gradient goes back through the trunk (:mod:`skfishing.vjp`), and the
+        name (:func:`skfishing.list_layers` lists them): its
+        gradient goes back through the trunk (:mod:`skfishing._onnx.vjp`), and the
         features hold its per-position factors (see
-        :mod:`skfishing.layers`). In model selection the cache keeps, per
+        :mod:`skfishing._onnx.layers`). In model selection the cache keeps, per
         image, the tensors the graph carries past such a layer (its *cut*),
         and every layer after it is computed from them at any temperature,
         without the image (see the user guide's page on the cache).
@@ -162,7 +162,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         a linear layer on tokens), each batch's per-position factors are
         sketched right after the network run and dropped: memory per image
         is ``n_components`` floats whatever :math:`T`
-        (:mod:`skfishing.sketched`). The result equals
+        (:mod:`skfishing._extraction.sketched`). The result equals
         ``sketch_.transform`` of the features without it. None returns the
         features.
 
@@ -308,7 +308,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _check(self, X, *, fitting):
         """Check the parameters, the model and the input once; when fitting, record the fitted attributes.
 
-        Returns the validated input (:class:`~skfishing.batches.CheckedInput`),
+        Returns the validated input (:class:`~skfishing._extraction.batches.CheckedInput`),
         the network and the :class:`_Plan` that :meth:`_transform` runs.
         """
         self._validate_params()
@@ -324,7 +324,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         labels = self._check_labels(network)
         if fitting:
             self.model_sha256_ = network.sha256
-            if spec is not None:  # a layer of the trunk (skfishing.vjp)
+            if spec is not None:  # a layer of the trunk (skfishing._onnx.vjp)
                 self.layer_ = spec.name
                 self.feature_widths_ = (spec.d_in, spec.d_out)
             else:
@@ -398,14 +398,14 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         return sketch_rows(writer.finish(), fitted_sketch(self))
 
     def _network(self):
-        from .network import get_network  # onnxruntime: imported on first use (it is an extra)
+        from .._onnx.network import get_network  # onnxruntime: imported on first use (it is an extra)
 
         resolved = resolve_model(self.model, cache_dir=self.cache_dir, preprocessing=self.preprocessing)
         network = get_network(resolved.source, self.providers, allow_tf32=self.allow_tf32)
         return network, resolved.preprocessing
 
     def _outputs(self, network):
-        """The tensors (:class:`~skfishing.head.Tensor`) holding the requested features."""
+        """The tensors (:class:`~skfishing._onnx.head.Tensor`) holding the requested features."""
         head = network.head
         layer = self.layer
         if isinstance(layer, str) and self.features != "probabilities":
@@ -416,8 +416,8 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         return head.features(self.features, layer)
 
     def _trunk_layer(self, network):
-        """The :class:`~skfishing.vjp.LayerSpec` of a ``layer`` named outside the FC head, else None."""
-        from .vjp import find_layer
+        """The :class:`~skfishing._onnx.vjp.LayerSpec` of a ``layer`` named outside the FC head, else None."""
+        from .._onnx.vjp import find_layer
 
         layer = self.layer
         if not isinstance(layer, str) or self.features != "gradient":
@@ -482,7 +482,7 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
         """Validate 2-D input of networks that take feature vectors.
 
         Such input gets scikit-learn's own checks (and ``n_features_in_``);
-        images and image tensors are checked by :func:`~skfishing.batches.check_input`.
+        images and image tensors are checked by :func:`~skfishing._extraction.batches.check_input`.
         """
         if preprocessing is not None or len(network.input_shape) != 1:
             return X

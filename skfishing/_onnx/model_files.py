@@ -18,7 +18,7 @@ from pathlib import Path
 import onnx
 from sklearn.utils._param_validation import validate_params
 
-from . import state
+from .. import state
 
 __all__ = ["load_onnx", "model_sha256"]
 

@@ -23,8 +23,8 @@ import urllib.parse
 import pooch
 from sklearn.utils._param_validation import validate_params
 
+from ..state import FileHashes
 from .model_spec import ModelSpec
-from .state import FileHashes
 
 __all__ = ["CACHE_DIR_ENV", "FileHashes", "check_local_file", "get_cache_dir", "retrieve"]
 

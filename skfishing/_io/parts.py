@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.utils._param_validation import validate_params
 
-from .batches import image_error
+from .._extraction.batches import image_error
+from .._extraction.images import preprocess_image
 from .files import atomic_path
-from .images import preprocess_image
 
 __all__ = ["parts_folder"]  # PartsFolder serves skfishing extract
 
@@ -33,7 +33,7 @@ __all__ = ["parts_folder"]  # PartsFolder serves skfishing extract
 FORMAT = "skfishing-parts-1"
 _MANIFEST = "manifest.json"
 #: Errors of an image that cannot be read (Pillow's are OSError or, once
-#: named by skfishing.batches, ValueError).
+#: named by skfishing._extraction.batches, ValueError).
 _IMAGE_ERRORS = (OSError, ValueError)
 
 

@@ -18,8 +18,8 @@ from sklearn.utils.validation import (
     validate_data,
 )
 
-from .cache import ArrayStore, SharedCacheMixin, content_key, shared_cache
-from .features import check_features, check_same_source, feature_source, is_structured, widths
+from ..cache import ArrayStore, SharedCacheMixin, content_key, shared_cache
+from ..features import check_features, check_same_source, feature_source, is_structured, widths
 from .kernel import CHUNK_SIZE, trace_kernel
 
 
@@ -30,7 +30,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
     ``"forward"`` and ``"backward"``, as returned by
     :class:`~skfishing.DeepFisherTransformer`, of a layer applied once or at
     several positions) or plain 2-D features, computes
-    the Gram matrix with :func:`~skfishing.kernel.trace_kernel` in chunks and
+    the Gram matrix with :func:`~skfishing.trace_kernel` in chunks and
     fits :class:`sklearn.svm.SVC` with ``kernel="precomputed"`` on it.
 
     Targets may be binary, multiclass (one-vs-one, as in ``SVC``) or
@@ -74,7 +74,7 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
 
     chunk_size : int, default=None
         Rows per block when computing kernel matrices; see
-        :func:`~skfishing.kernel.trace_kernel`.
+        :func:`~skfishing.trace_kernel`.
 
     Attributes
     ----------
@@ -117,13 +117,13 @@ class TraceKernelSVC(SharedCacheMixin, ClassifierMixin, BaseEstimator):
 
     See Also
     --------
-    skfishing.kernel.trace_kernel : The kernel used.
+    skfishing._kernels.kernel.trace_kernel : The kernel used.
     sklearn.svm.SVC : The wrapped classifier.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from skfishing.svm import TraceKernelSVC
+    >>> from skfishing import TraceKernelSVC
     >>> rng = np.random.default_rng(0)
     >>> Z = np.zeros(40, dtype=[("forward", "f4", (8,)), ("backward", "f4", (3,))])
     >>> Z["forward"] = rng.normal(size=(40, 8))

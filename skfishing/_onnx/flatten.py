@@ -1,6 +1,6 @@
 """Whether the nodes between a trunk and its FC head flatten each sample.
 
-The graph surgery of :mod:`skfishing.graph` drops the nodes between the trunk
+The graph surgery of :mod:`skfishing._onnx.graph` drops the nodes between the trunk
 output and the first FC layer and flattens the trunk output itself
 (``Flatten(axis=1)``). That is right only when those nodes compute exactly
 that: one row per sample, its values in C order. Exporters spell it many
@@ -10,7 +10,7 @@ Concat``), so :func:`check_flatten` decides from what the graph computes:
 the shape subgraph of a ``Reshape`` is evaluated symbolically, with the batch
 dimension as a symbol, and the target must provably keep the batch as its
 first dimension. Anything else is refused with a
-:class:`~skfishing.head.HeadStructureError` naming the node.
+:class:`~skfishing.HeadStructureError` naming the node.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ A :class:`ModelSpec` says where an ONNX classifier lives (a URL or a local
 file), its SHA-256 checksum and the image preprocessing it was trained with;
 :class:`ResolvedModel` is what :func:`~skfishing.registry.resolve_model`
 hands to the transformer. The registry itself is in
-:mod:`skfishing.registry`, downloads in :mod:`skfishing.download`.
+:mod:`skfishing.registry`, downloads in :mod:`skfishing._io.download`.
 
 An ONNX file that is not registered finds its image preprocessing with
 :func:`file_preprocessing`, for the Python API and the command line alike:
@@ -25,8 +25,8 @@ from numbers import Integral
 import onnx
 from sklearn.utils._param_validation import validate_params
 
-from . import state
-from .images import ImagePreprocessing
+from .. import state
+from .._extraction.images import ImagePreprocessing
 
 __all__ = [
     "METADATA_KEY",

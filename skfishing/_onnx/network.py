@@ -2,7 +2,7 @@
 
 A :class:`FisherNetwork` holds the onnxruntime sessions of one classifier on
 one set of execution providers. It runs the graphs of
-:mod:`skfishing.graph` in three ways:
+:mod:`skfishing._onnx.graph` in three ways:
 
 * :meth:`FisherNetwork.run`: network input → the requested features, in one
   session run per batch; nothing but the features (and one sum per sample,
@@ -39,7 +39,8 @@ import onnx
 from onnx import helper
 from sklearn.utils._param_validation import validate_params
 
-from . import model_files, state
+from .. import state
+from . import model_files
 from .graph import LABELS, TEMPERATURE, build_model, network_input
 from .head import HeadStructureError, find_fc_head
 
@@ -214,7 +215,7 @@ class FisherNetwork:
     model : onnx.ModelProto
         A classifier without backward subgraph.
     sha256 : str
-        Identity of the model's content (see :func:`~skfishing.model_files.model_sha256`).
+        Identity of the model's content (see :func:`~skfishing._onnx.model_files.model_sha256`).
     providers : tuple of (str, dict)
         As returned by :func:`session_providers`.
 
@@ -329,7 +330,7 @@ class FisherNetwork:
         batch : ndarray of shape (n_samples, ...)
             Network inputs, each of shape ``input_shape``.
         outputs : tuple of Tensor
-            What to compute (:meth:`~skfishing.head.FCHead.features`).
+            What to compute (:meth:`~skfishing.FCHead.features`).
         temperature : float, default=2.0
             Softmax temperature of the loss.
         labels : array-like of shape (n_classes,), default=None
@@ -376,7 +377,7 @@ class FisherNetwork:
             ) from exc
 
     def run_layer(self, batch, layer, *, temperature=2.0, labels=None):
-        """The per-position gradient factors of any layer (:mod:`skfishing.vjp`) for a batch.
+        """The per-position gradient factors of any layer (:mod:`skfishing._onnx.vjp`) for a batch.
 
         Parameters
         ----------
@@ -416,12 +417,12 @@ class FisherNetwork:
             return session
 
     def cut(self, layer, sample_shape):
-        """The cut of the graph at a layer (:mod:`skfishing.cuts`), what a cache stores per image.
+        """The cut of the graph at a layer (:mod:`skfishing._onnx.cuts`), what a cache stores per image.
 
         Parameters
         ----------
         layer : str or int
-            A layer's node or weight name (:func:`~skfishing.vjp.find_layer`),
+            A layer's node or weight name (:func:`~skfishing._onnx.vjp.find_layer`),
             or the position of a layer node in the graph.
         sample_shape : tuple of int
             The shape of one network input.
@@ -552,7 +553,7 @@ class FisherNetwork:
         -------
         state : ndarray of shape (n_samples, n_state)
             One row per sample: the tensors of
-            :meth:`~skfishing.head.FCHead.state`, concatenated.
+            :meth:`~skfishing.FCHead.state`, concatenated.
         input_sum : ndarray of shape (n_samples,) or None
             As in :meth:`run`.
         """
@@ -610,7 +611,7 @@ def get_network(model, providers=None, *, allow_tf32=False):
     ----------
     model : str, path-like or onnx.ModelProto
         The classifier, identified by its content
-        (:func:`~skfishing.model_files.model_sha256`, or
+        (:func:`~skfishing._onnx.model_files.model_sha256`, or
         the SHA-256 of a ModelProto's serialization).
     providers : sequence of str or (str, dict), default=None
         Execution providers; None means :func:`default_providers`.
@@ -639,14 +640,14 @@ def get_network(model, providers=None, *, allow_tf32=False):
     return state.network((sha256, repr(providers)), build)
 
 
-#: Names that moved to :mod:`skfishing.model_files`, still found here with a warning.
+#: Names that moved to :mod:`skfishing._onnx.model_files`, still found here with a warning.
 _MOVED_TO_MODEL_FILES = ("model_sha256", "load_onnx", "parse_model_file", "external_locations")
 
 
 def __getattr__(name):
     if name in _MOVED_TO_MODEL_FILES:
         warnings.warn(
-            f"skfishing.network.{name} moved to skfishing.model_files.{name}; "
+            f"skfishing._onnx.network.{name} moved to skfishing._onnx.model_files.{name}; "
             "the old name will be removed in a future version",
             FutureWarning,
             stacklevel=2,

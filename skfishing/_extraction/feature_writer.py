@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from .features import gradient_dtype, make_source
+from ..features import gradient_dtype, make_source
 
 __all__ = []  # used by DeepFisherTransformer; nothing here is for users
 

@@ -3,7 +3,7 @@
 :func:`iter_batches` takes what a user passes to ``transform`` (a float
 array of network inputs, or images: paths, PIL images, uint8 arrays), checks
 it and yields batches of network input. Images are decoded and preprocessed
-(:mod:`skfishing.images`) by a thread pool ahead of the consumer, so that the
+(:mod:`skfishing._extraction.images`) by a thread pool ahead of the consumer, so that the
 network never waits on JPEG decoding.
 """
 

@@ -1,7 +1,7 @@
 """Walking an ONNX graph: who produces a tensor, which tensors are constants, node attributes.
 
-Graph surgery (:mod:`skfishing.head`, :mod:`skfishing.graph`,
-:mod:`skfishing.flatten`, :mod:`skfishing.quantized`) reads graphs through
+Graph surgery (:mod:`skfishing._onnx.head`, :mod:`skfishing._onnx.graph`,
+:mod:`skfishing._onnx.flatten`, :mod:`skfishing._onnx.quantized`) reads graphs through
 these two helpers; nothing here changes a graph.
 """
 

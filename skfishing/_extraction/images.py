@@ -3,7 +3,7 @@
 The pipeline follows section 5.2 of Gordo et al. (BMVC 2015): decode the
 image, resize its shorter side, take the central square crop (the aspect
 ratio is never distorted), then apply the normalisation and channel order the
-network was trained with. :func:`skfishing.batches.iter_batches` runs it in a
+network was trained with. :func:`skfishing._extraction.batches.iter_batches` runs it in a
 thread pool ahead of the network: the work is done by Pillow and NumPy calls
 that release the GIL, so threads scale with the cores, and the result can be
 written straight into a row of the batch (``out=``).
@@ -87,7 +87,7 @@ class ImagePreprocessing:
 
     Examples
     --------
-    >>> from skfishing.images import ImagePreprocessing
+    >>> from skfishing import ImagePreprocessing
     >>> ImagePreprocessing(224, resize=256, mean=(0.485, 0.456, 0.406),
     ...                    std=(0.229, 0.224, 0.225)).input_shape
     (3, 224, 224)
@@ -483,7 +483,8 @@ def preprocess_image(image, preprocessing, *, out=None):
     Examples
     --------
     >>> import numpy as np
-    >>> from skfishing.images import ImagePreprocessing, preprocess_image
+    >>> from skfishing import ImagePreprocessing
+    >>> from skfishing._extraction.images import preprocess_image
     >>> prep = ImagePreprocessing(4, scale=1.0, mean=(100, 100, 100))
     >>> image = np.full((6, 4, 3), 120, dtype=np.uint8)
     >>> preprocess_image(image, prep)[:, 0, 0]

@@ -1,0 +1,1 @@
+"""DeepFisherTransformer and its input: images decoded and cut into batches."""

@@ -1,0 +1,1 @@
+"""Files: model specifications and downloads, atomic writes, extraction in parts."""

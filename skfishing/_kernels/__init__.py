@@ -1,0 +1,1 @@
+"""The trace kernel, its explicit feature maps and the SVM on it (no onnxruntime here)."""

@@ -1,0 +1,1 @@
+"""ONNX graphs and sessions: the FC head, graph surgery, the reverse pass, model files, onnxruntime."""
