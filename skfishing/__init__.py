@@ -6,6 +6,8 @@ Fishing: Gradient Features from Deep Nets", BMVC 2015) and classifies them
 with a support vector machine on the trace kernel.
 """
 
+from ._moved import install as _install_moved_paths
+
 __version__ = "0.1.0.dev0"
 
 __all__ = [
@@ -53,6 +55,9 @@ _LAZY = {
     "datasets": None,
     "metrics": None,
 }
+
+# The module paths of earlier versions import, with a FutureWarning (see _moved.py).
+_install_moved_paths()
 
 
 def __getattr__(name):

@@ -33,6 +33,7 @@ from ._extraction.transformer import DeepFisherTransformer
 from ._io.files import atomic_path
 from ._kernels.sketch import TensorSketch
 from ._kernels.svm import TraceKernelSVC
+from ._moved import former_names
 from .cache import FeatureCache
 
 __all__ = ["TRUSTED_TYPES", "dump", "load"]
@@ -65,6 +66,10 @@ TRUSTED_TYPES = tuple(
         onnx.ModelProto,
     )
 )
+
+#: The same types under the module paths of earlier versions: the files
+#: those wrote name them so (their modules still import, see _moved.py).
+_FORMER_TYPES = tuple(name for trusted in TRUSTED_TYPES for name in former_names(trusted))
 
 
 def _skops():
@@ -185,7 +190,7 @@ def load(file, *, trusted=None):
         found = sio.get_untrusted_types(file=path)
     except (zipfile.BadZipFile, KeyError, ValueError) as exc:
         raise ValueError(f"{str(path)!r} is not a skops file: {exc}") from None
-    allowed = set(TRUSTED_TYPES) | set(trusted or ())
+    allowed = set(TRUSTED_TYPES) | set(_FORMER_TYPES) | set(trusted or ())
     refused = sorted(set(found) - allowed)
     if refused:
         raise ValueError(
