@@ -8,6 +8,7 @@ on ``skfishing/`` and on small trees that break the rule on purpose.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 #: Calls that make an empty mutable object to be filled at run time.
@@ -199,14 +200,18 @@ def _writes_constraint(node):
     return any(isinstance(n, ast.Call) and _called(n.func) in CONSTRAINT_CALLS for n in ast.walk(node))
 
 
-def private_names_in_tests(tests_dir, package="skfishing"):
+def private_names_in_tests(tests_dir, package="skfishing", package_modules=()):
     """``file:line: name`` for each private name of the package a test touches.
 
     Counted: private names imported from the package, private attributes
     read on anything but ``self``/``cls``, and private names given to
     ``setattr`` (``monkeypatch.setattr(module, "_name", ...)``); and private
     names imported from other test modules (helpers are shared publicly).
+    The private subpackages on the way to a module (``skfishing._onnx`` in
+    ``skfishing._onnx.network.get_network``) are paths, not names: a module
+    of ``package_modules`` is not counted.
     """
+    package_modules = set(package_modules)
     violations = []
     for path in sorted(Path(tests_dir).glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -220,6 +225,8 @@ def private_names_in_tests(tests_dir, package="skfishing"):
                 isinstance(node, ast.Attribute) and _private(node.attr) and node.attr not in SKLEARN_PROTOCOL
             ):
                 base = ast.unparse(node.value)
+                if f"{base}.{node.attr}" in package_modules:
+                    continue
                 if base not in ("self", "cls", "super()") and base.split(".")[0] not in THIRD_PARTY:
                     violations.append(f"{where}: {base}.{node.attr}")
             elif isinstance(node, ast.Call) and _called(node.func) == "setattr":
@@ -227,3 +234,48 @@ def private_names_in_tests(tests_dir, package="skfishing"):
                     if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and _private(arg.value):
                         violations.append(f"{where}: setattr {arg.value}")
     return violations
+
+
+def imports_in_tests(tests_dir, package, moved, public_home):
+    """``file:line: message`` for each import of a test that bypasses the public path.
+
+    A test imports no module by a path of ``moved`` (old paths, kept for
+    users with a warning), and imports a public name from where users do:
+    ``public_home(module, name)`` says where ``name`` of a private module is
+    exported (None where it is not public).
+    """
+    violations = []
+    for path in sorted(Path(tests_dir).glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            where = f"{path.name}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                found = [(alias.name, None) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                found = [(node.module or "", alias.name) for alias in node.names]
+            else:
+                continue
+            for module, name in found:
+                if module.split(".")[0] != package:
+                    continue
+                for old in (module, f"{module}.{name}"):
+                    if old in moved:
+                        violations.append(f"{where}: {old} is an old path ({moved[old]})")
+                private = any(_private(part) for part in module.split("."))
+                home = public_home(module, name) if private and name else None
+                if home is not None:
+                    violations.append(f"{where}: {module}.{name} is public: import it from {home}")
+    return violations
+
+
+def public_modules(package_dir):
+    """The public submodules of a package: its modules and subpackages without a leading underscore."""
+    package_dir = Path(package_dir)
+    names = {p.stem for p in package_dir.glob("*.py") if not p.name.startswith("_")}
+    names |= {p.parent.name for p in package_dir.glob("*/__init__.py") if not p.parent.name.startswith("_")}
+    return sorted(f"{package_dir.name}.{name}" for name in names)
+
+
+def documented_modules(api_text, package):
+    """The submodules of ``package`` that the API page documents (``automodule``)."""
+    found = re.findall(r"^\.\. automodule:: (\S+)", api_text, flags=re.M)
+    return sorted(name for name in found if name != package)

@@ -138,9 +138,14 @@ def test_the_private_import_check_finds_them(tmp_path):
         {
             "a.py": "_X = 1\n",
             "b.py": "from .a import _X\nimport pkg.a\ny = pkg.a._X\nfrom .a import __doc__\n",
+            # private modules import each other's public names: fine
+            "_p/__init__.py": "",
+            "_p/c.py": "from .._q.d import public\nfrom .. import a\n",
+            "_q/__init__.py": "",
+            "_q/d.py": "from .._p.c import _hidden\npublic = 1\n",
         },
     )
-    assert rules.private_imports(root) == ["pkg.b: pkg.a._X", "pkg.b: pkg.a._X"]
+    assert rules.private_imports(root) == ["pkg._q.d: pkg._p.c._hidden", "pkg.b: pkg.a._X", "pkg.b: pkg.a._X"]
 
 
 def test_process_wide_state_lives_in_state_only():
@@ -181,7 +186,10 @@ DIFFERENT_MEANINGS = {"chunk_size": ["skfishing.distributed", "skfishing._kernel
 
 
 def test_each_parameter_constraint_is_declared_once():
-    assert rules.repeated_constraints(PACKAGE) == DIFFERENT_MEANINGS
+    found = rules.repeated_constraints(PACKAGE)
+    assert {param: sorted(names) for param, names in found.items()} == {
+        param: sorted(names) for param, names in DIFFERENT_MEANINGS.items()
+    }
 
 
 def test_the_constraint_check_finds_copies(tmp_path):
@@ -197,7 +205,7 @@ def test_the_constraint_check_finds_copies(tmp_path):
 
 
 def test_tests_touch_no_private_name():
-    assert rules.private_names_in_tests(TESTS) == []
+    assert rules.private_names_in_tests(TESTS, package_modules=rules.modules(PACKAGE)) == []
 
 
 def test_the_test_check_finds_private_names(tmp_path):
@@ -213,15 +221,19 @@ def test_the_test_check_finds_private_names(tmp_path):
                 monkeypatch.setattr(net, "_sessions", {})
                 net._session_for(1)
                 self._fine = 1
+                skfishing._onnx.network.get_network  # a private subpackage is a path: fine
+                skfishing._onnx.network._CUDA
             """
         ),
         encoding="utf-8",
     )
-    found = [v.split(": ", 1)[1] for v in rules.private_names_in_tests(tmp_path)]
+    modules = {"skfishing._onnx", "skfishing._onnx.network"}
+    found = [v.split(": ", 1)[1] for v in rules.private_names_in_tests(tmp_path, package_modules=modules)]
     assert found == [
         "skfishing._extraction.images._load",
         "helpers._Server",
         "setattr _sessions",
+        "skfishing._onnx.network._CUDA",
         "net._session_for",
     ]
 
@@ -285,3 +297,94 @@ def test_the_validation_check_finds_an_unvalidated_function():
 
     checked = validate_params({"x": [int]}, prefer_skip_nested_validation=True)(plain)
     assert not _declares_validation(plain) and _declares_validation(checked)
+
+
+# -- the public layout ----------------------------------------------------------
+#
+# Implementation modules are private (skfishing._onnx, _kernels, _extraction,
+# _io, _demo); users import from the package and these public submodules,
+# and docs/api.rst documents exactly them.
+
+#: The public submodules of skfishing (docs/developers.rst says why each is).
+PUBLIC_SUBMODULES = [
+    "skfishing.cache",
+    "skfishing.cli",
+    "skfishing.datasets",
+    "skfishing.distributed",
+    "skfishing.features",
+    "skfishing.metrics",
+    "skfishing.persistence",
+    "skfishing.registry",
+    "skfishing.state",
+]
+API = PACKAGE.parent / "docs" / "api.rst"
+
+
+def test_public_submodules_are_exactly_the_documented_ones():
+    assert rules.public_modules(PACKAGE) == PUBLIC_SUBMODULES
+    assert rules.documented_modules(API.read_text(encoding="utf-8"), "skfishing") == PUBLIC_SUBMODULES
+
+
+def test_the_public_module_check_finds_undocumented_and_private_ones(tmp_path):
+    root = _tree(
+        tmp_path,
+        {"a.py": "", "_b.py": "", "sub/__init__.py": "", "_p/__init__.py": "", "_p/c.py": ""},
+    )
+    assert rules.public_modules(root) == ["pkg.a", "pkg.sub"]
+    api = ".. automodule:: pkg\n\n.. automodule:: pkg._b\n   :no-members:\n\n.. automodule:: pkg.a\n"
+    assert rules.documented_modules(api, "pkg") == ["pkg._b", "pkg.a"]
+
+
+def _public_home(module_name, name):
+    """Where users import ``name`` of ``module_name`` from (same name, same object), or None."""
+    import inspect
+
+    obj = getattr(importlib.import_module(module_name), name, None)
+    if obj is None or inspect.ismodule(obj):
+        return None
+    for public in ["skfishing", *PUBLIC_SUBMODULES]:
+        module = importlib.import_module(public)
+        if name in getattr(module, "__all__", ()) and getattr(module, name) is obj:
+            return public
+    return None
+
+
+def _moved():
+    from skfishing._moved import MOVED
+
+    return {old: new for old, (new, _) in MOVED.items()}
+
+
+def test_tests_import_public_names_from_public_paths():
+    assert _public_home("skfishing._kernels.kernel", "trace_kernel") == "skfishing"
+    assert _public_home("skfishing._kernels.kernel", "CHUNK_SIZE") is None
+    assert rules.imports_in_tests(TESTS, "skfishing", _moved(), _public_home) == []
+
+
+def test_the_test_import_check_finds_old_paths_and_private_paths_of_public_names(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        textwrap.dedent(
+            """
+            import skfishing.network
+            from skfishing import kernel, datasets
+            from skfishing.svm import TraceKernelSVC
+            from skfishing._kernels.kernel import CHUNK_SIZE, trace_kernel
+            from skfishing._onnx.network import get_network
+            from skfishing import trace_kernel as fine
+            """
+        ),
+        encoding="utf-8",
+    )
+    homes = {("skfishing._kernels.kernel", "trace_kernel"): "skfishing"}
+    moved = {
+        "skfishing.network": "skfishing._onnx.network",
+        "skfishing.kernel": "skfishing._kernels.kernel",
+        "skfishing.svm": "skfishing._kernels.svm",
+    }
+    found = rules.imports_in_tests(tmp_path, "skfishing", moved, lambda m, n: homes.get((m, n)))
+    assert [v.split(": ", 1)[1] for v in found] == [
+        "skfishing.network is an old path (skfishing._onnx.network)",
+        "skfishing.kernel is an old path (skfishing._kernels.kernel)",
+        "skfishing.svm is an old path (skfishing._kernels.svm)",
+        "skfishing._kernels.kernel.trace_kernel is public: import it from skfishing",
+    ]
