@@ -211,27 +211,16 @@ _benchmarks.write()
 # -- Cross-references to re-exported names -------------------------------------
 
 
-_SUBMODULES = (
-    "transformer",
-    "kernel",
-    "svm",
-    "head",
-    "graph",
-    "network",
+_SUBMODULES = (  # the public submodules (docs/api.rst)
     "cache",
-    "batches",
-    "images",
-    "registry",
-    "model_spec",
-    "download",
-    "state",
+    "cli",
     "datasets",
-    "metrics",
-    "features",
-    "persistence",
-    "sketch",
     "distributed",
-    "files",
+    "features",
+    "metrics",
+    "persistence",
+    "registry",
+    "state",
 )
 
 
