@@ -84,7 +84,7 @@ def test_old_names_in_network_warn_and_are_the_same(name):
     from skfishing._onnx import network
 
     with pytest.warns(
-        FutureWarning, match=f"skfishing._onnx.network.{name} moved to skfishing._onnx.model_files"
+        FutureWarning, match=f"{name} moved from the sessions module to skfishing._onnx.model_files"
     ):
         moved = getattr(network, name)
     assert moved is getattr(model_files, name)

@@ -647,8 +647,8 @@ _MOVED_TO_MODEL_FILES = ("model_sha256", "load_onnx", "parse_model_file", "exter
 def __getattr__(name):
     if name in _MOVED_TO_MODEL_FILES:
         warnings.warn(
-            f"skfishing._onnx.network.{name} moved to skfishing._onnx.model_files.{name}; "
-            "the old name will be removed in a future version",
+            f"{name} moved from the sessions module to skfishing._onnx.model_files (private, not "
+            "user API); its old place will be removed in a future version",
             FutureWarning,
             stacklevel=2,
         )
