@@ -28,8 +28,6 @@ from .sketched import fit_sketch, fitted_sketch, layer_rows, sketch_rows
 
 __all__ = ["DeepFisherTransformer"]
 
-_F32 = np.finfo(np.float32)
-
 
 def _not_gradient(transformer):
     return transformer.features != "gradient" or transformer.sketch is not None

@@ -260,19 +260,25 @@ class FisherNetwork:
 
     def _session_for(self, key):
         """The session of ``key``: ("features", outputs), ("state",) or ("from_state", outputs)."""
+
+        def build():
+            if key[0] == "from_state":
+                return build_model(None, self.head, key[1], from_state=True)
+            outputs = self.head.state() if key[0] == "state" else key[1]
+            return build_model(self._model, self.head, outputs, input_sum=True)
+
+        return self._session_of(key, build, spinning=key[0] != "from_state")
+
+    def _session_of(self, key, build, *, spinning=True):
+        """The session of ``key``, built once from the model ``build()`` returns (None: no session)."""
         with self._lock:
-            session = self._sessions.get(key)
-            if session is None:
-                if key[0] == "from_state":
-                    model = build_model(None, self.head, key[1], from_state=True)
-                else:
-                    outputs = self.head.state() if key[0] == "state" else key[1]
-                    model = build_model(self._model, self.head, outputs, input_sum=True)
-                session = _session(model, self.providers, spinning=key[0] != "from_state")
+            if key not in self._sessions:
+                model = build()
+                session = None if model is None else _session(model, self.providers, spinning=spinning)
                 self._sessions[key] = session
                 del model
                 _release_free_memory()
-            return session
+            return self._sessions[key]
 
     def used_providers(self):
         """The execution providers of the sessions built so far, as onnxruntime reports them.
@@ -398,23 +404,11 @@ class FisherNetwork:
         from .vjp import build_layer_model
 
         key = ("layer", layer, tuple(batch.shape[1:]))
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is None:
-                model = build_layer_model(self._model, layer, input_shape=batch.shape[1:])
-                session = self._sessions[key] = _session(model, self.providers)
-                del model
-                _release_free_memory()
+        session = self._session_of(
+            key, lambda: build_layer_model(self._model, layer, input_shape=batch.shape[1:])
+        )
         feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
         return self._run(session, feeds, batch)
-
-    def _session_of(self, key, build):
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is None and key not in self._sessions:
-                model = build()
-                session = self._sessions[key] = None if model is None else _session(model, self.providers)
-            return session
 
     def cut(self, layer, sample_shape):
         """The cut of the graph at a layer (:mod:`skfishing._onnx.cuts`), what a cache stores per image.
