@@ -19,11 +19,17 @@ def unit(rows):
     return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
-def onnx_factors(model, layer, images, temperature=2.0, labels=None):
-    built = build_layer_model(model, layer, temperature=temperature, labels=labels)
+def onnx_factors(model, layer, images, temperature=2.0, labels=None, positions_last=False):
+    """The factors ``(n, T, d)`` of the layer model; built with ``positions_last``, transposed back."""
+    built = build_layer_model(
+        model, layer, temperature=temperature, labels=labels, positions_last=positions_last
+    )
     session = ort.InferenceSession(built.SerializeToString(), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    return session.run([FORWARD, BACKWARD], {name: images})
+    factors = session.run([FORWARD, BACKWARD], {name: images})
+    if positions_last:
+        factors = [f.transpose(0, 2, 1) if f.ndim == 3 else f for f in factors]
+    return factors
 
 
 def torch_per_sample(module, param_name, images, temperature=2.0, labels=None):

@@ -24,6 +24,7 @@ from layer_oracle import (
 )
 from onnx import TensorProto, helper, numpy_helper
 
+from onnx_models import mlp_model
 from skfishing._onnx.vjp import RULES, NoRuleError, build_layer_model, find_layer, layer_candidates
 
 TOLERANCE = 1e-4
@@ -50,14 +51,14 @@ def _fold_batch_norms(module):
     return fuse(module)
 
 
-def _max_error(module, model, params, images, labels):
+def _max_error(module, model, params, images, labels, positions_last=False):
     """Largest difference of unit-norm G (ONNX factors) and torch's float64 per-image gradients, per parameter."""
     errors = {}
     named = dict(module.named_parameters())
     reference = copy.deepcopy(module).double()
     for param in params:
         layer = layer_named_by(model, named[param].detach().numpy())
-        forward, backward = onnx_factors(model, layer, images, labels=labels)
+        forward, backward = onnx_factors(model, layer, images, labels=labels, positions_last=positions_last)
         ours = unit(explicit_gradients(forward, backward))
         theirs = unit(
             torch_per_sample(reference, param, images.astype(np.float64), labels=labels.astype(np.float64))
@@ -66,7 +67,7 @@ def _max_error(module, model, params, images, labels):
     return errors
 
 
-def _check(module, params, tmp_path, dynamo, size=64, n_classes=1000):
+def _check(module, params, tmp_path, dynamo, size=64, n_classes=1000, positions_last=False):
     import torch
 
     torch.manual_seed(0)
@@ -74,7 +75,7 @@ def _check(module, params, tmp_path, dynamo, size=64, n_classes=1000):
     labels = np.random.default_rng(1).dirichlet(np.ones(n_classes)).astype(np.float32)
     module = _fold_batch_norms(calibrate(module.eval(), images))
     model = _export(module, images, tmp_path / "model.onnx", dynamo)
-    errors = _max_error(module, model, params, images, labels)
+    errors = _max_error(module, model, params, images, labels, positions_last)
     assert max(errors.values()) <= TOLERANCE, errors
 
 
@@ -130,32 +131,63 @@ SMALL_PARAMS = [
 ]
 
 
+@pytest.mark.parametrize("positions_last", [False, True])  # the layout the transformer reads
 @pytest.mark.parametrize("dynamo", [False, True])
-def test_small_network_matches_torch(tmp_path, dynamo):
+def test_small_network_matches_torch(tmp_path, dynamo, positions_last):
     if dynamo:
         pytest.importorskip("onnxscript")  # torch's dynamo exporter needs it
-    _check(_small_network(), SMALL_PARAMS, tmp_path, dynamo, size=16, n_classes=10)
-
-
-def test_grouped_factors_give_the_kernel_of_the_block_diagonal_gradient(tmp_path):
-    # sum_{t,s} <x_it, x_js> <delta_it, delta_js> = <G_i, G_j>_F with groups folded into positions
-    images = np.random.default_rng(0).normal(size=(3, 3, 16, 16)).astype(np.float32)
-    module = calibrate(_small_network().eval(), images)
-    model = _export(module, images, tmp_path / "model.onnx", dynamo=False)
-    layer = layer_named_by(model, module.grouped.weight.detach().numpy())
-    forward, backward = (f.astype(np.float64) for f in onnx_factors(model, layer, images))
-    assert forward.shape[1] == 4 * 8 * 8 and forward.shape[2] == 2 * 9 and backward.shape[2] == 8
-    kernel = np.einsum(
-        "ijts,ijts->ij",
-        np.einsum("ita,jsa->ijts", forward, forward),
-        np.einsum("itb,jsb->ijts", backward, backward),
+    _check(
+        _small_network(), SMALL_PARAMS, tmp_path, dynamo, size=16, n_classes=10, positions_last=positions_last
     )
-    gradients = torch_per_sample(copy.deepcopy(module).double(), "grouped.weight", images.astype(np.float64))
-    gram = np.einsum("ia,ja->ij", gradients.reshape(3, -1), gradients.reshape(3, -1))
-    np.testing.assert_allclose(kernel / np.abs(kernel).max(), gram / np.abs(gram).max(), atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["convolutions", "mlp"])
+def test_positions_last_is_the_same_factors_transposed(which):
+    # every layer: convolutions with and without groups (the Conv's own layout, and transposed
+    # in the graph), a Gemm (no positions), and the MatMul nodes of an MLP
+    if which == "convolutions":
+        model = _grouped_graph()
+        x = np.random.default_rng(3).normal(size=(2, 3, 6, 6)).astype(np.float32)
+    else:
+        model, *_ = mlp_model(matmul=True)
+        x = np.random.default_rng(3).normal(size=(4, 6)).astype(np.float32)
+    specs = layer_candidates(model)
+    assert {s.op_type for s in specs} == ({"Conv", "Gemm"} if which == "convolutions" else {"MatMul"})
+    for spec in specs:
+        plain = onnx_factors(model, spec.name, x)
+        last = onnx_factors(model, spec.name, x, positions_last=True)
+        for a, b in zip(plain, last):
+            assert a.shape == b.shape
+            np.testing.assert_array_equal(a, b)
 
 
 # -- hand-built graphs: errors ------------------------------------------------
+
+
+def _grouped_graph():
+    """Conv (3 -> 4) -> Relu -> Conv with 2 groups (4 -> 6) -> GlobalAveragePool -> Flatten -> Gemm."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "conv_w"),
+        numpy_helper.from_array(rng.normal(size=(6, 2, 3, 3)).astype(np.float32), "grouped_w"),
+        numpy_helper.from_array(rng.normal(size=(5, 6)).astype(np.float32), "fc_w"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "grouped_w"], ["g"], name="grouped", group=2, strides=[2, 2]),
+        helper.make_node("GlobalAveragePool", ["g"], ["p"], name="pool"),
+        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
+        helper.make_node("Gemm", ["f", "fc_w"], ["y"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def _graph_with(op_type):

@@ -149,13 +149,24 @@ def session_providers(providers=None, *, allow_tf32=False):
     return tuple(result)
 
 
+def _positions_second(factors):
+    """Factors ``(N, d, T)`` as the views ``(N, T, d)`` that callers index; 2-D ones (T = 1) as they are.
+
+    The layer graphs output the positions last (:func:`~skfishing._onnx.vjp.build_layer_model`):
+    a convolution's own layout, in which the sketch reads each image's factors
+    without a copy; the exact features copy them once, as they did before.
+    """
+    return [f.transpose(0, 2, 1) if f.ndim == 3 else f for f in factors]
+
+
 def _session(model, providers, *, spinning=True):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the overridable defaults of tau and g warn
     if not spinning:
-        # Small graphs that run between larger ones: a thread pool that
-        # spin-waits would steal the cores from the next large run.
+        # Small graphs that run between larger ones, or graphs whose outputs
+        # NumPy works on between runs: a thread pool that spin-waits would
+        # steal the cores from that work.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     names = [name for name, _ in providers]
     opts = [options_ for _, options_ in providers]
@@ -399,16 +410,19 @@ class FisherNetwork:
         -------
         forward, backward : ndarray
             Of shapes ``(n_samples, T, d_in)`` and ``(n_samples, T, d_out)``
-            (2-D for a Gemm on one row per image).
+            (2-D for a Gemm on one row per image): views of the graph's
+            outputs, whose positions come last in memory.
         """
         from .vjp import build_layer_model
 
         key = ("layer", layer, tuple(batch.shape[1:]))
         session = self._session_of(
-            key, lambda: build_layer_model(self._model, layer, input_shape=batch.shape[1:])
+            key,
+            lambda: build_layer_model(self._model, layer, input_shape=batch.shape[1:], positions_last=True),
+            spinning=False,  # the factors are sketched or normalised on these cores between runs
         )
         feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
-        return self._run(session, feeds, batch)
+        return _positions_second(self._run(session, feeds, batch))
 
     def cut(self, layer, sample_shape):
         """The cut of the graph at a layer (:mod:`skfishing._onnx.cuts`), what a cache stores per image.
@@ -500,11 +514,12 @@ class FisherNetwork:
         from .vjp import build_layer_model
 
         def build():
-            model = build_layer_model(self._model, layer, input_shape=sample_shape)
+            model = build_layer_model(self._model, layer, input_shape=sample_shape, positions_last=True)
             return from_cut(model, cut, self.input_name)
 
-        session = self._session_of(("layer_from_cut", layer, cut.position, tuple(sample_shape)), build)
-        return self._from_cut(session, rows, cut, temperature, labels)
+        key = ("layer_from_cut", layer, cut.position, tuple(sample_shape))
+        session = self._session_of(key, build, spinning=False)  # as in run_layer
+        return _positions_second(self._from_cut(session, rows, cut, temperature, labels))
 
     def run_state_from_cut(self, rows, cut, sample_shape):
         """The states (:meth:`run_state`) computed from cut rows, or None when the cut is inside the head.

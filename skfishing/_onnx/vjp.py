@@ -1053,8 +1053,8 @@ def _reverse(b, spec, logits, seed):
     return parts[0] if len(parts) == 1 else b.op("Sum", parts)
 
 
-def _patches(b, spec, node):
-    """Patches ``(N, T', d_in)`` and the reshaping of delta for a Conv layer."""
+def _patches(b, spec, node, positions_last=False):
+    """Patches ``(N, T', d_in)`` of a Conv layer (``(N, d_in, T')`` with ``positions_last``)."""
     x = node.input[0]
     rank = len(spec.weight.shape)
     kernel = list(spec.weight.shape[2:])
@@ -1072,17 +1072,22 @@ def _patches(b, spec, node):
     attrs["kernel_shape"] = kernel
     patches = b.op("Conv", [x, b.const(eye)], group=channels, **attrs)
     d_in = spec.weight.shape[1] * size
+    if group == 1 and positions_last:  # (N, d_in, *out) -> (N, d_in, T): the Conv's own layout
+        return b.op("Reshape", [patches, b.ints([0, d_in, -1])])
     # (N, g * d_in, *out) -> (N, g, d_in, T) -> (N, T, g, d_in) -> (N, T * g, d_in)
     patches = b.op("Reshape", [patches, b.ints([0, group, d_in, -1])])
     patches = b.op("Transpose", [patches], perm=[0, 3, 1, 2])
     del rank
-    return b.op("Reshape", [patches, b.ints([0, -1, d_in])])
+    patches = b.op("Reshape", [patches, b.ints([0, -1, d_in])])
+    return b.op("Transpose", [patches], perm=[0, 2, 1]) if positions_last else patches
 
 
-def _conv_delta(b, spec, node, delta):
+def _conv_delta(b, spec, node, delta, positions_last=False):
     group = attribute(node, "group", 1)
     d_out = spec.weight.shape[0]
-    delta = b.op("Reshape", [delta, b.ints([0, d_out, -1])])
+    delta = b.op("Reshape", [delta, b.ints([0, d_out, -1])])  # (N, C_out, T)
+    if group == 1 and positions_last:
+        return delta
     delta = b.op("Transpose", [delta], perm=[0, 2, 1])  # (N, T, C_out)
     if group == 1:
         return delta
@@ -1090,7 +1095,8 @@ def _conv_delta(b, spec, node, delta):
     mask = np.kron(np.eye(group, dtype=b.dtype), np.ones((1, d_out // group), dtype=b.dtype))
     delta = b.op("Unsqueeze", [delta, b.ints([2])]) if b.opset >= 13 else b.op("Unsqueeze", [delta], axes=[2])
     delta = b.op("Mul", [delta, b.const(mask)])  # (N, T, g, C_out)
-    return b.op("Reshape", [delta, b.ints([0, -1, d_out])])
+    delta = b.op("Reshape", [delta, b.ints([0, -1, d_out])])
+    return b.op("Transpose", [delta], perm=[0, 2, 1]) if positions_last else delta
 
 
 @validate_params(
@@ -1100,10 +1106,11 @@ def _conv_delta(b, spec, node, delta):
         "temperature": TEMPERATURE_RANGE,
         "labels": ["array-like", None],
         "input_shape": ["array-like", None],
+        "positions_last": ["boolean"],
     },
     prefer_skip_nested_validation=True,
 )
-def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape=None):
+def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape=None, positions_last=False):
     """A model from the network input to the per-position factors of a layer's gradient.
 
     Parameters
@@ -1121,6 +1128,10 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
     input_shape : sequence of int, default=None
         Per-sample input shape, to fix the dimensions that the graph leaves
         free (the reverse pass of a convolution needs static sizes).
+    positions_last : bool, default=False
+        Output the factors as ``(N, d_in, T)`` and ``(N, d_out, T)``: a
+        convolution's own layout (no transpose in the graph), and the one
+        in which a sketch reads them (:mod:`skfishing._extraction.sketched`).
 
     Returns
     -------
@@ -1129,7 +1140,8 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
         :data:`~skfishing._onnx.graph.TEMPERATURE` and
         :data:`~skfishing._onnx.graph.LABELS`. Outputs :data:`FORWARD` and
         :data:`BACKWARD`, of shapes ``(N, T, d_in)`` and ``(N, T, d_out)``
-        (``(N, d_in)`` and ``(N, d_out)`` for a Gemm on one row per image).
+        (``(N, d_in)`` and ``(N, d_out)`` for a Gemm on one row per image;
+        the last two axes swapped with ``positions_last``).
 
     Raises
     ------
@@ -1155,13 +1167,15 @@ def build_layer_model(model, layer, *, temperature=2.0, labels=None, input_shape
     delta = _reverse(b, spec, logits, seed)
 
     if spec.op_type == "Conv":
-        forward = _patches(b, spec, node)
-        backward = _conv_delta(b, spec, node, delta)
+        forward = _patches(b, spec, node, positions_last)
+        backward = _conv_delta(b, spec, node, delta, positions_last)
     elif spec.op_type == "Gemm":
         forward, backward = node.input[0], delta
     else:
         forward = b.op("Reshape", [node.input[0], b.ints([0, -1, spec.d_in])])
         backward = b.op("Reshape", [delta, b.ints([0, -1, spec.d_out])])
+        if positions_last:
+            forward, backward = (b.op("Transpose", [t], perm=[0, 2, 1]) for t in (forward, backward))
     b.nodes.append(helper.make_node("Identity", [forward], [FORWARD], name=FORWARD))
     b.nodes.append(helper.make_node("Identity", [backward], [BACKWARD], name=BACKWARD))
 
