@@ -8,6 +8,7 @@ import onnx
 import pytest
 from layer_oracle import onnx_factors
 from numpy.testing import assert_allclose, assert_array_equal
+from sklearn import config_context, get_config
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import SGDClassifier
@@ -73,6 +74,26 @@ def test_sketch_of_the_unit_gradient_from_raw_factors_and_its_errors():
         sketch_factors(sketch, forward, backward, first_row=10)
     with pytest.raises(ValueError, match=r"widths \(6, 2\).*fitted for widths \(6, 3\)"):
         sketch_factors(sketch, forward, backward[..., :2])
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("working_memory", [None, 1e-3])  # blocks of whole images; blocks within one
+def test_same_sketch_for_any_layout_threads_and_blocks(threads, working_memory):
+    """Factors with the positions last in memory (the layer graphs' layout), sketched by blocks of rows
+    on any number of threads, give TensorSketch.transform of the exact features."""
+    rng = np.random.default_rng(4)
+    forward, backward = rng.normal(size=(5, 11, 7)), rng.normal(size=(5, 11, 4))
+    sketch = TensorSketch(64, random_state=2).fit(np.zeros(1, dtype=gradient_dtype(7, 4)))
+    reference = sketch.transform(layer_features(forward, backward))
+    last = [
+        np.ascontiguousarray(f.transpose(0, 2, 1), dtype=np.float32).transpose(0, 2, 1)
+        for f in (forward, backward)
+    ]
+    assert not last[0].flags.c_contiguous
+    with config_context(working_memory=working_memory or get_config()["working_memory"]):
+        for factors in (last, [f.astype(np.float32) for f in (forward, backward)]):
+            ours = sketch_factors(sketch, *factors, threads=threads)
+            assert_allclose(ours, reference, rtol=1e-5, atol=1e-6)
 
 
 def test_unbiased_over_seeds(tiny_cnn_file, images):

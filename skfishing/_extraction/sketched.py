@@ -9,20 +9,25 @@ sketch of :math:`G` is the sum over positions of the sketches of
 the network run and dropped: what is kept is ``n_components`` float32 per
 image, whatever :math:`T`.
 
-For all (image, position) rows of a batch at once, in blocks of rows whose
-temporaries take a few MiB: the CountSketch of each factor is one sparse
-matrix product, each gets its real FFT, the spectra are multiplied and
-summed over the positions of an image; one inverse FFT per image ends it.
-The result is the sketch of the unit-norm :math:`G` (:math:`\|G\|_F` is
-computed from the factors' products in their precision, summed in
-float64), equal to what
+Per block of (image, position) rows, whose temporaries take a few MiB, on
+as many threads as the process has CPUs (the sparse products and FFTs
+release the GIL): the CountSketch of each factor is one sparse matrix
+product of the factor with the positions along its rows (the layer graphs
+output the factors so, :func:`~skfishing._onnx.vjp.build_layer_model`'s
+``positions_last``, and no copy is made), each gets its real FFT along the
+positions' axis, the spectra are multiplied and summed over the positions of
+an image; one inverse FFT per image ends it. The result is the sketch of the
+unit-norm :math:`G` (:math:`\|G\|_F` is computed from the factors'
+products in their precision, summed in float64), equal to what
 ``TensorSketch.transform`` gives on the features of
 :func:`~skfishing._onnx.layers.layer_features`, with the same buckets and signs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.fft
@@ -106,7 +111,7 @@ def layer_rows(forward, backward, source, first_row, sketch):
     return sketch_factors(sketch, forward, backward, first_row=first_row)
 
 
-def sketch_factors(sketch, forward, backward, first_row=0):
+def sketch_factors(sketch, forward, backward, first_row=0, threads=None):
     r"""The sketch of each sample's unit-norm :math:`G = \sum_t \delta_t x_t^\top`, from its factors.
 
     Parameters
@@ -117,6 +122,10 @@ def sketch_factors(sketch, forward, backward, first_row=0):
         The factors (2-D for one position).
     first_row : int, default=0
         Index of the first sample, to name a bad one in errors.
+    threads : int, default=None
+        Threads that sketch blocks of rows in parallel (their FFTs and
+        sparse products release the GIL); None means the CPUs this process
+        may run on.
 
     Returns
     -------
@@ -141,30 +150,55 @@ def sketch_factors(sketch, forward, backward, first_row=0):
     n, positions = forward.shape[:2]
     m = sketch.n_components
     dtype = np.result_type(forward.dtype, backward.dtype, np.float32)
+    # CountSketch as (m, d) matrices: applied to a block's factors transposed, each gives
+    # (m, rows) with the rows along the contiguous axis, the layout the sparse product is fast in
     counts = [
-        sp.csr_matrix((sign.astype(dtype), (np.arange(len(h)), h)), shape=(len(h), m))
+        sp.csr_matrix((sign.astype(dtype), (h, np.arange(len(h)))), shape=(m, len(h)))
         for h, sign in zip(sketch.hashes_, sketch.signs_)
     ]
-    flat = [np.ascontiguousarray(f, dtype=dtype).reshape(n * positions, -1) for f in (forward, backward)]
     half = m // 2 + 1
-    spectrum = np.zeros((n, half), dtype=np.result_type(dtype, np.complex64))
     # per row: two counts (m reals each), their spectra and the product (half complex each)
     row_bytes = (2 * m + 6 * half) * dtype.itemsize
     budget = min(_BLOCK_BYTES, get_config()["working_memory"] * 2**20)
     block = max(1, int(budget // row_bytes))
-    image = np.arange(n * positions) // positions
-    workers = _cpus()
-    for start in range(0, n * positions, block):
-        stop = min(start + block, n * positions)
+    if positions > block:  # blocks within an image
+        blocks = [(i, t, min(t + block, positions)) for i in range(n) for t in range(0, positions, block)]
+    else:  # whole images per block
+        per = max(1, block // positions)
+        blocks = [(i, 0, min(i + per, n)) for i in range(0, n, per)]
+
+    norms = np.zeros(n)  # the squared norms of G, from the factors' products in their precision
+
+    def spectra(job):
+        """(first image, summed spectra) of a block: one row per image it holds."""
+        i, a, b = job
+        if positions > block:  # positions a .. b-1 of image i
+            parts, images = [f[i, a:b].T for f in (forward, backward)], 1
+            if a == 0:
+                norms[i] = squared_norms(forward[i : i + 1], backward[i : i + 1], dtype)[0]
+        else:  # images i .. b-1, all their positions
+            parts, images = (
+                [f[i:b].transpose(2, 0, 1).reshape(f.shape[2], -1) for f in (forward, backward)],
+                b - i,
+            )
+            norms[i:b] = squared_norms(forward[i:b], backward[i:b], dtype)
         product = None
-        for rows, count in zip(flat, counts):
-            part = scipy.fft.rfft(rows[start:stop] @ count, axis=1, workers=workers)
+        for rows, count in zip(parts, counts):  # rows: (d, positions of the block), read without a copy
+            counted = count @ np.ascontiguousarray(rows, dtype=dtype)  # when the positions come last
+            part = scipy.fft.rfft(counted, axis=0, workers=1)
             product = part if product is None else np.multiply(product, part, out=product)
-        images = image[start:stop]
-        first = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
-        spectrum[images[first]] += np.add.reduceat(product, first, axis=0)
-    out = scipy.fft.irfft(spectrum, n=m, axis=1, workers=workers)
-    norms = np.sqrt(squared_norms(forward, backward, dtype))  # as precise as the sketch itself
+        return i, product.reshape(half, images, -1).sum(axis=2).T
+
+    spectrum = np.zeros((n, half), dtype=np.result_type(dtype, np.complex64))
+    threads = min(threads or _cpus(), len(blocks))  # blocks in parallel: their products, FFTs and sums
+    with contextlib.ExitStack() as stack:
+        run = map
+        if threads > 1:
+            run = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="skfishing-sketch")).map
+        for i, summed in run(spectra, blocks):
+            spectrum[i : i + len(summed)] += summed
+    out = scipy.fft.irfft(spectrum, n=m, axis=1, workers=max(threads, 1))
+    norms = np.sqrt(norms)  # from the factors' products in their precision, as precise as the sketch
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     out *= scale[:, None].astype(out.dtype)
     bad = ~np.isfinite(out).all(axis=1)
