@@ -434,11 +434,14 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _transform_layer(self, checked, network, plan):
         """Gradient features of a layer outside the FC head, batch by batch."""
         source = make_source(network.sha256, plan.spec.name, self.temperature, self.labels)
-        parts = []
+        features = None
         for rows, forward, backward in self._layer_batches(checked, network, plan):
             # the one place where a batch of a trunk layer's factors becomes features
-            parts.append(layer_rows(forward, backward, source, rows[0], fitted_sketch(self)))
-        return np.concatenate(parts)
+            part = layer_rows(forward, backward, source, rows[0], fitted_sketch(self))
+            if features is None:  # filled batch by batch: no second copy of all the factors at the end
+                features = np.empty((len(checked),) + part.shape[1:], dtype=part.dtype)
+            features[rows[0] : rows[-1] + 1] = part  # rows: consecutive samples
+        return features
 
     def _layer_batches(self, checked, network, plan):
         """``(rows, forward, backward)``: a trunk layer's factors, from the cache's cuts or from the input."""
