@@ -26,7 +26,6 @@ products in their precision, summed in float64), equal to what
 from __future__ import annotations
 
 import contextlib
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,6 +37,7 @@ from sklearn.exceptions import NotFittedError
 
 from .._onnx.layers import check_finite_factors, layer_features, squared_norms
 from ..features import gradient_dtype
+from .lanes import cpus
 
 #: Bytes of temporaries per block of (image, position) rows.
 _BLOCK_BYTES = 8 * 2**20
@@ -85,7 +85,7 @@ def sketch_rows(Z, sketch):
     return Z if sketch is None else sketch.transform(Z)
 
 
-def layer_rows(forward, backward, source, first_row, sketch):
+def layer_rows(forward, backward, source, first_row, sketch, threads=None):
     """A batch's features from a layer model's factors: normalised factors, or their sketch.
 
     Parameters
@@ -108,7 +108,7 @@ def layer_rows(forward, backward, source, first_row, sketch):
     """
     if sketch is None:
         return layer_features(forward, backward, source, first_row=first_row)
-    return sketch_factors(sketch, forward, backward, first_row=first_row)
+    return sketch_factors(sketch, forward, backward, first_row=first_row, threads=threads)
 
 
 def sketch_factors(sketch, forward, backward, first_row=0, threads=None):
@@ -190,7 +190,7 @@ def sketch_factors(sketch, forward, backward, first_row=0, threads=None):
         return i, product.reshape(half, images, -1).sum(axis=2).T
 
     spectrum = np.zeros((n, half), dtype=np.result_type(dtype, np.complex64))
-    threads = min(threads or _cpus(), len(blocks))  # blocks in parallel: their products, FFTs and sums
+    threads = min(threads or cpus(), len(blocks))  # blocks in parallel: their products, FFTs and sums
     with contextlib.ExitStack() as stack:
         run = map
         if threads > 1:
@@ -210,11 +210,3 @@ def sketch_factors(sketch, forward, backward, first_row=0, threads=None):
             "or the labels."
         )
     return out.astype(np.float32, copy=False)
-
-
-def _cpus():
-    """The CPUs this process may run on: the FFTs' threads."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1

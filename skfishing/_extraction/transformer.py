@@ -24,6 +24,7 @@ from .batches import BATCH_SIZE, N_JOBS, check_input, check_input_sums
 from .cache_lookup import CacheLookup
 from .feature_writer import FeatureWriter
 from .images import ImagePreprocessing
+from .lanes import in_lanes, lanes_for
 from .sketched import fit_sketch, fitted_sketch, layer_rows, sketch_rows
 
 __all__ = ["DeepFisherTransformer"]
@@ -434,28 +435,43 @@ class DeepFisherTransformer(SharedCacheMixin, TransformerMixin, BaseEstimator):
     def _transform_layer(self, checked, network, plan):
         """Gradient features of a layer outside the FC head, batch by batch."""
         source = make_source(network.sha256, plan.spec.name, self.temperature, self.labels)
-        features = None
-        for rows, forward, backward in self._layer_batches(checked, network, plan):
+        sketch = fitted_sketch(self)
+
+        def rows_of(rows, forward, backward, threads=None):
             # the one place where a batch of a trunk layer's factors becomes features
-            part = layer_rows(forward, backward, source, rows[0], fitted_sketch(self))
+            return layer_rows(forward, backward, source, rows[0], sketch, threads=threads)
+
+        features = None
+        for rows, part in self._layer_rows(checked, network, plan, rows_of):
             if features is None:  # filled batch by batch: no second copy of all the factors at the end
                 features = np.empty((len(checked),) + part.shape[1:], dtype=part.dtype)
             features[rows[0] : rows[-1] + 1] = part  # rows: consecutive samples
         return features
 
-    def _layer_batches(self, checked, network, plan):
-        """``(rows, forward, backward)``: a trunk layer's factors, from the cache's cuts or from the input."""
+    def _layer_rows(self, checked, network, plan, rows_of):
+        """``(rows, features)`` of a trunk layer: from the cache's cuts, in lanes on the CPU, or batch by batch."""
         options = dict(temperature=self.temperature, labels=plan.labels)
         cache, disk = self._cache()
         cut = None if cache is None else network.cut(plan.spec.name, checked.sample_shape)
         if cut is not None:
             lookup = self._lookup(cache, disk, network, checked, plan)
-            yield from lookup.layer_batches(plan.spec.name, cut, **options)
+            for rows, forward, backward in lookup.layer_batches(plan.spec.name, cut, **options):
+                yield rows, rows_of(rows, forward, backward)
+            return
+        lanes = lanes_for(network, self.batch_size)
+        if lanes > 1:
+
+            def job(rows, part):
+                forward, backward = network.run_layer(part, plan.spec.name, threads=1, **options)
+                return rows, rows_of(rows, forward, backward, threads=1)
+
+            yield from in_lanes(self._batches(checked, network), job, lanes)
             return
         start = 0
         for batch in self._batches(checked, network):
             forward, backward = network.run_layer(batch, plan.spec.name, **options)
-            yield np.arange(start, start + len(batch)), forward, backward
+            rows = np.arange(start, start + len(batch))
+            yield rows, rows_of(rows, forward, backward)
             start += len(batch)
 
     def _check_labels(self, network):

@@ -159,10 +159,12 @@ def _positions_second(factors):
     return [f.transpose(0, 2, 1) if f.ndim == 3 else f for f in factors]
 
 
-def _session(model, providers, *, spinning=True):
+def _session(model, providers, *, spinning=True, threads=None):
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # the overridable defaults of tau and g warn
+    if threads is not None:
+        options.intra_op_num_threads = threads
     if not spinning:
         # Small graphs that run between larger ones, or graphs whose outputs
         # NumPy works on between runs: a thread pool that spin-waits would
@@ -280,12 +282,16 @@ class FisherNetwork:
 
         return self._session_of(key, build, spinning=key[0] != "from_state")
 
-    def _session_of(self, key, build, *, spinning=True):
+    def _session_of(self, key, build, *, spinning=True, threads=None):
         """The session of ``key``, built once from the model ``build()`` returns (None: no session)."""
         with self._lock:
             if key not in self._sessions:
                 model = build()
-                session = None if model is None else _session(model, self.providers, spinning=spinning)
+                session = (
+                    None
+                    if model is None
+                    else _session(model, self.providers, spinning=spinning, threads=threads)
+                )
                 self._sessions[key] = session
                 del model
                 _release_free_memory()
@@ -393,7 +399,7 @@ class FisherNetwork:
                 + f". onnxruntime said: {exc}"
             ) from exc
 
-    def run_layer(self, batch, layer, *, temperature=2.0, labels=None):
+    def run_layer(self, batch, layer, *, temperature=2.0, labels=None, threads=None):
         """The per-position gradient factors of any layer (:mod:`skfishing._onnx.vjp`) for a batch.
 
         Parameters
@@ -405,6 +411,10 @@ class FisherNetwork:
             or weight name.
         temperature, labels
             As in :meth:`run`.
+        threads : int, default=None
+            onnxruntime's threads for this run (a session of its own);
+            None means its default, all the cores. One thread is for
+            batches split across the CPUs (:mod:`skfishing._extraction.lanes`).
 
         Returns
         -------
@@ -415,11 +425,12 @@ class FisherNetwork:
         """
         from .vjp import build_layer_model
 
-        key = ("layer", layer, tuple(batch.shape[1:]))
+        key = ("layer", layer, tuple(batch.shape[1:]), threads)
         session = self._session_of(
             key,
             lambda: build_layer_model(self._model, layer, input_shape=batch.shape[1:], positions_last=True),
             spinning=False,  # the factors are sketched or normalised on these cores between runs
+            threads=threads,
         )
         feeds = self._feeds(session, {self.input_name: batch}, temperature, labels)
         return _positions_second(self._run(session, feeds, batch))
