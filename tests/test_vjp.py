@@ -146,7 +146,7 @@ def test_positions_last_is_the_same_factors_transposed(which):
     # every layer: convolutions with and without groups (the Conv's own layout, and transposed
     # in the graph), a Gemm (no positions), and the MatMul nodes of an MLP
     if which == "convolutions":
-        model = _grouped_graph()
+        model = _graph_with("Relu", grouped=True)
         x = np.random.default_rng(3).normal(size=(2, 3, 6, 6)).astype(np.float32)
     else:
         model, *_ = mlp_model(matmul=True)
@@ -164,38 +164,13 @@ def test_positions_last_is_the_same_factors_transposed(which):
 # -- hand-built graphs: errors ------------------------------------------------
 
 
-def _grouped_graph():
-    """Conv (3 -> 4) -> Relu -> Conv with 2 groups (4 -> 6) -> GlobalAveragePool -> Flatten -> Gemm."""
+def _graph_with(op_type, grouped=False):
+    """Conv -> ``op_type`` [-> Conv with 2 groups] -> GlobalAveragePool -> Flatten -> Gemm, random weights."""
     rng = np.random.default_rng(0)
+    width = 6 if grouped else 4
     inits = [
         numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "conv_w"),
-        numpy_helper.from_array(rng.normal(size=(6, 2, 3, 3)).astype(np.float32), "grouped_w"),
-        numpy_helper.from_array(rng.normal(size=(5, 6)).astype(np.float32), "fc_w"),
-    ]
-    nodes = [
-        helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-        helper.make_node("Relu", ["c"], ["r"], name="relu"),
-        helper.make_node("Conv", ["r", "grouped_w"], ["g"], name="grouped", group=2, strides=[2, 2]),
-        helper.make_node("GlobalAveragePool", ["g"], ["p"], name="pool"),
-        helper.make_node("Flatten", ["p"], ["f"], name="flat"),
-        helper.make_node("Gemm", ["f", "fc_w"], ["y"], name="fc", transB=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 6, 6])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])],
-        inits,
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-
-
-def _graph_with(op_type):
-    """Conv -> ``op_type`` -> GlobalAveragePool -> Flatten -> Gemm, random weights."""
-    rng = np.random.default_rng(0)
-    inits = [
-        numpy_helper.from_array(rng.normal(size=(4, 3, 3, 3)).astype(np.float32), "conv_w"),
-        numpy_helper.from_array(rng.normal(size=(5, 4)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(rng.normal(size=(5, width)).astype(np.float32), "fc_w"),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "conv_w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -204,6 +179,12 @@ def _graph_with(op_type):
         helper.make_node("Flatten", ["p"], ["f"], name="flat"),
         helper.make_node("Gemm", ["f", "fc_w"], ["y"], name="fc", transB=1),
     ]
+    if grouped:  # 4 -> 6 channels in 2 groups, stride 2, between op_type and the pooling
+        inits.append(numpy_helper.from_array(rng.normal(size=(6, 2, 3, 3)).astype(np.float32), "grouped_w"))
+        nodes.insert(
+            2, helper.make_node("Conv", ["a", "grouped_w"], ["g"], name="grouped", group=2, strides=[2, 2])
+        )
+        nodes[3].input[0] = "g"
     graph = helper.make_graph(
         nodes,
         "g",

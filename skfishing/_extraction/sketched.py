@@ -183,8 +183,9 @@ def sketch_factors(sketch, forward, backward, first_row=0, threads=None):
             )
             norms[i:b] = squared_norms(forward[i:b], backward[i:b], dtype)
         product = None
-        for rows, count in zip(parts, counts):  # rows: (d, positions of the block), read without a copy
-            counted = count @ np.ascontiguousarray(rows, dtype=dtype)  # when the positions come last
+        for rows, count in zip(parts, counts):
+            # rows: (d, the block's positions), no copy for one image whose positions come last
+            counted = count @ np.ascontiguousarray(rows, dtype=dtype)
             part = scipy.fft.rfft(counted, axis=0, workers=1)
             product = part if product is None else np.multiply(product, part, out=product)
         return i, product.reshape(half, images, -1).sum(axis=2).T
