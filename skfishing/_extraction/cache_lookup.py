@@ -250,16 +250,9 @@ class CacheLookup:
                     np.stack([r for _, r in items]), found, layer, self.sample_shape, **options
                 )
                 if forward is None:  # in the factors' memory layout (positions last: see run_layer)
-                    forward, backward = (_empty_like_rows(x, len(rows)) for x in (f, b))
+                    forward, backward = (np.empty_like(x, shape=(len(rows),) + x.shape[1:]) for x in (f, b))
                 forward[where], backward[where] = f, b
             yield rows, forward, backward
-
-
-def _empty_like_rows(factors, n):
-    """An empty array of ``n`` rows shaped and laid out in memory as ``factors`` (a transposed view too)."""
-    if factors.ndim == 3 and not factors.flags.c_contiguous:
-        return np.empty((n, factors.shape[2], factors.shape[1]), dtype=factors.dtype).transpose(0, 2, 1)
-    return np.empty((n,) + factors.shape[1:], dtype=factors.dtype)
 
 
 def _chunks(items, size):
