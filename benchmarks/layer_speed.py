@@ -35,6 +35,15 @@ forward-only row is the computation's, not an import's. Then the ratios of
 the issue's targets are printed, and skfishing's exact gradient of two
 images is compared with ``torch.func``'s.
 
+Then, in one process pinned to one CPU, where a sketched image's time
+goes: onnxruntime's forward pass alone, the layer graph's run (forward
+pass, reverse pass to the layer and its patches), the sketch of its
+factors, and, within the sketch, the real FFTs alone (two per position:
+the cost that any sketch of this layer by :class:`~skfishing.TensorSketch`
+has). Each is the best of ``--repeat`` timings, in milliseconds per image;
+the fractions of the forward pass bound what the sketched row can reach:
+the layer graph alone, then with the FFTs.
+
 The rows run in ``--repeat`` rounds (3 by default), each round every row
 in turn, so that a slow spell of the machine falls on every row alike; a
 row's throughput is its best round, its memory the largest peak of its
@@ -237,16 +246,57 @@ def run_row(args):
     print(json.dumps({"row": args.row, "img_s": args.images / seconds, "peak_mib": peak}))
 
 
+def run_breakdown(args):
+    """One core's milliseconds per image of each step of a sketched batch; JSON on the last line."""
+    import onnxruntime as ort
+    import scipy.fft
+    from threadpoolctl import threadpool_limits
+
+    from skfishing import TensorSketch
+    from skfishing._extraction.sketched import fit_sketch, sketch_factors
+    from skfishing._onnx.network import get_network
+
+    n = args.batch_size // 2  # a lane's part of a batch (lanes: skfishing/_extraction/lanes.py)
+    X = np.random.default_rng(0).normal(size=(n, 3, args.size, args.size)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    forward = ort.InferenceSession(args.model, options, providers=["CPUExecutionProvider"])
+    network = get_network(args.model, ["CPUExecutionProvider"])
+    factors = network.run_layer(X, NODE, threads=1)
+    sketch = fit_sketch(TensorSketch(args.n_components, random_state=0), tuple(f.shape[2] for f in factors))
+    positions = factors[0].shape[1]
+    counts = np.random.default_rng(0).normal(size=(args.n_components, 2 * positions)).astype(np.float32)
+
+    def ms(step):
+        times = []
+        for _ in range(args.repeat + 1):  # the first run warms up
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return min(times[1:]) * 1e3
+
+    with threadpool_limits(1):
+        result = {
+            "forward": ms(lambda: forward.run(None, {"input": X})) / n,
+            "layer graph": ms(lambda: network.run_layer(X, NODE, threads=1)) / n,
+            "sketch": ms(lambda: sketch_factors(sketch, *factors, threads=1)) / n,
+            "ffts": ms(lambda: scipy.fft.rfft(counts, axis=0, workers=1)),  # one image's 2 T real FFTs
+        }
+    print(json.dumps({"row": "breakdown", "positions": positions, **result}))
+
+
 # -- the table ------------------------------------------------------------------------
 
 
-def child(args, row, model):
-    cpus = sorted(os.sched_getaffinity(0))[: args.threads]
+def child(args, row, model, threads=None):
+    """Run ``row`` in a process pinned to ``threads`` CPUs (default ``--threads``); its JSON."""
+    threads = threads or args.threads
+    cpus = sorted(os.sched_getaffinity(0))[:threads]
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[var] = str(args.threads)
+        env[var] = str(threads)
     command = [sys.executable, os.path.abspath(__file__), "--row", row, "--model", model]
-    for option in ("images", "size", "batch_size", "threads", "n_components"):
+    for option in ("images", "size", "batch_size", "threads", "n_components", "repeat"):
         command += [f"--{option.replace('_', '-')}", str(getattr(args, option))]
     result = subprocess.run(
         command,
@@ -308,6 +358,7 @@ def table(args):
                 result = child(args, row, model)
                 print(f"  ... round {round_ + 1}, {ROWS[row]}: {result}", file=sys.stderr, flush=True)
                 results[row] = best(results.get(row), result)
+        steps = child(args, "breakdown", model, threads=1)
         check = gradient_check(model, args.size)
 
     print(
@@ -346,12 +397,46 @@ def table(args):
     exact = [value(r, "peak_mib") for r in ("skfishing-exact", "ort-forward")]
     if None not in exact:
         print(f"  memory above forward-only, skfishing exact: {exact[0] - exact[1]:.0f} MiB")
+    print_breakdown(steps, args, results)
     print(f"\n[check] skfishing exact against torch.func, unit-norm G, 2 images: max |diff| = {check:.1e}")
-    failed = [row for row in args.rows if "error" in results[row]]
+    failed = [row for row in args.rows if "error" in results[row]] + (
+        ["breakdown"] if "error" in steps else []
+    )
     if failed:
         sys.exit(f"rows that failed: {', '.join(failed)}")
     if not check <= 1e-4:
         sys.exit(f"skfishing's gradient of {LAYER} differs from torch.func's by {check:.1e} (> 1e-4)")
+
+
+def print_breakdown(steps, args, results):
+    """Where a sketched image's time goes on one core, and what it bounds."""
+    print(f"\nwhere the time goes, one core, {args.batch_size // 2} images per run, best of {args.repeat}")
+    if "error" in steps:
+        print(f"  failed: {steps['error']}")
+        return
+    forward = steps["forward"]
+    for key, label in (
+        ("forward", "onnxruntime forward pass"),
+        ("layer graph", f"layer graph run (forward, reverse to {LAYER}, patches)"),
+        ("sketch", "sketch of its factors"),
+        ("ffts", f"  of which the {2 * steps['positions']} real FFTs"),
+    ):
+        print(f"  {label:<62}{steps[key]:7.2f} ms/img{steps[key] / forward:7.3f} of forward")
+    bounds = (
+        ("the layer graph alone (a free sketch)", forward / steps["layer graph"]),
+        ("the layer graph and the FFTs alone", forward / (steps["layer graph"] + steps["ffts"])),
+        ("the layer graph and the sketch", forward / (steps["layer graph"] + steps["sketch"])),
+    )
+    print("  throughput of forward pass reached by")
+    for label, bound in bounds:
+        print(f"    {label:<60}{bound:7.3f}")
+    ort = results.get("ort-forward", {}).get("img_s")
+    for other, target in (("opacus", 2.0), ("backpack", 3.0)):
+        theirs = results.get(other, {}).get("img_s")
+        if ort and theirs:
+            print(
+                f"  {target:g}x {ROWS[other]} takes {target * theirs / ort:.3f} of onnxruntime's forward pass"
+            )
 
 
 def main():
@@ -364,12 +449,14 @@ def main():
     parser.add_argument("--n-components", type=int, default=8192)
     parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
     parser.add_argument("--repeat", type=int, default=3, help="rounds of all rows (best throughput)")
-    parser.add_argument("--row", choices=list(ROWS), help=argparse.SUPPRESS)  # in a child process
+    parser.add_argument("--row", choices=[*ROWS, "breakdown"], help=argparse.SUPPRESS)  # in a child process
     parser.add_argument("--model", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.smoke:
         args.images, args.size, args.batch_size, args.repeat = 8, 64, 4, 1
-    if args.row:
+    if args.row == "breakdown":
+        run_breakdown(args)
+    elif args.row:
         run_row(args)
     else:
         table(args)
