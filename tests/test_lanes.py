@@ -117,3 +117,62 @@ def test_a_bad_sample_is_named_in_lanes(monkeypatch, tiny_cnn_file, images):
     fish = DeepFisherTransformer(tiny_cnn_file, layer="conv2_w", providers=CPU, batch_size=4).fit(images[:1])
     with pytest.raises(ValueError, match="sample 6 gives non-finite gradient factors"):
         fish.transform(bad)
+
+
+class _Blas:
+    """A test double of threadpoolctl's ``threadpool_limits`` over one process-wide BLAS setting.
+
+    (OpenBLAS itself ignores a limit set from another thread once the main
+    thread has set one, so the real library cannot show the race.)
+    """
+
+    threads = 2
+
+    def __init__(self, limits, user_api):
+        assert user_api == "blas"
+        self.original, _Blas.threads = _Blas.threads, limits
+
+    def restore_original_limits(self):
+        _Blas.threads = self.original
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore_original_limits()
+
+
+def test_overlapping_runs_in_lanes_leave_blas_threads_as_they_were(monkeypatch):
+    """Two transforms in lanes at once (in two threads of a process): the first to end must not
+    restore BLAS's threads under the second, nor the second leave them at one."""
+    monkeypatch.setattr(lanes, "threadpool_limits", _Blas)
+    monkeypatch.setattr(_Blas, "threads", 2)
+    inside = []
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        def job(rows, part):
+            first_in.set()
+            assert second_in.wait(30)
+            return rows
+
+        list(in_lanes(iter([np.arange(2)]), job, 2))
+        first_out.set()
+
+    def second():
+        def job(rows, part):
+            second_in.set()
+            assert first_out.wait(30)  # goes on after the first run has ended
+            inside.append(_Blas.threads)
+            return rows
+
+        assert first_in.wait(30)
+        list(in_lanes(iter([np.arange(2)]), job, 2))
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert inside == [1, 1]  # one thread while a lane runs
+    assert _Blas.threads == 2  # as they were once both have ended

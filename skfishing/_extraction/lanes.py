@@ -16,8 +16,10 @@ flight are still about one batch.
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -55,6 +57,40 @@ def lanes_for(network, batch_size):
     return n
 
 
+class _OneBlasThread:
+    """BLAS on one thread while any run in lanes goes on in this process.
+
+    BLAS's thread count is one setting for the whole process. Runs that each
+    restored what they found when they began would, when they overlap
+    (transforms in several threads), restore the count under a run still
+    going, or leave it at one for good. So the first run to begin sets it
+    and the last to end restores it.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs = 0
+        self._limits = None
+
+    @contextmanager
+    def __call__(self):
+        with self._lock:
+            if self._runs == 0:
+                self._limits = threadpool_limits(1, user_api="blas")
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs -= 1
+                if self._runs == 0:
+                    self._limits.restore_original_limits()
+                    self._limits = None
+
+
+_one_blas_thread = _OneBlasThread()
+
+
 def in_lanes(batches, job, lanes):
     """``job(rows, part)`` on each part of each batch, ``lanes`` at a time; results in order.
 
@@ -76,7 +112,7 @@ def in_lanes(batches, job, lanes):
         before it.
     """
     with (
-        threadpool_limits(1, user_api="blas"),
+        _one_blas_thread(),
         ThreadPoolExecutor(lanes, thread_name_prefix="skfishing-lane") as pool,
     ):
         pending = deque()
