@@ -122,8 +122,9 @@ def test_a_bad_sample_is_named_in_lanes(monkeypatch, tiny_cnn_file, images):
 class _Blas:
     """A test double of threadpoolctl's ``threadpool_limits`` over one process-wide BLAS setting.
 
-    (OpenBLAS itself ignores a limit set from another thread once the main
-    thread has set one, so the real library cannot show the race.)
+    (The OpenBLAS builds of NumPy and SciPy here ignore a limit set from a
+    thread other than the main one once the main thread has set one, so the
+    real libraries cannot show the race.)
     """
 
     threads = 2
