@@ -129,16 +129,18 @@ def _traced_peak(transformer, X):
 def test_memory_does_not_grow_with_the_positions_of_all_images(tiny_cnn_file, monkeypatch, cpus):
     """conv1_w: 256 positions x (27 + 8) floats = 35 KiB of factors per image; its sketch 256 bytes."""
     monkeypatch.setattr(lanes, "cpus", lambda: cpus)
-    X = np.random.default_rng(2).normal(size=(60, 3, 32, 32)).astype(np.float32)
+    X = np.random.default_rng(2).normal(size=(300, 3, 32, 32)).astype(np.float32)
     sketched = fish(tiny_cnn_file, layer="conv1_w", batch_size=2, sketch=TensorSketch(64, random_state=0))
     exact = fish(tiny_cnn_file, layer="conv1_w", batch_size=2).fit(X[:1])
     sketched.fit(X[:1])
-    # from 30 images to 60: past the first batches, whose parts fill the lanes
+    # from 30 images to 300: past the first batches, whose parts fill the lanes
     growth = _traced_peak(sketched, X) - _traced_peak(sketched, X[:30])
     exact_growth = _traced_peak(exact, X) - _traced_peak(exact, X[:30])
     per_image = 256 * (27 + 8) * 4
-    assert exact_growth > 27 * per_image  # the test sees what holding the factors of all images costs
-    assert growth < 30 * 64 * 4 * 2 + 64 * 1024  # the output (twice over) and slack
+    assert exact_growth > 250 * per_image  # the test sees what holding the factors of all images costs
+    # the output (twice over), and slack: in lanes, whether two parts' temporaries peak at the
+    # same moment in one run and not in the other moves the peak by up to about 10 images' factors
+    assert growth < 270 * 64 * 4 * 2 + 30 * per_image, growth
 
 
 def test_pipeline_partial_fit_persistence_and_names(tiny_cnn_file, images, tmp_path):
