@@ -79,6 +79,28 @@ def test_factor_normalisation():
         layer_features(forward, backward, first_row=10)
 
 
+def test_factor_normalisation_writes_straight_into_the_result():
+    """No temporary the size of the factors: the exact path holds a batch's factors and its result."""
+    import tracemalloc
+
+    from skfishing._onnx.layers import layer_features
+
+    rng = np.random.default_rng(0)
+    # positions last in memory, as the layer graphs output them
+    forward = rng.normal(size=(8, 600, 49)).astype(np.float32).transpose(0, 2, 1)
+    backward = rng.normal(size=(8, 60, 49)).astype(np.float32).transpose(0, 2, 1)
+    reference = explicit_gradients(forward.astype(np.float64), backward.astype(np.float64)).reshape(8, -1)
+    tracemalloc.start()
+    try:
+        Z = layer_features(forward, backward)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * Z.nbytes  # about 1.5 Z; a float64 product of the factors makes it about 3 Z
+    G = explicit_gradients(Z["forward"], Z["backward"]).reshape(8, -1)
+    np.testing.assert_allclose(G, reference / np.linalg.norm(reference, axis=1, keepdims=True), atol=1e-6)
+
+
 def test_layers_command_prints_the_preprocessing_found(tiny_cnn_file, capsys, tmp_path):
     import json
     import shutil

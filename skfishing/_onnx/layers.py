@@ -100,8 +100,8 @@ def layer_features(forward, backward, source=None, first_row=0):
         return result
     scale = np.sqrt(np.sqrt(squared_norms(forward, backward)))
     scale = np.where(scale > 0, 1 / np.where(scale > 0, scale, 1), 0.0)[:, None, None]
-    result["forward"] = forward * scale
-    result["backward"] = backward * scale
+    for name, factor in (("forward", forward), ("backward", backward)):  # products in float64, rounded
+        np.multiply(factor, scale, out=result[name], casting="same_kind")  # into the field: no temporary
     return result
 
 
