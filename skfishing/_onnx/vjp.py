@@ -1056,7 +1056,6 @@ def _reverse(b, spec, logits, seed):
 def _patches(b, spec, node, positions_last=False):
     """Patches ``(N, T', d_in)`` of a Conv layer (``(N, d_in, T')`` with ``positions_last``)."""
     x = node.input[0]
-    rank = len(spec.weight.shape)
     kernel = list(spec.weight.shape[2:])
     channels = b.shape(x, node)[1] if b.shapes.get(x) else None
     group = attribute(node, "group", 1)
@@ -1077,7 +1076,6 @@ def _patches(b, spec, node, positions_last=False):
     # (N, g * d_in, *out) -> (N, g, d_in, T) -> (N, T, g, d_in) -> (N, T * g, d_in)
     patches = b.op("Reshape", [patches, b.ints([0, group, d_in, -1])])
     patches = b.op("Transpose", [patches], perm=[0, 3, 1, 2])
-    del rank
     patches = b.op("Reshape", [patches, b.ints([0, -1, d_in])])
     return b.op("Transpose", [patches], perm=[0, 2, 1]) if positions_last else patches
 
